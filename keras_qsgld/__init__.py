@@ -1,0 +1,19 @@
+"""keras-qsgld: QSGLD (arXiv 2305.18864) as Keras 3 optimizers."""
+
+from keras_qsgld.qadam import QAdam
+from keras_qsgld.qsgld import QSGLD
+from keras_qsgld.quantize import compensation_term, quantize, quantized_increment, scaled_step
+from keras_qsgld.schedules import CompensationSchedule, ResolutionSchedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "QSGLD",
+    "QAdam",
+    "ResolutionSchedule",
+    "CompensationSchedule",
+    "quantize",
+    "quantized_increment",
+    "compensation_term",
+    "scaled_step",
+]

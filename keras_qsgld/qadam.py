@@ -1,0 +1,146 @@
+"""QAdam: Adam whose bias-corrected step is quantized as in QSGLD."""
+
+import keras
+from keras import ops
+
+from keras_qsgld._base import QuantizedOptimizer, compute_dtype, dense, with_base_keyword_args
+
+
+@keras.saving.register_keras_serializable(package="keras_qsgld")
+class QAdam(QuantizedOptimizer):
+    """Adam with QSGLD's quantized increment (the paper's "ADAM-based" variant).
+
+    Adam's bias-corrected step gets QSGLD's compensation and is quantized on the grid
+    `1 / Qp`; the weights are never quantized. As in the authors' code, the bias
+    correction and both schedules are evaluated at `k + 1`, with `k` the optimizer step
+    before this update:
+
+    ```python
+    m = beta_1 * m + (1 - beta_1) * g
+    v = beta_2 * v + (1 - beta_2) * g**2
+    a = learning_rate * sqrt(1 - beta_2**(k + 1)) / (1 - beta_1**(k + 1))
+    h = -a * m / (sqrt(v) + epsilon)
+    Qp = resolution(k + 1);  s = compensation(k + 1)      # r = 0 if compensation is None
+    r = s * a * h / norm(h)                                # Frobenius norm; 0 if norm(h) = 0
+    w = w + Q(Qp * (h + r)) / Qp                           # Q = floor(. + 1/2) or floor
+    ```
+
+    With `weight_decay` it is the quantized AdamW. Keras applies the decoupled decay
+    `w -= lr * weight_decay * w` just before the update; the authors' QtAdamW applies it
+    just after, a second-order difference. The maths runs in float32 at least; see
+    `QSGLD` for the float32 limit and non-finite gradients.
+
+    Args:
+        learning_rate: float >= 0, a `LearningRateSchedule`, or a callable. Default 0.001.
+        beta_1: float in [0, 1), decay of the first moment. Default 0.9.
+        beta_2: float in [0, 1), decay of the second moment. Default 0.999.
+        epsilon: float >= 0 added to `sqrt(v)`. Default 1e-7 (the authors use 1e-6).
+        resolution: a `ResolutionSchedule` (or callable of the step), or a float > 0 for a
+            fixed `Qp`. None (default) means `ResolutionSchedule()`.
+        compensation: a `CompensationSchedule`, a constant gate in [0, 1], or None
+            (default: off).
+        rounding: `"nearest"` (default, the paper) or `"floor"` (the authors' code).
+        track_noise: bool, accumulate rounding-error statistics (see `QSGLD`).
+        jit_compile: bool, XLA-compile eager `apply` calls on TensorFlow (see `QSGLD`).
+        {{base_optimizer_keyword_args}}
+
+    References:
+        - [Seok & Cho, 2023](https://arxiv.org/abs/2305.18864), Stochastic Gradient
+          Langevin Dynamics Based on Quantization with Increasing Resolution.
+        - [Kingma & Ba, 2014](https://arxiv.org/abs/1412.6980), Adam.
+        - [Loshchilov & Hutter, 2017](https://arxiv.org/abs/1711.05101), AdamW.
+    """
+
+    _default_name = "qadam"
+
+    def __init__(
+        self,
+        learning_rate=0.001,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-7,
+        resolution=None,
+        compensation=None,
+        rounding="nearest",
+        track_noise=False,
+        jit_compile=True,
+        weight_decay=None,
+        clipnorm=None,
+        clipvalue=None,
+        global_clipnorm=None,
+        use_ema=False,
+        ema_momentum=0.99,
+        ema_overwrite_frequency=None,
+        loss_scale_factor=None,
+        gradient_accumulation_steps=None,
+        name=None,
+        **kwargs,
+    ):
+        super().__init__(
+            learning_rate=learning_rate,
+            resolution=resolution,
+            compensation=compensation,
+            rounding=rounding,
+            track_noise=track_noise,
+            jit_compile=jit_compile,
+            name=name,
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+            clipvalue=clipvalue,
+            global_clipnorm=global_clipnorm,
+            use_ema=use_ema,
+            ema_momentum=ema_momentum,
+            ema_overwrite_frequency=ema_overwrite_frequency,
+            loss_scale_factor=loss_scale_factor,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            **kwargs,
+        )
+        for arg, value in (("beta_1", beta_1), ("beta_2", beta_2)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(
+                    f"Argument `{arg}` must be a float in [0, 1). Received: {arg}={value!r}"
+                )
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon >= 0:
+            raise ValueError(f"Argument `epsilon` must be a float >= 0. Received: epsilon={epsilon!r}")
+        self.beta_1 = float(beta_1)
+        self.beta_2 = float(beta_2)
+        self.epsilon = float(epsilon)
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self._momentums, self._velocities = self.add_optimizer_variables(
+            variables, ["momentum", "velocity"]
+        )
+
+    def _schedule_step(self):
+        return self.iterations + 1
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = compute_dtype(variable)
+        index = self._get_variable_index(variable)
+        m_var, v_var = self._momentums[index], self._velocities[index]
+        g = ops.cast(dense(gradient), dtype)
+        lr = ops.cast(learning_rate, dtype)
+        local_step = ops.cast(self.iterations + 1, dtype)
+        beta_1 = ops.cast(self.beta_1, dtype)
+        beta_2 = ops.cast(self.beta_2, dtype)
+        m = ops.add(ops.multiply(beta_1, ops.cast(m_var, dtype)), ops.multiply(1 - beta_1, g))
+        v = ops.add(ops.multiply(beta_2, ops.cast(v_var, dtype)), ops.multiply(1 - beta_2, ops.square(g)))
+        self.assign(m_var, ops.cast(m, m_var.dtype))
+        self.assign(v_var, ops.cast(v, v_var.dtype))
+        alpha = ops.divide(
+            ops.multiply(lr, ops.sqrt(1 - ops.power(beta_2, local_step))),
+            1 - ops.power(beta_1, local_step),
+        )
+        h = ops.negative(ops.divide(ops.multiply(alpha, m), ops.add(ops.sqrt(v), self.epsilon)))
+        self._apply_increment(variable, h, alpha)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon)
+        return config
+
+
+QAdam.__doc__ = with_base_keyword_args(QAdam.__doc__)
