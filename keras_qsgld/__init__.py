@@ -4,6 +4,7 @@ from keras_qsgld.qadam import QAdam
 from keras_qsgld.qsgld import QSGLD
 from keras_qsgld.quantize import compensation_term, quantize, quantized_increment, scaled_step
 from keras_qsgld.schedules import CompensationSchedule, ResolutionSchedule
+from keras_qsgld import datasets, models  # cheap: their heavy imports are lazy
 
 __version__ = "0.1.0"
 
