@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from keras_qsgld import quantize as qmath
+from keras_qsgld.random import uniform_from_seed
 from keras_qsgld.schedules import CompensationSchedule, ResolutionSchedule
 
 _SCHEDULE_KEYS = ("resolution", "compensation")
@@ -58,6 +59,7 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
         resolution=None,
         compensation=None,
         rounding="nearest",
+        seed=None,
         track_noise=False,
         jit_compile=True,
         name=None,
@@ -101,9 +103,17 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
                 f"Argument `rounding` must be one of {qmath.ROUNDING_MODES}. "
                 f"Received: rounding={rounding!r}"
             )
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"Argument `seed` must be an integer or None. Received: seed={seed!r}")
         self.resolution = resolution
         self.compensation = compensation
         self.rounding = rounding
+        self.seed = seed
+        if rounding in qmath.RANDOM_ROUNDING_MODES:
+            # The generator's state is an optimizer variable: saved with the model and
+            # restored, so a resumed run draws exactly what the uninterrupted one would.
+            self._seed_generator = keras.random.SeedGenerator(seed, name=f"{self.name}_seed")
+            self._track_variable(self._seed_generator.state)
         self.track_noise = bool(track_noise)
         self.jit_compile = bool(jit_compile)
         self._xla_update_step = None
@@ -149,10 +159,19 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
         if gate is not None:
             gate = ops.cast(gate, dtype)
         y = qmath.scaled_step(h, qp, step_size, gate)
-        q = qmath.quantize(y, self.rounding)
+        noise = None
+        if self.rounding in qmath.RANDOM_ROUNDING_MODES:
+            noise = self._uniform(ops.shape(y), dtype)
+        q = qmath.quantize(y, self.rounding, noise)
         self.assign_add(variable, ops.cast(ops.divide(q, qp), variable.dtype))
         if self.track_noise:
             self._accumulate_noise(y, q)
+
+    def _uniform(self, shape, dtype):
+        """Fresh U[0, 1) draws: one seed per call from the tracked `SeedGenerator`."""
+        # Not keras.random (100x slower under XLA on CPU) nor TF's Philox (another stream
+        # under XLA): a counter-based hash that is the same compiled or not.
+        return uniform_from_seed(shape, self._seed_generator.next(), dtype)
 
     def _accumulate_noise(self, y, q):
         count, zeros, error_sum, error_sq_sum = self._noise_stats
@@ -222,7 +241,10 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
                 value = keras.saving.serialize_keras_object(value)
             config[key] = value
         config.update(
-            rounding=self.rounding, track_noise=self.track_noise, jit_compile=self.jit_compile
+            rounding=self.rounding,
+            seed=self.seed,
+            track_noise=self.track_noise,
+            jit_compile=self.jit_compile,
         )
         return config
 

@@ -39,7 +39,9 @@ class QAdam(QuantizedOptimizer):
             fixed `Qp`. None (default) means `ResolutionSchedule()`.
         compensation: a `CompensationSchedule`, a constant gate in [0, 1], or None
             (default: off).
-        rounding: `"nearest"` (default, the paper) or `"floor"` (the authors' code).
+        rounding: `"nearest"` (default, the paper), `"floor"` (the authors' code),
+            `"stochastic"` or `"dithered"` (random; see `QSGLD`).
+        seed: int or None, seed of the random roundings (see `QSGLD`).
         track_noise: bool, accumulate rounding-error statistics (see `QSGLD`).
         jit_compile: bool, XLA-compile eager `apply` calls on TensorFlow (see `QSGLD`).
         {{base_optimizer_keyword_args}}
@@ -62,6 +64,7 @@ class QAdam(QuantizedOptimizer):
         resolution=None,
         compensation=None,
         rounding="nearest",
+        seed=None,
         track_noise=False,
         jit_compile=True,
         weight_decay=None,
@@ -81,6 +84,7 @@ class QAdam(QuantizedOptimizer):
             resolution=resolution,
             compensation=compensation,
             rounding=rounding,
+            seed=seed,
             track_noise=track_noise,
             jit_compile=jit_compile,
             name=name,

@@ -10,8 +10,8 @@ from keras_qsgld._base import QuantizedOptimizer, compute_dtype, dense, with_bas
 class QSGLD(QuantizedOptimizer):
     """Stochastic gradient Langevin dynamics by quantization with increasing resolution.
 
-    The Langevin noise is the rounding error of the increment: no random numbers are
-    drawn. Under the white-noise hypothesis it is uniform with variance `Qp**-2 / 12` per
+    The Langevin noise is the rounding error of the increment: with the deterministic
+    roundings no random numbers are drawn. Under the white-noise hypothesis it is uniform with variance `Qp**-2 / 12` per
     coordinate and step (an SGLD temperature `Qp**-2 / (24 * lr)`), annealed as `Qp` grows.
     The weights are never quantized, only each increment. Per variable, with `k` the
     optimizer step before this update (0 on the first one):
@@ -23,7 +23,8 @@ class QSGLD(QuantizedOptimizer):
     Qp = resolution(k)                           # ResolutionSchedule: eta * b**floor(log_b(ln(t+2)))
     s = compensation(k)                          # CompensationSchedule gate; r = 0 if None
     r = s * learning_rate * h / norm(h)          # Frobenius norm of this variable; 0 if norm(h) = 0
-    delta = Q(Qp * (h + r)) / Qp                 # Q(y) = floor(y + 1/2) ("nearest") or floor(y)
+    delta = Q(Qp * (h + r)) / Qp                 # Q(y) = floor(y + 1/2) ("nearest"), floor(y),
+                                                 #   floor(y + u) or floor(y + u + 1/2) - u
     w = w + delta
     ```
 
@@ -46,7 +47,23 @@ class QSGLD(QuantizedOptimizer):
             epochs only if its `steps_per_epoch` is set: pass your own for real runs.
         compensation: a `CompensationSchedule`, a constant gate in [0, 1], or None
             (default: no compensation term).
-        rounding: `"nearest"` (default, the paper) or `"floor"` (the authors' code).
+        rounding: how `Q` rounds, one of
+            - `"nearest"` (default, the paper): `floor(y + 1/2)`. Deterministic; every step
+              smaller than half a grid cell is exactly 0 (a dead zone with no noise).
+            - `"floor"` (the authors' code): `floor(y)`. Deterministic; a drift of
+              `-1 / (2 Qp)` per coordinate and step.
+            - `"stochastic"`: `floor(y + u)`, `u ~ U[0, 1)`. Unbiased, on the grid, error
+              variance `f (1 - f)` cells^2 (`f` the fractional part): noise only where
+              `y` is off the grid.
+            - `"dithered"`: subtractive dither `floor(y + u + 1/2) - u`,
+              `u ~ U[-1/2, 1/2)`. The error is exactly uniform with variance 1/12 cells^2,
+              independent of the step, so the temperature `Qp**-2 / (24 lr)` holds by
+              construction, also for tiny gradients; increments leave the grid.
+            Use a deterministic mode to follow the paper; use `"dithered"` when you want
+            Langevin noise of the stated temperature (sampling, escaping local minima).
+        seed: int or None, the seed of the random modes' `keras.random.SeedGenerator`,
+            whose state is an optimizer variable (saved, restored, exact on resume).
+            Draws are stateless Philox on TensorFlow. Unused by the deterministic modes.
         momentum: float in [0, 1). Default 0 (the paper).
         nesterov: bool, Nesterov momentum. Default False.
         track_noise: bool. If True, the optimizer accumulates statistics of the rounding
@@ -71,6 +88,7 @@ class QSGLD(QuantizedOptimizer):
         resolution=None,
         compensation=None,
         rounding="nearest",
+        seed=None,
         momentum=0.0,
         nesterov=False,
         track_noise=False,
@@ -92,6 +110,7 @@ class QSGLD(QuantizedOptimizer):
             resolution=resolution,
             compensation=compensation,
             rounding=rounding,
+            seed=seed,
             track_noise=track_noise,
             jit_compile=jit_compile,
             name=name,

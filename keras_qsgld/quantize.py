@@ -6,20 +6,42 @@ formula can be tested on its own against a NumPy reference.
 
 from keras import ops
 
-ROUNDING_MODES = ("nearest", "floor")
+ROUNDING_MODES = ("nearest", "floor", "stochastic", "dithered")
+# Modes that need a uniform draw `noise ~ U[0, 1)` of the shape of `y`.
+RANDOM_ROUNDING_MODES = ("stochastic", "dithered")
 
 
-def quantize(y, rounding="nearest"):
-    """Rounds `y` to the integer grid.
+def quantize(y, rounding="nearest", noise=None):
+    """Rounds `y` to the integer grid; the result minus `y` is the quantization noise.
 
-    `"nearest"` is the paper's Gauss bracket `floor(y + 1/2)` (round half up; note
-    that `ops.round` rounds half to even, which is not it). `"floor"` is what the
-    authors' released code runs.
+    - `"nearest"`: the paper's Gauss bracket `floor(y + 1/2)` (round half up; note that
+      `ops.round` rounds half to even, which is not it). The error lies in [-1/2, 1/2), but
+      is 0 for every `|y| < 1/2`: a dead zone where no noise is left.
+    - `"floor"`: what the authors' released code runs; error in (-1, 0], mean -1/2.
+    - `"stochastic"`: unbiased stochastic rounding `floor(y + u)`, `u = noise ~ U[0, 1)`.
+      On the grid, `E[Q(y)] = y`, error variance `f (1 - f)` for the fractional part `f`.
+    - `"dithered"`: subtractive dither `floor(y + u + 1/2) - u` with `u = noise - 1/2 ~
+      U[-1/2, 1/2)`. Not on the grid, but the error is exactly uniform on [-1/2, 1/2),
+      independent of `y`, variance 1/12: the white-noise hypothesis by construction.
+
+    Args:
+        y: the values, in grid units.
+        rounding: one of `ROUNDING_MODES`.
+        noise: for the random modes, uniform draws in [0, 1) of the shape of `y`.
     """
     if rounding == "nearest":
         return ops.floor(ops.add(y, 0.5))
     if rounding == "floor":
         return ops.floor(y)
+    if rounding in RANDOM_ROUNDING_MODES:
+        if noise is None:
+            raise ValueError(
+                f"rounding={rounding!r} needs `noise`, uniform draws in [0, 1). Received: noise=None"
+            )
+        if rounding == "stochastic":
+            return ops.floor(ops.add(y, noise))
+        dither = ops.subtract(noise, 0.5)
+        return ops.subtract(ops.floor(ops.add(ops.add(y, dither), 0.5)), dither)
     raise ValueError(
         f"Argument `rounding` must be one of {ROUNDING_MODES}. Received: rounding={rounding!r}"
     )
@@ -46,7 +68,7 @@ def scaled_step(h, qp, step_size=None, gate=None):
     return ops.multiply(qp, h)
 
 
-def quantized_increment(h, qp, step_size=None, gate=None, rounding="nearest"):
+def quantized_increment(h, qp, step_size=None, gate=None, rounding="nearest", noise=None):
     """The QSGLD increment `delta = Q(qp * (h + r)) / qp`.
 
     Args:
@@ -55,9 +77,10 @@ def quantized_increment(h, qp, step_size=None, gate=None, rounding="nearest"):
         step_size: the learning rate that scales the compensation (Adam's `a_k`).
         gate: the compensation gate `s` in [0, 1]; `None` means no compensation,
             which is then exactly quantized SGD.
-        rounding: `"nearest"` (`floor(. + 1/2)`) or `"floor"`.
+        rounding: one of `ROUNDING_MODES` (see `quantize`).
+        noise: uniform draws in [0, 1) of the shape of `h`, for the random modes.
 
     Returns:
         The increment, in the dtype of `h`, to add to the weights.
     """
-    return ops.divide(quantize(scaled_step(h, qp, step_size, gate), rounding), qp)
+    return ops.divide(quantize(scaled_step(h, qp, step_size, gate), rounding, noise), qp)
