@@ -1,0 +1,111 @@
+"""The pure `keras.ops` maths in `keras_qsgld.quantize` against the NumPy reference."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras import ops
+import keras_qsgld as qmath  # the public pure functions: quantize, compensation_term, ...
+from tests import reference as ref
+
+HALVES = np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5], dtype=np.float32)
+
+
+def test_nearest_is_round_half_up_not_half_to_even():
+    got = ops.convert_to_numpy(qmath.quantize(HALVES, "nearest"))
+    np.testing.assert_array_equal(got, [-2, -1, 0, 1, 2, 3, 4])
+    np.testing.assert_array_equal(got, ref.quantize(HALVES, "nearest"))
+    # ops.round is half to even, which is not the paper's Gauss bracket.
+    assert not np.array_equal(ops.convert_to_numpy(ops.round(HALVES)), got)
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "floor"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_quantize_matches_reference(rounding, dtype, rng):
+    y = (rng.normal(0, 20, 5000)).astype(dtype)
+    y[:8] = [0.0, -0.0, 0.5, -0.5, 1.0, -1.0, 0.4999, -0.4999]
+    # Not tested: in float32, 0.5 - ulp + 0.5 rounds up to 1, so floor(y + 1/2) (the paper's
+    # formula, evaluated in float32 as the authors do) gives 1 there; a measure-zero edge.
+    got = ops.convert_to_numpy(qmath.quantize(y, rounding))
+    np.testing.assert_array_equal(got, ref.quantize(y.astype(np.float64), rounding))
+    assert got.dtype == np.dtype(dtype)
+
+
+def test_compensation_term_matches_reference(rng):
+    h = rng.normal(0, 1e-3, (13, 7))
+    for gate, step_size in [(1.0, 0.1), (0.3, 0.05), (0.0, 0.1)]:
+        got = ops.convert_to_numpy(qmath.compensation_term(h, step_size, gate))
+        np.testing.assert_allclose(got, ref.compensation(h, step_size, gate), rtol=1e-12, atol=0)
+        # The term is a step of length gate * step_size along h.
+        assert np.linalg.norm(got) == pytest.approx(gate * step_size, rel=1e-12, abs=1e-300)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_zero_step_gives_zero_compensation_without_nan(dtype):
+    h = np.zeros((4, 3), dtype)
+    r = ops.convert_to_numpy(qmath.compensation_term(h, 0.1, 1.0))
+    np.testing.assert_array_equal(r, np.zeros((4, 3)))
+    delta = ops.convert_to_numpy(qmath.quantized_increment(h, 1024.0, 0.1, 1.0, "floor"))
+    np.testing.assert_array_equal(delta, np.zeros((4, 3)))
+
+
+def test_scaled_step_without_gate_is_qp_times_h(rng):
+    h = rng.normal(0, 1e-3, (6, 6)).astype(np.float32)
+    got = ops.convert_to_numpy(qmath.scaled_step(h, np.float32(4096.0)))
+    np.testing.assert_array_equal(got, np.float32(4096.0) * h)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(qmath.scaled_step(h.astype(np.float64), 4096.0, 0.05, 0.7)),
+        ref.scaled_step(h, 4096.0, 0.05, 0.7),
+        rtol=1e-12,
+    )
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "floor"])
+@pytest.mark.parametrize("gate", [None, 1.0, 0.25])
+def test_quantized_increment_matches_reference_and_lies_on_grid(rounding, gate, rng):
+    h = rng.normal(0, 0.01, (50, 20))
+    qp = 2.0**12
+    y_ref = ref.scaled_step(h, qp, 0.05, gate)
+    # float64 inputs: the same maths in the same precision, no ambiguous entries.
+    delta64 = ops.convert_to_numpy(qmath.quantized_increment(h, qp, 0.05, gate, rounding))
+    np.testing.assert_array_equal(delta64, ref.increment(h, qp, 0.05, gate, rounding))
+    # float32 inputs: on the grid, and equal to the reference away from rounding boundaries.
+    delta32 = ops.convert_to_numpy(
+        qmath.quantized_increment(
+            h.astype(np.float32), np.float32(qp), np.float32(0.05), None if gate is None else np.float32(gate), rounding
+        )
+    )
+    assert delta32.dtype == np.float32
+    ref.assert_increment_matches(delta32, y_ref, qp, rounding)
+
+
+def test_quantized_increment_under_xla(rng):
+    h = rng.normal(0, 0.01, (30, 10)).astype(np.float32)
+    fn = tf.function(lambda h, qp, s: qmath.quantized_increment(h, qp, 0.05, s, "nearest"), jit_compile=True)
+    for qp in (256.0, 512.0, 1024.0):
+        delta = fn(h, tf.constant(qp), tf.constant(0.5)).numpy()
+        ref.assert_increment_matches(delta, ref.scaled_step(h.astype(np.float64), qp, 0.05, 0.5), qp)
+    assert fn.experimental_get_tracing_count() == 1
+
+
+def test_rounding_error_is_white_noise_when_steps_span_many_cells(rng):
+    """Q(y) - y is uniform on [-1/2, 1/2) (nearest) or (-1, 0] (floor): variance 1/12."""
+    y = rng.normal(0, 30, 200_000)
+    for rounding, mean in (("nearest", 0.0), ("floor", -0.5)):
+        err = ops.convert_to_numpy(qmath.quantize(y, rounding)) - y
+        assert abs(err.mean() - mean) < 0.005
+        assert err.var() * 12 == pytest.approx(1.0, abs=0.02)
+
+
+def test_float32_limit_no_rounding_beyond_2_pow_24(rng):
+    """Where |Qp (h + r)| > 2**24 a float32 step is already an integer number of cells,
+    so the rounding changes nothing: the increment carries no quantization noise."""
+    qp = 2.0**20
+    h = rng.uniform(16.0, 100.0, 1000) * rng.choice([-1.0, 1.0], 1000) + rng.uniform(0, 1, 1000) / qp
+    y32 = np.float32(qp) * h.astype(np.float32)
+    assert np.all(np.abs(y32) > 2**24)
+    delta32 = ops.convert_to_numpy(qmath.quantized_increment(h.astype(np.float32), np.float32(qp)))
+    np.testing.assert_array_equal(delta32, h.astype(np.float32))  # unchanged: error exactly 0
+    # In float64 the same steps are rounded: the error is spread over [-1/2, 1/2) cells.
+    err64 = (ops.convert_to_numpy(qmath.quantized_increment(h, qp)) - h) * qp
+    assert np.all(np.abs(err64) <= 0.5) and err64.var() * 12 == pytest.approx(1.0, abs=0.15)

@@ -1,0 +1,154 @@
+"""`ResolutionSchedule` and `CompensationSchedule` against the NumPy reference."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+from keras import ops
+import keras_qsgld
+from tests import reference as ref
+
+RESOLUTION_CASES = [
+    dict(),  # the defaults: eta=2**19, base=2, steps_per_epoch=1
+    dict(eta=256.0, base=2.0, steps_per_epoch=3),
+    dict(eta=1000.0, base=3.0, steps_per_epoch=7),
+    dict(eta=5.0, base=1.5, steps_per_epoch=100),
+    dict(eta=2.0**19, base=2.0, steps_per_epoch=390),
+]
+
+
+def _steps_around_breakpoints(base, steps_per_epoch, max_epoch):
+    """Integer steps on both sides of every breakpoint `t = e**(base**p) - 2`."""
+    steps = set(range(0, 50))
+    for t in ref.resolution_breakpoints(max_epoch, base):
+        s = t * steps_per_epoch
+        steps.update({math.floor(s) - 1, math.floor(s), math.ceil(s), math.ceil(s) + 1})
+    steps.update(np.unique(np.geomspace(1, max_epoch * steps_per_epoch, 60).astype(int)).tolist())
+    return sorted(s for s in steps if s >= 0)
+
+
+@pytest.mark.parametrize("kwargs", RESOLUTION_CASES)
+def test_resolution_matches_reference_including_breakpoints(kwargs):
+    schedule = keras_qsgld.ResolutionSchedule(**kwargs)
+    base, spe = kwargs.get("base", 2.0), kwargs.get("steps_per_epoch", 1)
+    max_epoch = 200.0 if base > 1.6 else 60.0
+    steps = _steps_around_breakpoints(base, spe, max_epoch)
+    got = np.array([float(schedule(s)) for s in steps])
+    want = ref.resolution(steps, **kwargs)
+    np.testing.assert_allclose(got, want.astype(np.float32), rtol=0)
+    # The sampled steps do cross breakpoints: Qp takes several values.
+    assert len(np.unique(want)) >= 3
+
+
+def test_resolution_changes_exactly_at_breakpoints():
+    # Defaults counted in epochs (1000 steps each): 2**18 before t = e - 2 = 0.71828...,
+    # 2**19 from there to e**2 - 2 = 5.389..., then 2**20 until e**4 - 2 = 52.598...
+    schedule = keras_qsgld.ResolutionSchedule(steps_per_epoch=1000)
+    values = {s: float(schedule(s)) for s in (0, 718, 719, 5389, 5390, 52598, 52599)}
+    assert values == {
+        0: 2.0**18,
+        718: 2.0**18,
+        719: 2.0**19,
+        5389: 2.0**19,
+        5390: 2.0**20,
+        52598: 2.0**20,
+        52599: 2.0**21,
+    }
+
+
+def test_resolution_is_float32_scalar_and_bounded_by_log_cooling():
+    schedule = keras_qsgld.ResolutionSchedule(eta=64.0, base=2.0, steps_per_epoch=5)
+    value = schedule(ops.convert_to_tensor(17, "int64"))
+    assert keras.backend.standardize_dtype(value.dtype) == "float32" and tuple(value.shape) == ()
+    steps = np.arange(0, 5000, 37)
+    qp = np.array([float(schedule(s)) for s in steps])
+    # b**floor(log_b y) <= y, so Qp <= eta * ln(t + 2), and Qp never decreases.
+    assert np.all(qp <= 64.0 * np.log(steps / 5 + 2))
+    assert np.all(np.diff(qp) >= 0)
+
+
+def test_resolution_breakpoints_method():
+    schedule = keras_qsgld.ResolutionSchedule(base=2.0)
+    np.testing.assert_allclose(schedule.breakpoints(3000.0), ref.resolution_breakpoints(3000.0, 2.0))
+    np.testing.assert_allclose(
+        keras_qsgld.ResolutionSchedule(base=3.0).breakpoints(1e4), ref.resolution_breakpoints(1e4, 3.0)
+    )
+
+
+GATE_CASES = [
+    dict(gate="logistic"),
+    dict(gate="tanh"),
+    dict(kappa=0.5, tau0=3.0, steps_per_epoch=4, gate="logistic"),
+    dict(kappa=3.0, tau0=1.5, steps_per_epoch=3, gate="tanh"),
+    dict(kappa=0.0, tau0=2.0, gate="logistic"),
+]
+
+
+@pytest.mark.parametrize("kwargs", GATE_CASES)
+def test_gate_matches_reference(kwargs):
+    schedule = keras_qsgld.CompensationSchedule(**kwargs)
+    steps = np.concatenate([np.arange(0, 120), [1000, 10**6, 10**9]])
+    got = np.array([float(schedule(s)) for s in steps])
+    ref_kwargs = {k: v for k, v in kwargs.items() if k != "gate"}
+    want = ref.gate(steps, kind=kwargs["gate"], **ref_kwargs)
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)
+    assert np.all((got >= 0) & (got <= 1)) and np.all(np.isfinite(got))
+    assert np.all(np.diff(got) <= 0)  # the gate only switches off
+
+
+def test_gate_forms():
+    logistic = keras_qsgld.CompensationSchedule(kappa=2.0, tau0=5.0, gate="logistic")
+    tanh = keras_qsgld.CompensationSchedule(kappa=2.0, tau0=5.0, gate="tanh")
+    twice = keras_qsgld.CompensationSchedule(kappa=4.0, tau0=5.0, gate="logistic")
+    assert float(logistic(5)) == pytest.approx(0.5) and float(tanh(5)) == pytest.approx(0.5)
+    for step in range(0, 12):
+        # (tanh(x) + 1) / 2 = sigmoid(2 x): the authors' gate switches twice as fast.
+        assert float(tanh(step)) == pytest.approx(float(twice(step)), abs=1e-6)
+    assert float(logistic(0)) == pytest.approx(1 / (1 + math.exp(-10)), rel=1e-6)
+
+
+def test_gate_defaults_and_from_budget():
+    schedule = keras_qsgld.CompensationSchedule()
+    assert (schedule.kappa, schedule.tau0, schedule.steps_per_epoch, schedule.gate) == (2.0, 10.0, 1, "logistic")
+    assert "tau0" in type(schedule).__doc__ and "0.2" in type(schedule).__doc__
+    budget = keras_qsgld.CompensationSchedule.from_budget(200, steps_per_epoch=390, gate="tanh")
+    assert budget.tau0 == pytest.approx(40.0) and budget.steps_per_epoch == 390 and budget.gate == "tanh"
+    assert keras_qsgld.CompensationSchedule.from_budget(50, warmup_fraction=0.5).tau0 == pytest.approx(25.0)
+
+
+def test_schedules_trace_once_under_xla_with_a_variable_step():
+    resolution = keras_qsgld.ResolutionSchedule(eta=128.0, steps_per_epoch=2)
+    gate = keras_qsgld.CompensationSchedule(tau0=3.0, steps_per_epoch=2, gate="tanh")
+    step = tf.Variable(0, dtype=tf.int64)
+    fn = tf.function(lambda: (resolution(step), gate(step)), jit_compile=True)
+    for k in range(20):
+        step.assign(k)
+        qp, s = fn()
+        assert float(qp) == ref.resolution(k, 128.0, 2.0, 2)
+        assert float(s) == pytest.approx(float(ref.gate(k, 2.0, 3.0, 2, "tanh")), abs=1e-6)
+    assert fn.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        keras_qsgld.ResolutionSchedule(eta=300.0, base=3.0, steps_per_epoch=11, name="res"),
+        keras_qsgld.CompensationSchedule(kappa=1.5, tau0=7.0, steps_per_epoch=5, gate="tanh", name="comp"),
+    ],
+    ids=["resolution", "compensation"],
+)
+def test_schedule_config_round_trip(schedule):
+    config = schedule.get_config()
+    clone = type(schedule).from_config(dict(config))
+    assert clone.get_config() == config
+    serialized = keras.saving.serialize_keras_object(schedule)
+    assert serialized["registered_name"] == f"keras_qsgld>{type(schedule).__name__}"
+    revived = keras.saving.deserialize_keras_object(serialized)
+    assert type(revived) is type(schedule) and revived.get_config() == config
+    revived = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
+    assert revived.get_config() == config
+    for step in (0, 3, 40, 400):
+        assert float(revived(step)) == float(schedule(step))
