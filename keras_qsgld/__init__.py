@@ -4,7 +4,8 @@ from keras_qsgld.qadam import QAdam
 from keras_qsgld.qsgld import QSGLD
 from keras_qsgld.quantize import compensation_term, quantize, quantized_increment, scaled_step
 from keras_qsgld.schedules import CompensationSchedule, ResolutionSchedule
-from keras_qsgld import datasets, models  # cheap: their heavy imports are lazy
+from keras_qsgld import callbacks, datasets, models  # cheap: their heavy imports are lazy
+from keras_qsgld.callbacks import QSGLDMonitor
 
 __version__ = "0.1.0"
 
@@ -17,4 +18,5 @@ __all__ = [
     "quantized_increment",
     "compensation_term",
     "scaled_step",
+    "QSGLDMonitor",
 ]
