@@ -86,6 +86,32 @@ DEFAULTS = dict(
 )
 
 
+def _parse_lr(text):
+    """--lr: a float, or 'name=float,name=float'."""
+    def positive(value):
+        number = float(value)
+        if not number > 0:
+            raise ValueError
+        return number
+
+    try:
+        if "=" not in text:
+            return positive(text)
+        table = {}
+        for item in text.split(","):
+            name, value = item.split("=")
+            name = name.strip().lower()
+            if name not in OPTIMIZERS:
+                raise ValueError
+            table[name] = positive(value)
+        return table
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number > 0 or 'optimizer=number,...' with optimizers from {OPTIMIZERS}; "
+            f"received {text!r}"
+        ) from None
+
+
 class SimulatedCrash(Exception):
     """Raised by --simulate-crash-after to test resuming with --backup-dir."""
 
@@ -127,8 +153,10 @@ def build_parser():
     g.add_argument("--optimizer", default=None,
                    help=f"optimizer or comma-separated list to compare, from {OPTIMIZERS} "
                         f"(default {DEFAULTS['optimizer']})")
-    g.add_argument("--lr", type=float, default=None,
-                   help="learning rate for every optimizer (default: each optimizer's own: " +
+    g.add_argument("--lr", type=_parse_lr, default=None,
+                   help="learning rate: one number for every optimizer, or per optimizer as "
+                        "'qsgld=0.05,adam=0.001' (others keep their default). Default: each "
+                        "optimizer's own: " +
                         ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
     g.add_argument("--epochs", type=int, default=None, help=f"epochs (default {DEFAULTS['epochs']})")
     g.add_argument("--batch-size", type=int, default=None,
@@ -187,8 +215,6 @@ def parse_args(argv=None):
     for flag in ("epochs", "batch_size"):
         if getattr(args, flag) < 1:
             errors.append(f"--{flag.replace('_', '-')} must be >= 1; received {getattr(args, flag)}")
-    if args.lr is not None and not args.lr > 0:
-        errors.append(f"--lr must be > 0; received {args.lr}")
     if errors:
         build_parser().error("; ".join(errors))
     return args
@@ -196,8 +222,10 @@ def parse_args(argv=None):
 
 def learning_rate(args, name):
     """The learning rate of optimizer `name`: --lr, else the preset's, else its default."""
-    if args.lr is not None:
+    if isinstance(args.lr, float):
         return args.lr
+    if isinstance(args.lr, dict) and name in args.lr:
+        return args.lr[name]
     preset = PRESETS.get(args.preset, {})
     return preset.get("lr_per_optimizer", {}).get(name, preset.get("lr", DEFAULT_LR[name]))
 
