@@ -35,11 +35,11 @@ def run(optimizer, w0, grads, dtype="float32"):
     return history, variables
 
 
-def assert_trajectory_matches(history, w0, expected, rounding):
+def assert_trajectory_matches(history, w0, expected, rounding, **kwargs):
     previous = [np.asarray(w, dtype=np.float64) for w in w0]
     for k, weights in enumerate(history):
         for i, w in enumerate(weights):
-            ref.assert_increment_matches(w - previous[i], expected["y"][k][i], expected["qp"][k], rounding)
+            ref.assert_increment_matches(w - previous[i], expected["y"][k][i], expected["qp"][k], rounding, **kwargs)
         previous = weights
 
 
