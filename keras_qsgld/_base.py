@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from keras_qsgld import quantize as qmath
+from keras_qsgld.quantize import RANDOM_ROUNDING_MODES, ROUNDING_MODES, quantize, scaled_step
 from keras_qsgld.random import uniform_from_seed
 from keras_qsgld.schedules import CompensationSchedule, ResolutionSchedule
 
@@ -98,9 +98,9 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
                 "Argument `compensation` must be a CompensationSchedule, a constant gate "
                 f"in [0, 1] or None. Received: compensation={compensation!r}"
             )
-        if rounding not in qmath.ROUNDING_MODES:
+        if rounding not in ROUNDING_MODES:
             raise ValueError(
-                f"Argument `rounding` must be one of {qmath.ROUNDING_MODES}. "
+                f"Argument `rounding` must be one of {ROUNDING_MODES}. "
                 f"Received: rounding={rounding!r}"
             )
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -109,7 +109,7 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
         self.compensation = compensation
         self.rounding = rounding
         self.seed = seed
-        if rounding in qmath.RANDOM_ROUNDING_MODES:
+        if rounding in RANDOM_ROUNDING_MODES:
             # The generator's state is an optimizer variable: saved with the model and
             # restored, so a resumed run draws exactly what the uninterrupted one would.
             self._seed_generator = keras.random.SeedGenerator(seed, name=f"{self.name}_seed")
@@ -158,11 +158,11 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
         gate = self.gate_at(step)
         if gate is not None:
             gate = ops.cast(gate, dtype)
-        y = qmath.scaled_step(h, qp, step_size, gate)
+        y = scaled_step(h, qp, step_size, gate)
         noise = None
-        if self.rounding in qmath.RANDOM_ROUNDING_MODES:
+        if self.rounding in RANDOM_ROUNDING_MODES:
             noise = self._uniform(ops.shape(y), dtype)
-        q = qmath.quantize(y, self.rounding, noise)
+        q = quantize(y, self.rounding, noise)
         self.assign_add(variable, ops.cast(ops.divide(q, qp), variable.dtype))
         if self.track_noise:
             self._accumulate_noise(y, q)

@@ -1,0 +1,219 @@
+"""The random rounding modes ("stochastic", "dithered"): statistics, seeding, XLA, resume."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy import stats
+
+import keras_qsgld
+from keras_qsgld.quantize import quantize
+from keras_qsgld.random import uniform_from_seed
+
+N = 200_000
+
+
+def _uniform_np(n, seed):
+    return np.random.default_rng(seed).random(n).astype("float64")
+
+
+# -- the generator ----------------------------------------------------------------------
+def test_uniform_from_seed_is_uniform_and_uncorrelated():
+    u = uniform_from_seed((N,), tf.constant([11, 3], tf.int64)).numpy().astype("float64")
+    assert u.min() >= 0.0 and u.max() < 1.0
+    assert stats.kstest(u, "uniform").pvalue > 1e-3
+    assert abs(u.mean() - 0.5) < 5 * np.sqrt(1 / 12 / N)
+    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 5 / np.sqrt(N)
+    # The next seed of a SeedGenerator (counter + 1) gives an uncorrelated stream.
+    v = uniform_from_seed((N,), tf.constant([11, 4], tf.int64)).numpy().astype("float64")
+    assert abs(np.corrcoef(u, v)[0, 1]) < 5 / np.sqrt(N)
+
+
+def test_uniform_from_seed_same_with_and_without_xla():
+    seed = tf.constant([7, 123], tf.int64)
+    eager = uniform_from_seed((37, 11), seed).numpy()
+    compiled = tf.function(lambda s: uniform_from_seed((37, 11), s), jit_compile=True)(seed).numpy()
+    graph = tf.function(lambda s: uniform_from_seed((37, 11), s))(seed).numpy()
+    np.testing.assert_array_equal(eager, compiled)
+    np.testing.assert_array_equal(eager, graph)
+    other = uniform_from_seed((37, 11), tf.constant([8, 123], tf.int64)).numpy()
+    assert not np.array_equal(eager, other)
+
+
+# -- the pure rounding maths against NumPy ----------------------------------------------
+@pytest.mark.parametrize("y", [0.3, -2.75, 1e-3, 5.0])
+def test_stochastic_rounding_unbiased_on_grid_variance_f_one_minus_f(y):
+    u = _uniform_np(N, 0)
+    q = keras.ops.convert_to_numpy(quantize(np.full(N, y), "stochastic", u))
+    np.testing.assert_array_equal(q, np.floor(y + u))  # independent NumPy reference
+    assert np.all(q == np.round(q))
+    f = y - np.floor(y)
+    err = q - y
+    assert abs(err.mean()) < 5 * np.sqrt(max(f * (1 - f), 1e-12) / N) + 1e-12
+    assert err.var() == pytest.approx(f * (1 - f), rel=0.03, abs=1e-6)
+
+
+def test_dithered_error_is_uniform_and_independent_of_the_signal():
+    rng = np.random.default_rng(1)
+    y = rng.normal(0.0, 0.05, N)  # far inside the dead zone of "nearest"
+    u = _uniform_np(N, 2)
+    q = keras.ops.convert_to_numpy(quantize(y, "dithered", u))
+    np.testing.assert_allclose(q, np.floor(y + (u - 0.5) + 0.5) - (u - 0.5), atol=1e-12)
+    err = q - y
+    assert stats.kstest(err, "uniform", args=(-0.5, 1.0)).pvalue > 1e-3
+    assert err.var() * 12 == pytest.approx(1.0, rel=0.02)
+    assert abs(np.corrcoef(err, y)[0, 1]) < 5 / np.sqrt(N)
+    nearest = keras.ops.convert_to_numpy(quantize(y, "nearest"))
+    assert np.mean(nearest == 0) > 0.99  # the dead zone the dither removes
+
+
+def test_random_modes_need_noise():
+    with pytest.raises(ValueError, match="noise"):
+        quantize(np.zeros(3), "dithered")
+
+
+# -- the optimizers ---------------------------------------------------------------------
+def _run(rounding, seed, steps=5, jit=False, cls=keras_qsgld.QSGLD, qp=64.0, shape=(500,)):
+    opt = cls(learning_rate=0.1, rounding=rounding, seed=seed, resolution=qp, jit_compile=jit)
+    v = keras.Variable(np.zeros(shape, "float32"))
+    g = tf.constant(np.linspace(-1, 1, int(np.prod(shape))).reshape(shape).astype("float32"))
+    for _ in range(steps):
+        opt.apply([g], [v])
+    return v.numpy(), opt
+
+
+@pytest.mark.parametrize("rounding", ["stochastic", "dithered"])
+@pytest.mark.parametrize("cls", [keras_qsgld.QSGLD, keras_qsgld.QAdam])
+def test_same_seed_same_trajectory_xla_agrees(rounding, cls):
+    a, opt = _run(rounding, seed=5, cls=cls)
+    b, _ = _run(rounding, seed=5, cls=cls)
+    c, _ = _run(rounding, seed=6, cls=cls)
+    d, opt_xla = _run(rounding, seed=5, cls=cls, jit=True)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, d)
+    assert opt_xla._xla_update_step.experimental_get_tracing_count() == 1
+    assert not np.array_equal(a, c)
+    assert any("seed_generator_state" in v.name for v in opt.variables)
+
+
+def test_stochastic_increments_on_grid_and_unbiased():
+    qp = 64.0
+    v, _ = _run("stochastic", seed=0, steps=1, qp=qp, shape=(20000,))
+    np.testing.assert_array_equal(v * qp, np.round(v * qp))
+    h = -0.1 * np.linspace(-1, 1, 20000)  # the unquantized step
+    assert abs(np.mean(v - h)) < 5 * np.sqrt(0.25 / 20000) / qp
+
+
+def test_dithered_temperature_holds_for_tiny_steps():
+    # Steps of 1e-3 grid cells: "nearest" rounds everything to zero, the dither does not.
+    qp = 8.0
+    g = tf.constant(np.full((4000,), 1e-3 / (qp * 0.1), "float32"))
+    stats_by_mode = {}
+    for rounding in ("nearest", "dithered"):
+        opt = keras_qsgld.QSGLD(learning_rate=0.1, resolution=qp, rounding=rounding, seed=1,
+                                track_noise=True, jit_compile=False)
+        v = keras.Variable(np.zeros((4000,), "float32"))
+        for _ in range(3):
+            opt.apply([g], [v])
+        stats_by_mode[rounding] = opt.noise_statistics()
+    assert stats_by_mode["nearest"]["zero_fraction"] == 1.0
+    assert stats_by_mode["nearest"]["variance_ratio"] < 1e-4
+    assert stats_by_mode["dithered"]["zero_fraction"] < 0.01
+    assert stats_by_mode["dithered"]["variance_ratio"] == pytest.approx(1.0, rel=0.05)
+    assert abs(stats_by_mode["dithered"]["error_mean"]) < 0.02
+
+
+def test_lag1_autocorrelation_of_dithered_error_across_steps():
+    # The same coordinate over many steps: errors of successive steps are uncorrelated.
+    qp, steps = 16.0, 400
+    opt = keras_qsgld.QSGLD(learning_rate=0.05, resolution=qp, rounding="dithered", seed=2,
+                            jit_compile=False)
+    v = keras.Variable(np.zeros((64,), "float32"))
+    g = tf.constant(np.full((64,), 0.01, "float32"))
+    apply = tf.function(lambda: opt.apply([g], [v]))
+    errors, prev = [], v.numpy().copy()
+    for _ in range(steps):
+        apply()
+        cur = v.numpy().copy()
+        errors.append((cur - prev) * qp - (-0.05 * 0.01 * qp))
+        prev = cur
+    e = np.array(errors)  # (steps, 64)
+    lag1 = np.mean([np.corrcoef(e[:-1, j], e[1:, j])[0, 1] for j in range(64)])
+    assert abs(lag1) < 4 / np.sqrt(steps * 64)
+    assert e.var() * 12 == pytest.approx(1.0, rel=0.05)
+
+
+def _model():
+    return keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)]
+    )
+
+
+@pytest.mark.parametrize("rounding", ["stochastic", "dithered"])
+def test_resume_is_bitwise_exact_with_the_rng_state(tmp_path, rounding):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6)).astype("float32")
+    y = rng.normal(size=(64, 1)).astype("float32")
+
+    def compiled(model):
+        model.compile(optimizer=keras_qsgld.QSGLD(learning_rate=0.05, resolution=2.0**10,
+                                                  rounding=rounding, seed=4), loss="mse")
+        return model
+
+    keras.utils.set_random_seed(0)
+    full = compiled(_model())
+    init = full.get_weights()
+    full.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+
+    half = compiled(_model())
+    half.set_weights(init)
+    half.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    path = os.path.join(tmp_path, "half.keras")
+    half.save(path)
+    resumed = keras.saving.load_model(path)
+    assert resumed.optimizer.rounding == rounding and resumed.optimizer.seed == 4
+    np.testing.assert_array_equal(
+        resumed.optimizer._seed_generator.state.numpy(), half.optimizer._seed_generator.state.numpy()
+    )
+    resumed.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(full.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fit_with_xla_and_dithered_rounding_runs():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6)).astype("float32")
+    y = rng.normal(size=(64, 1)).astype("float32")
+    model = _model()
+    model.compile(optimizer=keras_qsgld.QAdam(rounding="dithered", seed=0), loss="mse",
+                  jit_compile=True)
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert int(model.optimizer.iterations) == 8
+
+
+def test_seed_validation_and_config_round_trip():
+    with pytest.raises(ValueError, match=r"seed.*Received: seed='x'"):
+        keras_qsgld.QSGLD(rounding="dithered", seed="x")
+    opt = keras_qsgld.QSGLD(rounding="stochastic", seed=9)
+    config = opt.get_config()
+    assert config["seed"] == 9 and config["rounding"] == "stochastic"
+    clone = keras_qsgld.QSGLD.from_config(config)
+    assert clone.seed == 9 and clone.rounding == "stochastic"
+    # Deterministic modes keep the variable layout of the paper's optimizer (no RNG state).
+    plain = keras_qsgld.QSGLD(rounding="nearest", seed=9)
+    assert not any("seed" in v.name for v in plain.variables)
+
+
+def test_double_well_benchmark_quick(tmp_path):
+    from benchmarks import langevin_double_well
+
+    rows = langevin_double_well.main(["--quick", "--output-dir", str(tmp_path)])
+    by_method = {row[0]: row for row in rows}
+    assert (tmp_path / "double_well.md").exists() and (tmp_path / "double_well.png").exists()
+    # Even in the tiny run the dither crosses the barrier and deterministic rounding does not.
+    assert by_method["QSGLD rounding=dithered"][3] > 0.05
+    assert by_method["QSGLD rounding=nearest"][3] == 0.0
+    assert by_method["QSGLD rounding=nearest"][5] == 1.0
