@@ -24,6 +24,7 @@ tensorflow-datasets, scikit-learn and mnist1d are imported only when a loader ne
 """
 
 import dataclasses
+import functools
 import math
 import socket
 import threading
@@ -260,6 +261,7 @@ def _tfds_splits(name, data_dir, max_examples, download):
 
 
 # -- offline data sets -----------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
 def _digits_arrays():
     try:
         from sklearn.datasets import load_digits
@@ -274,10 +276,15 @@ def _digits_arrays():
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=KNOWN_SIZES["digits"][1], stratify=y, random_state=0
     )
-    return x_train, y_train, np.ascontiguousarray(x_test), y_test
+    arrays = tuple(np.ascontiguousarray(a) for a in (x_train, y_train, x_test, y_test))
+    for a in arrays:
+        a.flags.writeable = False  # cached: shared by every call
+    return arrays
 
 
+@functools.lru_cache(maxsize=1)
 def _mnist1d_arrays():
+    """MNIST-1D's arrays, generated once per process (it takes seconds)."""
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as error:
@@ -295,7 +302,10 @@ def _mnist1d_arrays():
         random.setstate(py_state)
     x_train = data["x"].astype("float32")[..., None]  # (4000, 40, 1)
     x_test = data["x_test"].astype("float32")[..., None]
-    return x_train, data["y"].astype("int64"), x_test, data["y_test"].astype("int64")
+    arrays = (x_train, data["y"].astype("int64"), x_test, data["y_test"].astype("int64"))
+    for a in arrays:
+        a.flags.writeable = False  # cached: shared by every call
+    return arrays
 
 
 # -- the pipeline ----------------------------------------------------------------------
