@@ -1,0 +1,1 @@
+"""KerasTuner search of QSGLD's hyperparameters (`tuning/search.py`, `tuning/hypermodel.py`)."""

@@ -1,0 +1,435 @@
+"""KerasTuner search of QSGLD's eta, base, kappa and tau0 (and optionally the learning rate).
+
+Examples (see docs/tuning.md):
+
+    python tuning/search.py --dataset cifar10 --data-dir ~/tensorflow_datasets
+    python tuning/search.py --dataset cifar100 --tuner bayesian --max-trials 30 --epochs 20
+    python tuning/search.py --smoke                      # digits + MLP, offline, 1-2 minutes
+
+An existing search in `--directory/--project-name` resumes; `--overwrite` starts anew. At the
+end (on the chief, in a distributed search) it prints `results_summary()` and writes to
+`--output-dir` (default: the project directory):
+
+    best_hyperparameters.json   the best values, the objective, and "qsgld_config"
+    qsgld_config.json           the best optimizer: keras_qsgld.QSGLD.from_config(json.load(f))
+    objective_vs_hyperparameters.png
+    trials.json                 every completed trial's values and score
+
+Distributed search uses KerasTuner's own chief/worker mode: set KERASTUNER_TUNER_ID
+("chief" or e.g. "tuner0"), KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT and run the same
+command in every process.
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `tuning` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+TUNERS = ("hyperband", "bayesian", "random")
+SMOKE = dict(dataset="digits", model="mlp", batch_size=64, max_epochs=3, epochs=2, max_trials=3,
+             factor=3)
+SETTINGS_FILE = "qsgld_search_settings.json"
+# Settings that must not change when a search resumes (they change what a trial means).
+RESUME_KEYS = ("dataset", "model", "depth", "tuner", "batch_size", "validation_fraction",
+               "max_examples", "epochs_budget", "steps_per_epoch", "objective", "space",
+               "rounding", "momentum", "gate")
+
+
+def _datasets():
+    try:
+        from keras_qsgld.datasets import DATASETS
+    except ImportError:
+        return ("cifar10", "cifar100", "fashion_mnist", "digits", "mnist1d")
+    return tuple(DATASETS)
+
+
+def _models():
+    try:
+        from keras_qsgld.models import MODELS
+    except ImportError:
+        return ("cifar_resnet", "resnet50", "cnn", "mlp", "cnn1d")
+    return tuple(MODELS)
+
+
+def build_parser():
+    """The command-line interface."""
+    p = argparse.ArgumentParser(
+        description="KerasTuner search of QSGLD's eta, base b, kappa and tau0 "
+        "(CIFAR ResNet-50 by default).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("data and model")
+    g.add_argument("--dataset", default=None, choices=_datasets(),
+                   help="data set (default cifar10; digits with --smoke)")
+    g.add_argument("--data-dir", default=None, help="tensorflow-datasets data directory")
+    g.add_argument("--mock-data", type=int, default=0, metavar="N",
+                   help="offline runs: serve N random examples per split with "
+                   "tfds.testing.mock_data (tfds data sets only)")
+    g.add_argument("--max-examples", type=int, default=None,
+                   help="use at most this many training examples")
+    g.add_argument("--model", default=None, choices=_models(),
+                   help="model (default cifar_resnet; mlp with --smoke)")
+    g.add_argument("--depth", type=int, default=50, help="cifar_resnet depth 6n+2")
+    g.add_argument("--batch-size", type=int, default=None, help="default 128 (64 with --smoke)")
+    g.add_argument("--validation-fraction", type=float, default=0.1,
+                   help="fraction of the training set held out as validation data; 0 uses "
+                   "the test split for validation (then the test score is no longer unbiased)")
+
+    g = p.add_argument_group("tuner")
+    g.add_argument("--tuner", default="hyperband", choices=TUNERS)
+    g.add_argument("--objective", default="val_accuracy",
+                   help="metric to optimize; direction inferred (accuracy: max, loss: min)")
+    g.add_argument("--max-epochs", type=int, default=None,
+                   help="Hyperband: epochs of the longest trial, the budget tau0 refers to "
+                   "(default 27; 3 with --smoke)")
+    g.add_argument("--factor", type=int, default=3, help="Hyperband reduction factor")
+    g.add_argument("--hyperband-iterations", type=int, default=1)
+    g.add_argument("--epochs", type=int, default=None,
+                   help="random/bayesian: epochs per trial, the budget tau0 refers to "
+                   "(default 20; 2 with --smoke)")
+    g.add_argument("--max-trials", type=int, default=None,
+                   help="random/bayesian: number of trials (default 20; 3 with --smoke)")
+    g.add_argument("--num-initial-points", type=int, default=None,
+                   help="bayesian: random trials before the Gaussian process")
+    g.add_argument("--executions-per-trial", type=int, default=1)
+    g.add_argument("--directory", default="results/tuning", help="KerasTuner directory")
+    g.add_argument("--project-name", default=None,
+                   help="KerasTuner project (default <dataset>_<model>_<tuner>)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="delete an existing search and start anew (default: resume it)")
+    g.add_argument("--output-dir", default=None,
+                   help="where the JSON files and the PNG go (default: the project directory)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--smoke", action="store_true",
+                   help="tiny offline configuration (digits, MLP, 3 epochs) for a 1-2 minute check")
+    g.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
+
+    g = p.add_argument_group("search space")
+    g.add_argument("--eta-min", type=float, default=2.0**10)
+    g.add_argument("--eta-max", type=float, default=2.0**22)
+    g.add_argument("--base-min", type=float, default=1.25)
+    g.add_argument("--base-max", type=float, default=4.0)
+    g.add_argument("--kappa-min", type=float, default=0.1)
+    g.add_argument("--kappa-max", type=float, default=20.0)
+    g.add_argument("--tau0-min", type=float, default=0.0, help="tau0 / epoch budget, lower bound")
+    g.add_argument("--tau0-max", type=float, default=0.5, help="tau0 / epoch budget, upper bound")
+    g.add_argument("--tune-learning-rate", action="store_true", help="also search the learning rate")
+    g.add_argument("--learning-rate", type=float, default=0.01,
+                   help="the fixed learning rate when it is not searched")
+    g.add_argument("--lr-min", type=float, default=1e-3)
+    g.add_argument("--lr-max", type=float, default=0.3)
+
+    g = p.add_argument_group("fixed QSGLD settings")
+    g.add_argument("--rounding", default="nearest", help="QSGLD rounding mode")
+    g.add_argument("--momentum", type=float, default=0.0)
+    g.add_argument("--gate", default="logistic", choices=("logistic", "tanh"))
+    g.add_argument("--jit-compile", action="store_true", help="compile training with XLA")
+    return p
+
+
+def parse_args(argv=None):
+    """Parses `argv` and fills the defaults that depend on `--smoke`."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    defaults = dict(dataset="cifar10", model="cifar_resnet", batch_size=128, max_epochs=27,
+                    epochs=20, max_trials=20)
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, SMOKE[key] if args.smoke else value)
+    if args.smoke and args.factor == 3:
+        args.factor = SMOKE["factor"]
+    if not 0 <= args.validation_fraction < 1:
+        parser.error(f"--validation-fraction must be in [0, 1). Received: {args.validation_fraction}")
+    for name in ("batch_size", "max_epochs", "epochs", "max_trials", "executions_per_trial",
+                 "hyperband_iterations"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1. Received: {getattr(args, name)}")
+    if args.factor < 2:
+        parser.error(f"--factor must be >= 2. Received: {args.factor}")
+    if args.project_name is None:
+        args.project_name = f"{args.dataset}_{args.model}_{args.tuner}"
+    return args
+
+
+# -- distribution ----------------------------------------------------------------------
+def distributed_role():
+    """`None` (single process), `"chief"` or `"worker"`, from KerasTuner's environment variables."""
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        return None
+    return "chief" if "chief" in os.environ.get("KERASTUNER_TUNER_ID", "") else "worker"
+
+
+# -- data ------------------------------------------------------------------------------
+def load_data(args):
+    """Returns `(train, validation, info)` for the search.
+
+    With `--validation-fraction f > 0`, the first `f * num_train` examples of the (unshuffled)
+    training set are the validation data and the rest, reshuffled every epoch, are trained on;
+    every process of a distributed search gets the same split. `info` holds `input_shape`,
+    `num_classes`, `num_train` (examples trained on) and `steps_per_epoch`.
+    """
+    import tensorflow as tf
+
+    from keras_qsgld.datasets import load_dataset
+
+    holdout = args.validation_fraction > 0
+    bundle = load_dataset(args.dataset, batch_size=args.batch_size, data_dir=args.data_dir,
+                          augment=False, shuffle=not holdout, seed=args.seed,
+                          max_examples=args.max_examples)
+    info = dict(input_shape=tuple(bundle.input_shape), num_classes=int(bundle.num_classes))
+    if not holdout:
+        info.update(num_train=int(bundle.num_train), steps_per_epoch=int(bundle.steps_per_epoch))
+        return bundle.train, bundle.test, info
+    num_val = max(1, int(round(args.validation_fraction * bundle.num_train)))
+    num_train = int(bundle.num_train) - num_val
+    if num_train < 1:
+        raise ValueError(
+            "Argument `validation_fraction` leaves no training data. "
+            f"Received: validation_fraction={args.validation_fraction!r} of {bundle.num_train} examples"
+        )
+    # `unbatch` loses the cardinality, and with an unknown cardinality Keras 3 counts one
+    # optimizer step too many per epoch (the step that finds the data exhausted), which
+    # would shift QSGLD's schedules: state the sizes.
+    examples = bundle.train.unbatch()
+    validation = (
+        examples.take(num_val)
+        .apply(tf.data.experimental.assert_cardinality(num_val))
+        .batch(args.batch_size)
+        .cache()
+    )
+    train = (
+        examples.skip(num_val)
+        .apply(tf.data.experimental.assert_cardinality(num_train))
+        .shuffle(min(num_train, 10_000), seed=args.seed, reshuffle_each_iteration=True)
+        .batch(args.batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    info.update(num_train=num_train, steps_per_epoch=math.ceil(num_train / args.batch_size))
+    return train, validation, info
+
+
+@contextlib.contextmanager
+def maybe_mock_data(num_examples):
+    """`tfds.testing.mock_data(num_examples)` when `num_examples > 0`, else nothing."""
+    if num_examples and num_examples > 0:
+        import tensorflow_datasets as tfds
+
+        with tfds.testing.mock_data(num_examples=num_examples):
+            yield
+    else:
+        yield
+
+
+# -- tuner -----------------------------------------------------------------------------
+def epoch_budget(args):
+    """The epoch budget that `tau0_fraction` refers to: Hyperband's max_epochs, else --epochs."""
+    return args.max_epochs if args.tuner == "hyperband" else args.epochs
+
+
+def make_space(args):
+    from tuning.hypermodel import SearchSpace
+
+    return SearchSpace(
+        eta_min=args.eta_min, eta_max=args.eta_max, base_min=args.base_min, base_max=args.base_max,
+        kappa_min=args.kappa_min, kappa_max=args.kappa_max, tau0_min=args.tau0_min,
+        tau0_max=args.tau0_max, tune_learning_rate=args.tune_learning_rate,
+        learning_rate=args.learning_rate, lr_min=args.lr_min, lr_max=args.lr_max,
+    )
+
+
+def make_hypermodel(args, info, hypermodel_class=None):
+    """The `QSGLDHyperModel` for the parsed arguments and the data's `info`."""
+    from tuning.hypermodel import QSGLDHyperModel
+
+    hypermodel_class = hypermodel_class or QSGLDHyperModel
+    model_kwargs = {"depth": args.depth} if args.model == "cifar_resnet" else {}
+    return hypermodel_class(
+        input_shape=info["input_shape"], num_classes=info["num_classes"],
+        steps_per_epoch=info["steps_per_epoch"], epochs=epoch_budget(args), model=args.model,
+        model_kwargs=model_kwargs, space=make_space(args), rounding=args.rounding,
+        momentum=args.momentum, gate=args.gate, jit_compile=args.jit_compile, seed=args.seed,
+    )
+
+
+def make_tuner(args, hypermodel):
+    """The KerasTuner tuner chosen by `--tuner` (resumes unless `--overwrite`)."""
+    import keras_tuner as kt
+
+    common = dict(objective=args.objective, directory=args.directory,
+                  project_name=args.project_name, overwrite=args.overwrite, seed=args.seed,
+                  executions_per_trial=args.executions_per_trial)
+    if args.tuner == "hyperband":
+        return kt.Hyperband(hypermodel, max_epochs=args.max_epochs, factor=args.factor,
+                            hyperband_iterations=args.hyperband_iterations, **common)
+    if args.tuner == "bayesian":
+        return kt.BayesianOptimization(hypermodel, max_trials=args.max_trials,
+                                       num_initial_points=args.num_initial_points, **common)
+    return kt.RandomSearch(hypermodel, max_trials=args.max_trials, **common)
+
+
+def search_settings(args, info):
+    """What a resumed search must share with the one it resumes (written as JSON)."""
+    return dict(
+        dataset=args.dataset, model=args.model, depth=args.depth, tuner=args.tuner,
+        batch_size=args.batch_size, validation_fraction=args.validation_fraction,
+        max_examples=args.max_examples, epochs_budget=epoch_budget(args),
+        steps_per_epoch=info["steps_per_epoch"], objective=args.objective,
+        space=vars(make_space(args)), rounding=args.rounding, momentum=args.momentum,
+        gate=args.gate,
+    )
+
+
+def check_resume(project_dir, settings):
+    """Raises ValueError when an existing search in `project_dir` used other settings."""
+    path = Path(project_dir) / SETTINGS_FILE
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    changed = {k: (old.get(k), settings.get(k)) for k in RESUME_KEYS
+               if json.dumps(old.get(k), sort_keys=True) != json.dumps(settings.get(k), sort_keys=True)}
+    if changed:
+        detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise ValueError(
+            f"The search in {project_dir} was started with other settings ({detail}). "
+            "Pass --overwrite to start anew or --project-name for a new search."
+        )
+
+
+# -- results ---------------------------------------------------------------------------
+def completed_trials(tuner):
+    """Completed trials with a score, in the order they were started."""
+    oracle = tuner.oracle
+    trials = [oracle.trials[t] for t in oracle.start_order if t in oracle.trials]
+    return [t for t in trials if t.status == "COMPLETED" and t.score is not None]
+
+
+def write_results(tuner, hypermodel, args, info, output_dir):
+    """Prints the summary and writes the JSON files and the PNG; returns the best record."""
+    from tuning.hypermodel import searched_names
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tuner.results_summary()
+    best_trial = tuner.oracle.get_best_trials(1)
+    if not best_trial:
+        raise RuntimeError(f"No completed trial in {tuner.project_dir}: nothing to report.")
+    best_trial = best_trial[0]
+    hps = tuner.oracle.get_space()
+    names = searched_names(hps)
+    values = {k: v for k, v in best_trial.hyperparameters.values.items() if not k.startswith("tuner/")}
+    values.setdefault("learning_rate", args.learning_rate)
+    optimizer = hypermodel.optimizer_for(values)
+    config = optimizer.get_config()
+    budget = epoch_budget(args)
+    record = dict(
+        objective=tuner.oracle.objective.name,
+        direction=tuner.oracle.objective.direction,
+        score=best_trial.score,
+        trial_id=best_trial.trial_id,
+        hyperparameters=values,
+        searched=names,
+        tau0=values["tau0_fraction"] * budget,
+        epochs=budget,
+        steps_per_epoch=info["steps_per_epoch"],
+        batch_size=args.batch_size,
+        dataset=args.dataset,
+        model=args.model,
+        tuner=args.tuner,
+        qsgld_config=config,
+    )
+    (output_dir / "best_hyperparameters.json").write_text(json.dumps(record, indent=2) + "\n")
+    (output_dir / "qsgld_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    trials = [dict(trial_id=t.trial_id, score=t.score, best_step=t.best_step,
+                   values=t.hyperparameters.values) for t in completed_trials(tuner)]
+    (output_dir / "trials.json").write_text(json.dumps(trials, indent=2) + "\n")
+    plot_trials(trials, names, hps, record, output_dir / "objective_vs_hyperparameters.png")
+    print(f"Best {record['objective']} = {record['score']:.6g} (trial {record['trial_id']}): "
+          + ", ".join(f"{k}={v:.6g}" for k, v in values.items()))
+    print(f"Wrote {output_dir / 'best_hyperparameters.json'}, {output_dir / 'qsgld_config.json'}, "
+          f"{output_dir / 'objective_vs_hyperparameters.png'}")
+    return record
+
+
+def plot_trials(trials, names, hps, record, path):
+    """One panel per searched hyperparameter: the objective of every trial against its value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tuning.hypermodel import is_log_scale
+
+    names = names or ["eta"]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.0), squeeze=False,
+                             sharey=True)
+    epochs = [t["values"].get("tuner/epochs") for t in trials]
+    colour = epochs if all(e is not None for e in epochs) and trials else None
+    for ax, name in zip(axes[0], names):
+        x = [t["values"].get(name) for t in trials]
+        y = [t["score"] for t in trials]
+        if colour is None:
+            points = ax.scatter(x, y, s=18)
+        else:
+            points = ax.scatter(x, y, c=colour, cmap="viridis", s=18)
+        ax.scatter([record["hyperparameters"][name]], [record["score"]], marker="*", s=160,
+                   facecolors="none", edgecolors="red", label="best")
+        if is_log_scale(hps, name):
+            ax.set_xscale("log", base=2 if name == "eta" else 10)
+        ax.set_xlabel(name)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(record["objective"])
+    axes[0][0].legend(loc="best", fontsize=8)
+    if colour is not None:
+        fig.colorbar(points, ax=axes[0].tolist(), label="epochs trained")
+    fig.suptitle(f"{record['tuner']} search, {record['dataset']} / {record['model']}", fontsize=10)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+# -- main ------------------------------------------------------------------------------
+def run(args, hypermodel_class=None):
+    """Runs (or resumes) the search described by parsed `args`; returns the best record
+    (None on a distributed worker, which leaves the reporting to the chief)."""
+    import keras
+
+    keras.utils.set_random_seed(args.seed)
+    role = distributed_role()
+    with maybe_mock_data(args.mock_data):
+        train, validation, info = load_data(args)
+        hypermodel = make_hypermodel(args, info, hypermodel_class)
+        project_dir = Path(args.directory) / args.project_name
+        settings = search_settings(args, info)
+        if not args.overwrite and role != "worker":
+            check_resume(project_dir, settings)
+        tuner = make_tuner(args, hypermodel)
+        if role != "worker":
+            project_dir.mkdir(parents=True, exist_ok=True)
+            (project_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+            print(f"Searching {', '.join(settings['space'])} bounds with {args.tuner}: "
+                  f"{info['num_train']} training examples, {info['steps_per_epoch']} steps/epoch, "
+                  f"epoch budget {epoch_budget(args)}")
+            tuner.search_space_summary()
+        fit_kwargs = dict(validation_data=validation, verbose=args.verbose,
+                          callbacks=[keras.callbacks.TerminateOnNaN()])
+        if args.tuner != "hyperband":
+            fit_kwargs["epochs"] = args.epochs
+        tuner.search(train, **fit_kwargs)
+    if role == "worker":
+        print(f"Worker {os.environ.get('KERASTUNER_TUNER_ID')} finished.")
+        return None
+    return write_results(tuner, hypermodel, args, info, args.output_dir or project_dir)
+
+
+def main(argv=None):
+    """Entry point: `python tuning/search.py --help`."""
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
