@@ -1,0 +1,165 @@
+"""`QSGLDMonitor`: its epoch logs against a hand computation of QSGLD's increments."""
+
+import csv
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+import keras
+
+import keras_qsgld
+from keras_qsgld.callbacks import MONITOR_KEYS, QSGLDMonitor, unwrap_optimizer
+from tests import reference
+
+D = 32  # weights of the one-layer model
+
+
+def linear_model():
+    inputs = keras.Input((D,))
+    outputs = keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")(inputs)
+    return keras.Model(inputs, outputs)
+
+
+def hand_statistics(xs, lr, steps_per_epoch, epochs):
+    """QSGLD's increments on `|w.x - 1000|` with batches of one, by hand.
+
+    The weights stay near 0, so the loss gradient is exactly `-x` and `h = -lr * g = lr * x`.
+    With `x` multiples of 2**-12, `lr = 2**-10` and `Qp` a power of two, `y = Qp * h` is
+    exact in float32 and float64 alike. Returns, per epoch, the logs the monitor must show.
+    """
+    logs = []
+    for epoch in range(epochs):
+        ys = []
+        for i, x in enumerate(xs):
+            k = epoch * steps_per_epoch + i
+            ys.append(reference.resolution(k, steps_per_epoch=steps_per_epoch) * lr * x)
+        y = np.concatenate(ys)
+        q = np.floor(y + 0.5)  # rounding="nearest"
+        error = q - y
+        k_end = (epoch + 1) * steps_per_epoch  # optimizer.iterations at the epoch's end
+        qp = reference.resolution(k_end, steps_per_epoch=steps_per_epoch)
+        logs.append(
+            {
+                "qsgld_qp": qp,
+                "qsgld_gate": 0.0,
+                "qsgld_temperature": qp**-2 / (24 * lr),
+                "qsgld_zero_fraction": np.mean(q == 0),
+                "qsgld_noise_variance_ratio": 12 * np.var(error),
+            }
+        )
+    return logs
+
+
+def test_monitor_matches_a_hand_computation(rng, tmp_path):
+    steps, epochs, lr = 3, 2, 2.0**-10
+    xs = rng.integers(-40, 41, size=(steps, D)) / 4096.0
+    expected = hand_statistics(xs, lr, steps, epochs)
+    # the data must exercise both branches: some increments round to 0, some don't
+    assert 0 < expected[0]["qsgld_zero_fraction"] < 1
+    model = linear_model()
+    optimizer = keras_qsgld.QSGLD(
+        learning_rate=lr,
+        resolution=keras_qsgld.ResolutionSchedule(steps_per_epoch=steps),
+        track_noise=True,
+        jit_compile=False,
+    )
+    model.compile(optimizer=optimizer, loss="mean_absolute_error", jit_compile=False)
+    csv_path = tmp_path / "log.csv"
+    history = model.fit(
+        xs.astype("float32"),
+        np.full((steps, 1), 1000.0, "float32"),
+        batch_size=1,
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
+        callbacks=[QSGLDMonitor(), keras.callbacks.CSVLogger(str(csv_path))],
+    )
+    # epoch 1's updates run at Qp = 2**18 (t < 0.718), epoch 2's at 2**19; the monitor logs
+    # Qp at the epoch's end (the next update's), 2**19 both times
+    assert reference.resolution(2, steps_per_epoch=steps) == 2.0**18
+    assert expected[0]["qsgld_qp"] == expected[1]["qsgld_qp"] == 2.0**19
+    for key in MONITOR_KEYS:
+        np.testing.assert_allclose(
+            history.history[key], [e[key] for e in expected], rtol=1e-6, err_msg=key
+        )
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for key in MONITOR_KEYS:
+        np.testing.assert_allclose([float(r[key]) for r in rows], [e[key] for e in expected], rtol=1e-6)
+    # the weights moved by the hand-computed increments
+    w = model.get_weights()[0][:, 0]
+    total = sum(
+        np.floor(reference.resolution(e * steps + i, steps_per_epoch=steps) * lr * x + 0.5)
+        / reference.resolution(e * steps + i, steps_per_epoch=steps)
+        for e in range(epochs)
+        for i, x in enumerate(xs)
+    )
+    np.testing.assert_array_equal(w, total.astype("float32"))
+
+
+def test_monitor_with_schedule_gate_and_loss_scaling(rng, tmp_path):
+    steps, epochs = 4, 3
+    lr = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=1, decay_rate=0.9)
+    inner = keras_qsgld.QSGLD(
+        learning_rate=lr,
+        resolution=keras_qsgld.ResolutionSchedule(eta=2.0**10, base=3.0, steps_per_epoch=steps),
+        compensation=keras_qsgld.CompensationSchedule(
+            kappa=1.5, tau0=1.0, steps_per_epoch=steps, gate="tanh"
+        ),
+        jit_compile=False,
+    )
+    optimizer = keras.optimizers.LossScaleOptimizer(inner)
+    assert unwrap_optimizer(optimizer) is inner
+    model = linear_model()
+    model.compile(optimizer=optimizer, loss="mean_squared_error", jit_compile=False)
+    x = rng.normal(size=(steps * 2, D)).astype("float32")
+    y = rng.normal(size=(steps * 2, 1)).astype("float32")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(
+            x, y, batch_size=2, epochs=epochs, verbose=0, callbacks=[QSGLDMonitor()]
+        )
+    noise_warnings = [w for w in caught if "track_noise" in str(w.message)]
+    assert len(noise_warnings) == 1  # warned once, not every epoch
+    logged = {k for k in history.history if k.startswith("qsgld_")}
+    assert logged == {"qsgld_qp", "qsgld_gate", "qsgld_temperature"}
+    k = np.arange(1, epochs + 1) * steps
+    qp = reference.resolution(k, eta=2.0**10, base=3.0, steps_per_epoch=steps)
+    gate = reference.gate(k, kappa=1.5, tau0=1.0, steps_per_epoch=steps, kind="tanh")
+    # by hand too: (tanh(-kappa (t - tau0)) + 1) / 2 and eta * base ** floor(log_base ln(t + 2))
+    t = k / steps
+    np.testing.assert_allclose(gate, (np.tanh(-1.5 * (t - 1.0)) + 1) / 2, rtol=1e-12)
+    np.testing.assert_allclose(qp, 2.0**10 * 3.0 ** np.floor(np.log(np.log(t + 2)) / np.log(3)))
+    np.testing.assert_allclose(history.history["qsgld_qp"], qp, rtol=1e-6)
+    np.testing.assert_allclose(history.history["qsgld_gate"], gate, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        history.history["qsgld_temperature"], qp**-2.0 / (24 * 0.1 * 0.9**k), rtol=1e-5
+    )
+
+
+def test_monitor_with_another_optimizer_warns_once_and_logs_nothing(rng):
+    model = linear_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse", jit_compile=False)
+    x = rng.normal(size=(4, D)).astype("float32")
+    with pytest.warns(UserWarning, match="not a QSGLD or QAdam") as caught:
+        history = model.fit(x, x[:, :1], epochs=2, verbose=0, callbacks=[QSGLDMonitor()])
+    assert sum("not a QSGLD" in str(w.message) for w in caught) == 1
+    assert not [k for k in history.history if k.startswith("qsgld_")]
+
+
+def test_monitor_with_qadam_and_zero_learning_rate(rng):
+    model = linear_model()
+    optimizer = keras_qsgld.QAdam(learning_rate=0.0, track_noise=True, jit_compile=False)
+    model.compile(optimizer=optimizer, loss="mse", jit_compile=False)
+    x = rng.normal(size=(4, D)).astype("float32")
+    history = model.fit(x, x[:, :1], epochs=1, verbose=0, callbacks=[QSGLDMonitor(prefix="q_")])
+    assert math.isinf(history.history["q_temperature"][0])
+    assert history.history["q_zero_fraction"][0] == 1.0  # lr = 0: every increment is 0
+    assert set(MONITOR_KEYS) == {"qsgld_" + k[2:] for k in history.history if k.startswith("q_")}
+
+
+def test_bad_prefix():
+    with pytest.raises(ValueError, match="prefix"):
+        QSGLDMonitor(prefix=3)
