@@ -208,3 +208,31 @@ def test_import_is_cheap():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_prepared_data_is_used_without_any_network_check(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network must not be checked when the data is prepared")
+
+    images = np.arange(6 * 32 * 32 * 3, dtype=np.uint8).reshape(6, 32, 32, 3)
+    labels = np.arange(6, dtype=np.int64)
+
+    def as_dataset(self, split, as_supervised, shuffle_files):
+        assert as_supervised and not shuffle_files
+        return tf.data.Dataset.from_tensor_slices((images, labels))
+
+    monkeypatch.setattr(datasets, "host_reachable", no_network)
+    monkeypatch.setattr(datasets, "_tfds_is_mocked", lambda tfds: False)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_network)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "as_dataset", as_dataset)
+    bundle = load_dataset("cifar10", batch_size=4, data_dir=str(tmp_path), max_examples=5, shuffle=False)
+    # without split metadata in data_dir the examples are counted, capped by max_examples
+    assert (bundle.num_train, bundle.num_test, bundle.steps_per_epoch) == (5, 5, 2)
+    x, y = arrays(bundle.test)
+    np.testing.assert_allclose(x, (images[:5] / 255.0 - 0.5) / 0.5, atol=1e-6)
+    np.testing.assert_array_equal(y, labels[:5])
+    full = load_dataset("cifar10", batch_size=500, data_dir=str(tmp_path))
+    assert (full.num_train, full.num_test, full.steps_per_epoch) == (6, 6, 1)
