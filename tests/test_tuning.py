@@ -86,6 +86,38 @@ def test_search_space_validation_and_cli():
     assert (args.dataset, args.model, args.epochs) == ("digits", "mlp", search.SMOKE["epochs"])
 
 
+def test_default_hypermodel_is_cifar_resnet50_with_prebuilt_optimizer():
+    import keras_tuner as kt
+
+    args = search.parse_args([])  # the CLI defaults: cifar10, cifar_resnet depth 50, Hyperband
+    info = dict(input_shape=(32, 32, 3), num_classes=10, steps_per_epoch=352)
+    hypermodel = search.make_hypermodel(args, info)
+    hp = kt.HyperParameters()
+    model = hypermodel.build(hp)
+    weighted = [layer for layer in model.layers
+                if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]
+    assert len(weighted) == 50  # 6n + 2 with n = 8
+    assert model.output_shape == (None, 10)
+    assert model.optimizer.built  # before any weights load (Hyperband continuation)
+    sampling = {p.name: p.sampling for p in hp.space}
+    assert sampling == {"eta": "log", "base": "linear", "kappa": "log", "tau0_fraction": "linear"}
+    bounds = {p.name: (p.min_value, p.max_value) for p in hp.space}
+    assert bounds["eta"] == (2.0**10, 2.0**22)
+    # The defaults of the space are the authors' values.
+    assert hp.values == dict(eta=2.0**19, base=2.0, kappa=2.0, tau0_fraction=0.2)
+    opt = model.optimizer
+    assert opt.resolution.steps_per_epoch == opt.compensation.steps_per_epoch == 352
+    assert opt.compensation.tau0 == pytest.approx(0.2 * args.max_epochs)
+    # Bounds come from the command line; a searched learning rate is log-scaled.
+    args = search.parse_args(["--eta-min", "4096", "--eta-max", "8192", "--tune-learning-rate",
+                              "--lr-min", "0.01", "--lr-max", "0.1"])
+    hp = kt.HyperParameters()
+    search.make_space(args).declare(hp)
+    bounds = {p.name: (p.min_value, p.max_value, p.sampling) for p in hp.space}
+    assert bounds["eta"] == (4096.0, 8192.0, "log")
+    assert bounds["learning_rate"] == (0.01, 0.1, "log")
+
+
 def test_make_optimizer_schedules_match_reference():
     values = dict(eta=3000.0, base=1.7, kappa=0.5, tau0_fraction=0.25, learning_rate=0.05)
     opt = hm.make_optimizer(values, steps_per_epoch=7, epochs=12)
@@ -143,6 +175,16 @@ def test_smoke_hyperband_end_to_end_and_continuation_keeps_iterations(tmp_path):
     # ... and the same through keras' own deserialization, as a fit script would.
     again = keras.optimizers.deserialize({"class_name": "keras_qsgld>QSGLD", "config": config})
     assert isinstance(again, keras_qsgld.QSGLD)
+
+    # The fit script's command line says the same.
+    sys.path.insert(0, str(REPO / "examples"))
+    fit = pytest.importorskip("fit")
+    fit_args = fit.parse_args(best["fit_args"])
+    assert fit_args.optimizers == ["qsgld"]
+    assert (fit_args.eta, fit_args.base, fit_args.kappa, fit_args.tau0) == (
+        v["eta"], v["base"], v["kappa"], best["tau0"])
+    assert (fit_args.lr, fit_args.momentum, fit_args.epochs) == (v["learning_rate"], 0.9, 3)
+    assert best["fit_command"].startswith("python examples/fit.py --dataset digits --model mlp")
 
     png = (out / "objective_vs_hyperparameters.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

@@ -115,7 +115,7 @@ class SearchSpace:
 
 
 def make_optimizer(values, steps_per_epoch, epochs, rounding="nearest", momentum=0.0,
-                   gate="logistic", jit_compile=False, name="qsgld"):
+                   gate="logistic", jit_compile=False, seed=None, name="qsgld"):
     """The `keras_qsgld.QSGLD` that a set of searched values stands for.
 
     Args:
@@ -126,9 +126,11 @@ def make_optimizer(values, steps_per_epoch, epochs, rounding="nearest", momentum
         rounding, momentum: passed to `QSGLD`.
         gate: the compensation gate, `"logistic"` (paper) or `"tanh"` (authors' code).
         jit_compile: passed to `QSGLD` (XLA for eager `apply`; `fit` follows `compile`).
+        seed: seed of the random rounding modes (not passed for "nearest" and "floor").
         name: the optimizer's name.
     """
     _positive("epochs", epochs)
+    extra = {} if rounding in ("nearest", "floor") else {"seed": seed}
     return keras_qsgld.QSGLD(
         learning_rate=float(values["learning_rate"]),
         resolution=keras_qsgld.ResolutionSchedule(
@@ -144,6 +146,7 @@ def make_optimizer(values, steps_per_epoch, epochs, rounding="nearest", momentum
         momentum=momentum,
         jit_compile=jit_compile,
         name=name,
+        **extra,
     )
 
 
@@ -168,7 +171,8 @@ class QSGLDHyperModel(kt.HyperModel):
         space: a `SearchSpace`. Default `SearchSpace()`.
         rounding, momentum, gate: fixed QSGLD settings (see `make_optimizer`).
         jit_compile: passed to `model.compile` (XLA on CPU is slower; default False).
-        seed: seed of the model's initializers (same initial weights in every trial).
+        seed: seed of the model's initializers (same initial weights in every trial) and of
+            the random rounding modes.
 
     Attributes:
         fit_log: one dict per `fit` call with `trial_id` (of the trial continued, Hyperband),
@@ -198,7 +202,7 @@ class QSGLDHyperModel(kt.HyperModel):
     def optimizer_for(self, values):
         """The QSGLD for a dict of searched values (as `build` makes it)."""
         return make_optimizer(values, self.steps_per_epoch, self.epochs, rounding=self.rounding,
-                              momentum=self.momentum, gate=self.gate)
+                              momentum=self.momentum, gate=self.gate, seed=self.seed)
 
     def build(self, hp):
         from keras_qsgld.models import build_model

@@ -10,7 +10,8 @@ An existing search in `--directory/--project-name` resumes; `--overwrite` starts
 end (on the chief, in a distributed search) it prints `results_summary()` and writes to
 `--output-dir` (default: the project directory):
 
-    best_hyperparameters.json   the best values, the objective, and "qsgld_config"
+    best_hyperparameters.json   the best values, the objective, "qsgld_config" and
+                                "fit_command" (examples/fit.py with the best values)
     qsgld_config.json           the best optimizer: keras_qsgld.QSGLD.from_config(json.load(f))
     objective_vs_hyperparameters.png
     trials.json                 every completed trial's values and score
@@ -25,6 +26,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -57,12 +59,34 @@ def _models():
     return tuple(MODELS)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Appends the default to help strings that don't state one (and skips None/False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False \
+                or action.default == argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
+def _rounding_modes():
+    try:
+        from keras_qsgld.quantize import ROUNDING_MODES
+    except ImportError:
+        return ("nearest", "floor")
+    return tuple(ROUNDING_MODES)
+
+
 def build_parser():
     """The command-line interface."""
     p = argparse.ArgumentParser(
         description="KerasTuner search of QSGLD's eta, base b, kappa and tau0 "
-        "(CIFAR ResNet-50 by default).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "(CIFAR ResNet-50 by default). See docs/tuning.md.",
+        epilog="Distributed search: run the same command with KERASTUNER_TUNER_ID=chief on one "
+        "process and KERASTUNER_TUNER_ID=tuner0, tuner1, ... on the workers, all with "
+        "KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT of the chief.",
+        formatter_class=_HelpFormatter,
     )
     g = p.add_argument_group("data and model")
     g.add_argument("--dataset", default=None, choices=_datasets(),
@@ -82,14 +106,15 @@ def build_parser():
                    "the test split for validation (then the test score is no longer unbiased)")
 
     g = p.add_argument_group("tuner")
-    g.add_argument("--tuner", default="hyperband", choices=TUNERS)
+    g.add_argument("--tuner", default="hyperband", choices=TUNERS, help="search algorithm")
     g.add_argument("--objective", default="val_accuracy",
                    help="metric to optimize; direction inferred (accuracy: max, loss: min)")
     g.add_argument("--max-epochs", type=int, default=None,
                    help="Hyperband: epochs of the longest trial, the budget tau0 refers to "
                    "(default 27; 3 with --smoke)")
     g.add_argument("--factor", type=int, default=3, help="Hyperband reduction factor")
-    g.add_argument("--hyperband-iterations", type=int, default=1)
+    g.add_argument("--hyperband-iterations", type=int, default=1,
+                   help="Hyperband: number of full Hyperband sweeps")
     g.add_argument("--epochs", type=int, default=None,
                    help="random/bayesian: epochs per trial, the budget tau0 refers to "
                    "(default 20; 2 with --smoke)")
@@ -97,7 +122,8 @@ def build_parser():
                    help="random/bayesian: number of trials (default 20; 3 with --smoke)")
     g.add_argument("--num-initial-points", type=int, default=None,
                    help="bayesian: random trials before the Gaussian process")
-    g.add_argument("--executions-per-trial", type=int, default=1)
+    g.add_argument("--executions-per-trial", type=int, default=1,
+                   help="trainings per trial (the objective is averaged)")
     g.add_argument("--directory", default="results/tuning", help="KerasTuner directory")
     g.add_argument("--project-name", default=None,
                    help="KerasTuner project (default <dataset>_<model>_<tuner>)")
@@ -105,30 +131,35 @@ def build_parser():
                    help="delete an existing search and start anew (default: resume it)")
     g.add_argument("--output-dir", default=None,
                    help="where the JSON files and the PNG go (default: the project directory)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of the tuner, the model initialisation and the data order")
     g.add_argument("--smoke", action="store_true",
-                   help="tiny offline configuration (digits, MLP, 3 epochs) for a 1-2 minute check")
-    g.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2))
+                   help="tiny offline configuration (digits, MLP, batch 64, Hyperband with 3 "
+                   "epochs or 3 trials of 2 epochs) for a quick check")
+    g.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras verbosity")
 
     g = p.add_argument_group("search space")
-    g.add_argument("--eta-min", type=float, default=2.0**10)
-    g.add_argument("--eta-max", type=float, default=2.0**22)
-    g.add_argument("--base-min", type=float, default=1.25)
-    g.add_argument("--base-max", type=float, default=4.0)
-    g.add_argument("--kappa-min", type=float, default=0.1)
-    g.add_argument("--kappa-max", type=float, default=20.0)
+    g.add_argument("--eta-min", type=float, default=2.0**10, help="eta lower bound (log scale)")
+    g.add_argument("--eta-max", type=float, default=2.0**22, help="eta upper bound")
+    g.add_argument("--base-min", type=float, default=1.25, help="base b lower bound (> 1, linear)")
+    g.add_argument("--base-max", type=float, default=4.0, help="base b upper bound")
+    g.add_argument("--kappa-min", type=float, default=0.1, help="kappa lower bound (log scale)")
+    g.add_argument("--kappa-max", type=float, default=20.0, help="kappa upper bound")
     g.add_argument("--tau0-min", type=float, default=0.0, help="tau0 / epoch budget, lower bound")
     g.add_argument("--tau0-max", type=float, default=0.5, help="tau0 / epoch budget, upper bound")
     g.add_argument("--tune-learning-rate", action="store_true", help="also search the learning rate")
     g.add_argument("--learning-rate", type=float, default=0.01,
                    help="the fixed learning rate when it is not searched")
-    g.add_argument("--lr-min", type=float, default=1e-3)
-    g.add_argument("--lr-max", type=float, default=0.3)
+    g.add_argument("--lr-min", type=float, default=1e-3,
+                   help="learning-rate lower bound (log scale; with --tune-learning-rate)")
+    g.add_argument("--lr-max", type=float, default=0.3, help="learning-rate upper bound")
 
     g = p.add_argument_group("fixed QSGLD settings")
-    g.add_argument("--rounding", default="nearest", help="QSGLD rounding mode")
-    g.add_argument("--momentum", type=float, default=0.0)
-    g.add_argument("--gate", default="logistic", choices=("logistic", "tanh"))
+    g.add_argument("--rounding", default="nearest", choices=_rounding_modes(),
+                   help="QSGLD rounding: nearest (paper), floor (authors' code), ...")
+    g.add_argument("--momentum", type=float, default=0.0, help="QSGLD momentum (0 in the paper)")
+    g.add_argument("--gate", default="logistic", choices=("logistic", "tanh"),
+                   help="compensation gate: logistic (paper) or tanh (authors' code)")
     g.add_argument("--jit-compile", action="store_true", help="compile training with XLA")
     return p
 
@@ -343,6 +374,8 @@ def write_results(tuner, hypermodel, args, info, output_dir):
         tuner=args.tuner,
         qsgld_config=config,
     )
+    record["fit_args"] = fit_arguments(record, args)
+    record["fit_command"] = "python examples/fit.py " + shlex.join(record["fit_args"])
     (output_dir / "best_hyperparameters.json").write_text(json.dumps(record, indent=2) + "\n")
     (output_dir / "qsgld_config.json").write_text(json.dumps(config, indent=2) + "\n")
     trials = [dict(trial_id=t.trial_id, score=t.score, best_step=t.best_step,
@@ -354,6 +387,27 @@ def write_results(tuner, hypermodel, args, info, output_dir):
     print(f"Wrote {output_dir / 'best_hyperparameters.json'}, {output_dir / 'qsgld_config.json'}, "
           f"{output_dir / 'objective_vs_hyperparameters.png'}")
     return record
+
+
+def fit_arguments(record, args):
+    """Arguments of `examples/fit.py` that train with the best QSGLD for the epoch budget.
+
+    (The fit script counts `steps_per_epoch` on its own training data; `--tau0` is in epochs.)
+    """
+    v = record["hyperparameters"]
+    out = ["--dataset", args.dataset, "--model", args.model]
+    if args.model == "cifar_resnet":
+        out += ["--depth", str(args.depth)]
+    if args.data_dir:
+        out += ["--data-dir", args.data_dir]
+    out += ["--optimizer", "qsgld", "--lr", repr(float(v["learning_rate"])),
+            "--eta", repr(float(v["eta"])), "--base", repr(float(v["base"])),
+            "--kappa", repr(float(v["kappa"])), "--tau0", repr(float(record["tau0"])),
+            "--gate", args.gate, "--rounding", args.rounding,
+            "--momentum", repr(float(args.momentum)),
+            "--epochs", str(record["epochs"]), "--batch-size", str(args.batch_size),
+            "--seed", str(args.seed)]
+    return out
 
 
 def plot_trials(trials, names, hps, record, path):
@@ -411,7 +465,7 @@ def run(args, hypermodel_class=None):
         if role != "worker":
             project_dir.mkdir(parents=True, exist_ok=True)
             (project_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
-            print(f"Searching {', '.join(settings['space'])} bounds with {args.tuner}: "
+            print(f"QSGLD search with {args.tuner} in {project_dir}: "
                   f"{info['num_train']} training examples, {info['steps_per_epoch']} steps/epoch, "
                   f"epoch budget {epoch_budget(args)}")
             tuner.search_space_summary()
