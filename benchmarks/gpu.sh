@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The GPU part of the benchmarks, in one script: speed at GPU scale, then a short run of the
+# paper's CIFAR protocol with QSGLD and SGD. Run from the repository root on a GPU machine:
+#
+#   benchmarks/gpu.sh [--data-dir DIR] [--output-dir DIR] [--epochs N] [--quick]
+#
+# Real CIFAR needs internet or a prepared tensorflow-datasets --data-dir; with neither the
+# CIFAR table says "unavailable" and the speed tables (synthetic data of CIFAR's shape) still run.
+# --quick: tiny sizes, minutes on any machine (proves the script). Each table is resumable:
+# rerun the same command after an interruption.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+OUT=results/benchmarks/gpu
+DATA_DIR=""
+EPOCHS=5
+QUICK=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --data-dir) DATA_DIR="$2"; shift 2 ;;
+    --output-dir) OUT="$2"; shift 2 ;;
+    --epochs) EPOCHS="$2"; shift 2 ;;
+    --quick) QUICK="--quick"; shift ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+export KERAS_BACKEND=tensorflow
+"$PY" -c "import tensorflow as tf; print('GPUs:', tf.config.list_physical_devices('GPU'))"
+
+# 1. Speed: apply over ResNet50 (25.6M) and the CIFAR ResNet-50, XLA and not; whole step at batch 128.
+"$PY" -m benchmarks.speed $QUICK --output-dir "$OUT/speed" --optimizers all \
+  --modes xla,graph --step-modes xla,graph --batch-size 128 --repeats 20 --warmup 3
+
+# 2. Short CIFAR protocol, QSGLD and SGD (real data if available).
+CIFAR_ARGS=(--output-dir "$OUT/cifar" --epochs "$EPOCHS" --seeds 1)
+if [ -n "$DATA_DIR" ]; then CIFAR_ARGS+=(--data-dir "$DATA_DIR"); fi
+"$PY" -m benchmarks.cifar $QUICK "${CIFAR_ARGS[@]}"
+echo "tables in $OUT"
