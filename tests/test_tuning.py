@@ -118,6 +118,31 @@ def test_default_hypermodel_is_cifar_resnet50_with_prebuilt_optimizer():
     assert bounds["learning_rate"] == (0.01, 0.1, "log")
 
 
+def test_validation_holdout_is_a_fixed_disjoint_split_with_known_sizes():
+    args = search.parse_args(["--smoke", "--max-examples", "100", "--batch-size", "16",
+                              "--validation-fraction", "0.2"])
+    train, validation, info = search.load_data(args)
+    assert info["num_train"] == 80
+    assert info["steps_per_epoch"] == 5
+    # Known cardinalities: Keras then counts exactly one optimizer step per batch.
+    assert int(train.cardinality()) == 5 and int(validation.cardinality()) == 2
+
+    def rows(ds):  # one pass over `ds`: its examples as bytes, in order
+        return [row.tobytes() for x, _ in ds for row in x.numpy()]
+
+    from keras_qsgld.datasets import load_dataset
+
+    full = load_dataset("digits", batch_size=16, shuffle=False, max_examples=100).train
+    everything = sorted(rows(full))
+    val_rows, train_rows = rows(validation), rows(train)
+    assert len(val_rows) == 20 and len(train_rows) == 80
+    assert sorted(val_rows + train_rows) == everything  # a partition of the training set
+    assert val_rows == rows(full)[:20]  # the first examples, the same in every epoch
+    assert val_rows == rows(validation)
+    assert sorted(rows(train)) == sorted(train_rows)  # reshuffled, same examples
+    assert rows(train) != train_rows
+
+
 def test_make_optimizer_schedules_match_reference():
     values = dict(eta=3000.0, base=1.7, kappa=0.5, tau0_fraction=0.25, learning_rate=0.05)
     opt = hm.make_optimizer(values, steps_per_epoch=7, epochs=12)
