@@ -35,10 +35,12 @@ def script_env(**extra):
 
 
 def start(script, *args, env=None, log=None):
-    """Starts `tests/scripts/<script>` with the interpreter running the tests."""
+    """Starts `tests/scripts/<script>` (or `<script>` relative to the repository root if it
+    names a folder, e.g. `examples/distributed.py`) with the interpreter running the tests."""
+    path = ROOT / script if "/" in str(script) else SCRIPTS / script
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed by the caller's kill()
     return subprocess.Popen(
-        [sys.executable, str(SCRIPTS / script), *map(str, args)],
+        [sys.executable, str(path), *map(str, args)],
         env=env or script_env(),
         stdout=out,
         stderr=subprocess.STDOUT,
