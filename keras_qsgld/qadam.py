@@ -128,8 +128,9 @@ class QAdam(QuantizedOptimizer):
         g = ops.cast(dense(gradient), dtype)
         lr = ops.cast(learning_rate, dtype)
         local_step = ops.cast(self.iterations + 1, dtype)
-        beta_1 = ops.cast(self.beta_1, dtype)
-        beta_2 = ops.cast(self.beta_2, dtype)
+        # convert_to_tensor, not cast: casting a Python float goes through float32.
+        beta_1 = ops.convert_to_tensor(self.beta_1, dtype)
+        beta_2 = ops.convert_to_tensor(self.beta_2, dtype)
         m = ops.add(ops.multiply(beta_1, ops.cast(m_var, dtype)), ops.multiply(1 - beta_1, g))
         v = ops.add(ops.multiply(beta_2, ops.cast(v_var, dtype)), ops.multiply(1 - beta_2, ops.square(g)))
         self.assign(m_var, ops.cast(m, m_var.dtype))

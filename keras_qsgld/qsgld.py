@@ -146,7 +146,8 @@ class QSGLD(QuantizedOptimizer):
         step = ops.multiply(ops.cast(dense(gradient), dtype), lr)  # lr * g
         if self.momentum != 0:
             m = self.momentums[self._get_variable_index(variable)]
-            momentum = ops.cast(self.momentum, dtype)
+            # convert_to_tensor, not cast: casting a Python float goes through float32.
+            momentum = ops.convert_to_tensor(self.momentum, dtype)
             velocity = ops.subtract(ops.multiply(ops.cast(m, dtype), momentum), step)
             self.assign(m, ops.cast(velocity, m.dtype))
             if self.nesterov:
