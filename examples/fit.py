@@ -459,7 +459,7 @@ def main(argv=None):
 
     try:
         run(args)
-    except DatasetUnavailableError as error:
+    except (DatasetUnavailableError, ValueError) as error:  # no data, or a bad combination
         print(f"error: {error}", file=sys.stderr)
         return 2
     except SimulatedCrash as error:
