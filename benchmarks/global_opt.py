@@ -93,7 +93,7 @@ def methods(args):
     return names
 
 
-def build_method(name, args, steps, seed):
+def build_method(name, args, steps, seed, eta):
     """(optimizer, needs_one_variable_per_start)."""
     import keras
 
@@ -102,20 +102,20 @@ def build_method(name, args, steps, seed):
 
     lr = args.lr
     spe = steps / args.epochs_per_run  # the run spans `epochs_per_run` schedule epochs
-    anneal = keras_qsgld.ResolutionSchedule(eta=args.eta, steps_per_epoch=spe)
     if name == "gd":
         return keras.optimizers.SGD(lr), False
     if name == "adam":
         return keras.optimizers.Adam(args.adam_lr), False
+    anneal = keras_qsgld.ResolutionSchedule(eta=eta, steps_per_epoch=spe)
     if name == "qsgld_fixed":
-        return keras_qsgld.QSGLD(lr, resolution=args.eta, track_noise=True), False
+        return keras_qsgld.QSGLD(lr, resolution=eta, track_noise=True), False
     if name == "qsgld_anneal":
         return keras_qsgld.QSGLD(lr, resolution=anneal, track_noise=True), False
     if name == "qsgld_anneal_comp":
         comp = keras_qsgld.CompensationSchedule.from_budget(args.epochs_per_run, steps_per_epoch=spe)
         return keras_qsgld.QSGLD(lr, resolution=anneal, compensation=comp, track_noise=True), True
     if name == "sgld_fixed":
-        return GaussianSGLD(lr, resolution=args.eta, seed=seed), False
+        return GaussianSGLD(lr, resolution=eta, seed=seed), False
     if name == "sgld_anneal":
         return GaussianSGLD(lr, resolution=anneal, seed=seed), False
     if name.startswith("qsgld_") and name.endswith("_anneal"):
@@ -124,14 +124,14 @@ def build_method(name, args, steps, seed):
     raise ValueError(f"unknown method {name!r}")
 
 
-def run_one(fname, dim, method, args, seed, steps, starts):
+def run_one(fname, dim, method, args, seed, steps, starts, eta):
     """Runs one method from the shared starts; returns a dict of summary numbers."""
     import numpy as np
     import tensorflow as tf
 
     rng = np.random.default_rng(10_000 + seed * 101 + dim)
     x0 = rng.uniform(-DOMAINS[fname], DOMAINS[fname], (starts, dim)).astype("float32")
-    opt, split = build_method(method, args, steps, seed)
+    opt, split = build_method(method, args, steps, seed, eta)
     if split:
         variables = [tf.Variable(x0[i]) for i in range(starts)]
     else:
@@ -181,7 +181,10 @@ def build_parser():
     p.add_argument("--steps", type=int, default=None, help="steps per run")
     p.add_argument("--lr", type=float, default=0.002, help="learning rate of GD, QSGLD and SGLD")
     p.add_argument("--adam-lr", type=float, default=0.01, help="learning rate of Adam")
-    p.add_argument("--eta", type=float, default=4.0, help="QSGLD eta (fixed Qp, and the schedule's eta)")
+    p.add_argument(
+        "--etas", default="2,32",
+        help="QSGLD etas (fixed Qp = eta; the schedule's eta), one row per eta: a hot, coarse grid and a cold, fine one",
+    )
     p.add_argument(
         "--epochs-per-run", type=float, default=100.0,
         help="schedule epochs the run spans (Qp: eta/2 until 0.72, eta until 5.4, 2 eta until 52.6, then 4 eta)",
@@ -192,9 +195,13 @@ def build_parser():
 
 def main(argv=None):
     args = common.finish_args(build_parser().parse_args(argv))
+    common.quiet_tensorflow()
     steps = args.steps or (60 if args.quick else 2000)
     starts = args.starts or (4 if args.quick else 20)
     funcs = [f.strip() for f in args.functions.split(",") if f.strip()]
+    etas = [float(e) for e in args.etas.split(",") if e.strip()]
+    if args.quick:
+        etas = etas[:1]
     dims = [int(d) for d in args.dims.split(",")]
     if args.quick:
         dims = [d for d in dims if d <= 10] or [2]
@@ -207,19 +214,21 @@ def main(argv=None):
     rows = []
     for fname in funcs:
         for dim in dims:
-            for method in chosen:
+            for method, eta in [(m, e) for e in etas for m in chosen if m not in ("gd", "adam")] + [
+                (m, None) for m in chosen if m in ("gd", "adam")
+            ]:
                 results = []
                 for seed in args.seed_list:
                     key = store.make_key(f=fname, d=dim, m=method, seed=seed, steps=steps, starts=starts,
-                                         lr=args.lr, alr=args.adam_lr, eta=args.eta, ep=args.epochs_per_run)
+                                         lr=args.lr, alr=args.adam_lr, eta=eta, ep=args.epochs_per_run)
                     rec = store.get(key)
                     if rec is None:
-                        common.log(f"global: {fname} d={dim} {method} seed {seed}")
-                        rec = store.put(key, run_one(fname, dim, method, args, seed, steps, starts))
+                        common.log(f"global: {fname} d={dim} {method} eta={eta} seed {seed}")
+                        rec = store.put(key, run_one(fname, dim, method, args, seed, steps, starts, eta))
                     results.append(rec)
                 gaps = [g for r in results for g in r["gaps"]]
                 rows.append([
-                    fname, dim, method,
+                    fname, dim, method, "-" if eta is None else f"{eta:g}",
                     common.fmt(common.median(gaps)),
                     common.fmt(sum(r["coord_basin"] for r in results) / len(results)),
                     common.fmt(sum(r["all_basin"] for r in results) / len(results)) if dim <= 2 else
@@ -227,17 +236,18 @@ def main(argv=None):
                     common.fmt(sum(r["zero_fraction"] for r in results) / len(results)),
                     "yes" if all(r["finite"] for r in results) else "NO",
                 ])
-    temp0 = (args.eta / 2) ** -2 / (24 * args.lr)
-    temp_fixed = args.eta**-2 / (24 * args.lr)
-    temp_end = (4 * args.eta) ** -2 / (24 * args.lr)
-    headers = ["function", "dim", "method", "median final f - f*", "coords in global basin",
+    def temps(eta):
+        t = [(eta / 2) ** -2, eta**-2, (4 * eta) ** -2]
+        return [common.fmt(v / (24 * args.lr)) for v in t]
+
+    headers = ["function", "dim", "method", "eta", "median final f - f*", "coords in global basin",
                "runs with all coords in basin", "zero increments", "finite"]
     notes = [
         f"{len(args.seed_list)} seeds x {starts} shared random starts, uniform in [-a, a]^d "
         f"(a = {DOMAINS}); {steps} steps each.",
-        f"lr = {args.lr} (GD, QSGLD, SGLD), Adam lr = {args.adam_lr}; eta = {args.eta}: fixed Qp = eta "
-        f"(temperature Qp^-2/(24 lr) = {common.fmt(temp_fixed)}); annealed Qp from eta/2 to 4 eta over "
-        f"{args.epochs_per_run:g} schedule epochs (temperature {common.fmt(temp0)} -> {common.fmt(temp_end)}).",
+        f"lr = {args.lr} (GD, QSGLD, SGLD), Adam lr = {args.adam_lr}. Fixed: Qp = eta; annealed: Qp from eta/2 to "
+        f"4 eta over {args.epochs_per_run:g} schedule epochs. Temperatures Qp^-2/(24 lr) (annealed start, fixed, "
+        "annealed end): " + "; ".join(f"eta {e:g}: " + ", ".join(temps(e)) for e in etas) + ".",
         "Basins are per coordinate (|x_i| < 1/2; Styblinski-Tang x_i < 0.1567). Beyond 2-D almost no "
         "method puts every coordinate in its basin at once, so that column alone says little there.",
         "Zero increments: share of coordinate updates that left the coordinate exactly unchanged.",

@@ -83,6 +83,66 @@ class GaussianSGLD(keras.optimizers.Optimizer):
         return config
 
 
+class LeanQSGLD(keras_qsgld.QSGLD):
+    """A benchmark-only prototype of a cheaper QSGLD update (momentum 0, deterministic roundings).
+
+    Two changes against `QSGLD`, proposed for the core after measuring them (`speed.py`):
+
+    1. `Qp` and the gate are evaluated once per `apply`, not once per variable (in a graph
+       without XLA every variable otherwise repeats the schedules' scalar ops).
+    2. The compensated step is one scalar times the gradient: with `h = -lr g`,
+       `h + r = -lr (1 + s / ||g||) g`, so `y = c * g` with the scalar
+       `c = -Qp lr (1 + s / ||g||)` (`c = -Qp lr` without compensation, `s / ||g|| = 0` where
+       `||g|| = 0`). That is 1 norm pass + `c * g`, `+ 1/2`, floor, `/ Qp`, add: fewer full-size
+       temporaries than `h`, `r`, `h + r`, `Qp (h + r)`.
+
+    Same maths as QSGLD, but not bitwise: `c * g` rounds differently from `Qp * (h + r)`, which
+    can move a value lying within float32 rounding of a half-cell boundary to the next cell.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.momentum != 0 or self.rounding not in ("nearest", "floor"):
+            raise ValueError("LeanQSGLD supports momentum=0 and rounding 'nearest' or 'floor' only.")
+        self._once = None
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        import tensorflow as tf
+
+        if not tf.executing_eagerly():  # eager tensors would be captured stale by the XLA path
+            step = self._schedule_step()
+            self._once = (super().resolution_at(step), super().gate_at(step))
+        try:
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        finally:
+            self._once = None
+
+    def resolution_at(self, step):
+        return self._once[0] if self._once is not None else super().resolution_at(step)
+
+    def gate_at(self, step):
+        return self._once[1] if self._once is not None else super().gate_at(step)
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = "float64" if keras.backend.standardize_dtype(variable.dtype) == "float64" else "float32"
+        g = ops.cast(gradient, dtype)
+        lr = ops.cast(learning_rate, dtype)
+        step = self._schedule_step()
+        qp = ops.cast(self.resolution_at(step), dtype)
+        gate = self.gate_at(step)
+        factor = 1.0
+        if gate is not None:
+            norm = ops.sqrt(ops.sum(ops.square(g)))
+            positive = ops.greater(norm, 0)
+            factor = 1.0 + ops.where(positive, ops.cast(gate, dtype) / ops.where(positive, norm, 1), 0)
+        c = -qp * lr * factor
+        y = ops.multiply(c, g)
+        q = ops.floor(ops.add(y, 0.5)) if self.rounding == "nearest" else ops.floor(y)
+        self.assign_add(variable, ops.cast(ops.divide(q, qp), variable.dtype))
+        if self.track_noise:
+            self._accumulate_noise(y, q)
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
     """How to build one benchmarked optimizer.
@@ -98,6 +158,7 @@ class OptimizerSpec:
     build: object  # callable(lr, steps_per_epoch, epochs, seed) -> optimizer
     tie_lr_to: str = None
     quantized: bool = False
+    benchmark_only: bool = False  # a prototype: built by name, not in the default lists
 
 
 def qsgld_schedules(steps_per_epoch, epochs, eta=2.0**19, kappa=2.0, warmup_fraction=0.2, gate="logistic"):
@@ -131,6 +192,11 @@ def _qadam(lr, steps_per_epoch, epochs, seed):
     return keras_qsgld.QAdam(learning_rate=lr, resolution=resolution, compensation=comp)
 
 
+def _lean(lr, steps_per_epoch, epochs, seed):
+    resolution, comp = qsgld_schedules(steps_per_epoch, epochs)
+    return LeanQSGLD(learning_rate=lr, resolution=resolution, compensation=comp)
+
+
 def _sgld(lr, steps_per_epoch, epochs, seed):
     resolution, _ = qsgld_schedules(steps_per_epoch, epochs)
     return GaussianSGLD(learning_rate=lr, resolution=resolution, seed=seed)
@@ -156,6 +222,17 @@ def _base_specs():
         OptimizerSpec("qadam", "QAdam", "adam", _qadam, quantized=True),
         OptimizerSpec("sgld", "Gaussian SGLD (same variance)", "sgd", _sgld, tie_lr_to="sgd"),
     ]
+    specs.append(
+        OptimizerSpec(
+            "qsgld_lean",
+            "QSGLD, lean prototype (benchmarks only)",
+            "sgd",
+            _lean,
+            tie_lr_to="qsgld",
+            quantized=True,
+            benchmark_only=True,
+        )
+    )
     for mode in extra_rounding_modes():
         specs.append(
             OptimizerSpec(
@@ -186,18 +263,18 @@ def extra_rounding_modes():
 
 OPTIMIZERS = {spec.name: spec for spec in _base_specs()}
 
-LR_GRIDS = {"sgd": (0.03, 0.1, 0.3), "adam": (3e-4, 1e-3, 3e-3)}
+LR_GRIDS = {"sgd": (0.03, 0.1, 0.3, 1.0), "adam": (3e-4, 1e-3, 3e-3, 1e-2)}
 
 
 def available():
-    """Names of the optimizers this install can build, in table order."""
-    return list(OPTIMIZERS)
+    """Names of the optimizers this install can build, in table order (prototypes excluded)."""
+    return [name for name, spec in OPTIMIZERS.items() if not spec.benchmark_only]
 
 
 def build(name, lr, steps_per_epoch=1, epochs=1, seed=0):
     """Builds the optimizer `name` (a key of `OPTIMIZERS`)."""
     if name not in OPTIMIZERS:
-        raise ValueError(f"Argument `name` must be one of {available()}. Received: name={name!r}")
+        raise ValueError(f"Argument `name` must be one of {list(OPTIMIZERS)}. Received: name={name!r}")
     return OPTIMIZERS[name].build(lr, steps_per_epoch, epochs, seed)
 
 
@@ -211,6 +288,6 @@ def parse_optimizers(text, default):
     unknown = [n for n in names if n not in OPTIMIZERS]
     if unknown or not names:
         raise ValueError(
-            f"Argument `--optimizers` must be 'all' or names among {available()}. Received: {text!r}"
+            f"Argument `--optimizers` must be 'all' or names among {list(OPTIMIZERS)}. Received: {text!r}"
         )
     return names

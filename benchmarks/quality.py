@@ -3,7 +3,7 @@
 Tables (`--tables`):
 
 * `lr`: the learning-rate choice. Each tuned optimizer runs every rate of its family's grid
-  (SGD-like: 0.03, 0.1, 0.3; Adam-like: 3e-4, 1e-3, 3e-3) on a tuning seed that is not
+  (SGD-like: 0.03, 0.1, 0.3, 1; Adam-like: 3e-4, 1e-3, 3e-3, 1e-2) on a tuning seed that is not
   among the evaluation seeds; the rate with the lowest final training loss is kept (no
   test data is used to choose). Optimizers with `tie_lr_to` reuse the rate of the one they
   are compared with (quantized SGD and Gaussian SGLD use SGD's; the random roundings use
@@ -35,8 +35,8 @@ common.setup_environment()
 TABLES = ("lr", "quality", "ingredients", "ablation")
 SETUPS = {
     # dataset: (model, batch size, full epochs, quick epochs)
-    "digits": ("mlp", 32, 20, 2),
-    "mnist1d": ("cnn1d", 64, 15, 1),
+    "digits": ("mlp", 32, 15, 2),
+    "mnist1d": ("cnn1d", 64, 12, 1),
 }
 QUALITY_DEFAULT = ("sgd", "sgd_momentum", "adam", "adamw", "qsgld", "qsgd", "qadam", "sgld")
 TUNING_SEED = 1000

@@ -36,8 +36,7 @@ representative of an unloaded machine, and the ratios are the meaningful part.
 SECTIONS = [
     (
         "Speed",
-        "speed",
-        ["apply", "step"],
+        ["speed/apply", "speed/step"],
         """What one `optimizer.apply` costs over the trainable variables of a large and a small model,
 with and without XLA, next to a memory-traffic floor: the parameter-sized tensors an ideal
 fused update must read and write. Plain SGD reads the gradient and the weights and writes
@@ -48,8 +47,7 @@ its compensation term (4 tensors, so 4/3 of SGD); Adam moves 7 (7/3). The
     ),
     (
         "Quality on offline data",
-        "quality",
-        ["lr", "quality", "ingredients", "ablation"],
+        ["quality/lr", "quality/quality", "quality/ingredients", "quality/ablation"],
         """scikit-learn digits (MLP) and MNIST-1D (1-D CNN), several seeds, the same epoch budget for
 every optimizer. The learning rate of each optimizer is chosen on a separate tuning seed by
 the lowest final training loss (first table); no test data is used to choose it. The
@@ -58,8 +56,7 @@ Gaussian SGLD at the same learning rate, so that each difference isolates one in
     ),
     (
         "Global optimization (the Langevin claim)",
-        "global_opt",
-        ["global"],
+        ["global_opt/global"],
         """Rastrigin, Ackley and Styblinski-Tang in 2, 10 and 100 dimensions, from the same random starts
 for every method, with the exact gradient. Gaussian SGLD runs at the temperature
 `Qp^-2 / (24 lr)` that the white-noise hypothesis assigns to QSGLD with the same `Qp`
@@ -72,8 +69,7 @@ hold where `T` is below about `lr g^2 / 24`.""",
     ),
     (
         "Noise diagnostics",
-        "diagnostics",
-        ["whitenoise", "stationary"],
+        ["diagnostics/whitenoise", "diagnostics_mnist1d/whitenoise", "diagnostics/stationary"],
         """The white-noise hypothesis (the rounding error is i.i.d. uniform with variance 1/12 cell^2)
 measured during real training, per layer and epoch, and the stationary variance of a 1-D
 quadratic against the formula `Qp^-2 / (12 (2 lr a - lr^2 a^2))` (paper.md s8, checks 1, 2
@@ -83,8 +79,7 @@ realised drift with that prediction.""",
     ),
     (
         "GPU",
-        "gpu",
-        ["speed/apply", "speed/step", "cifar/cifar"],
+        ["gpu/speed/apply", "gpu/speed/step", "gpu/cifar/cifar"],
         """`benchmarks/gpu.sh` runs the speed tables at GPU scale (both models, XLA and not, whole steps at
 batch 128, every optimizer) and a short run of the paper's CIFAR protocol with QSGLD and SGD
 (`benchmarks/cifar.py`; real CIFAR needs internet or `--data-dir`). Its tables appear here
@@ -93,8 +88,8 @@ once it has been run on a GPU machine and `benchmarks/published/gpu/` holds them
 ]
 
 
-def table_text(published, folder, table, output):
-    path = os.path.join(published, folder, f"{table}.md")
+def table_text(published, table, output):
+    path = os.path.join(published, f"{table}.md")
     if not os.path.exists(path):
         return None
     with open(path) as f:
@@ -113,18 +108,18 @@ def table_text(published, folder, table, output):
 def build(published, output):
     parts = [HEADER]
     missing = []
-    for title, folder, tables, intro in SECTIONS:
+    for title, tables, intro in SECTIONS:
         parts.append(f"## {title}\n\n{intro}\n")
         found = False
         for table in tables:
-            text = table_text(published, folder, table, output)
+            text = table_text(published, table, output)
             if text is None:
-                missing.append(f"{folder}/{table}")
+                missing.append(table)
                 continue
             found = True
             parts.append(text)
         if not found:
-            if folder == "gpu":
+            if tables[0].startswith("gpu/"):
                 parts.append("_Not run yet: no GPU machine was available when these tables were made. "
                              "The script is ready: `benchmarks/gpu.sh --data-dir DIR`._\n")
             else:

@@ -38,8 +38,9 @@ TRAFFIC = {
     "qsgd": (3, "no norm: as SGD"),
     "qadam": (9, "pass 1 read g, m, v, write m, v (norm of h); pass 2 read m, v, w, write w"),
     "sgld": (3, "as SGD; noise generated, not read"),
+    "qsgld_lean": (4, "as QSGLD"),
 }
-SPEED_DEFAULT = ("sgd", "sgd_momentum", "adam", "qsgld", "qsgd", "qadam", "sgld")
+SPEED_DEFAULT = ("sgd", "sgd_momentum", "adam", "qsgld", "qsgld_lean", "qsgd", "qadam", "sgld")
 
 
 def traffic(name):
