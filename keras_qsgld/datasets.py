@@ -216,6 +216,20 @@ def host_reachable(host, port, timeout=CONNECT_TIMEOUT_S):
     return bool(result and result[0])
 
 
+def download_endpoint(name):
+    """(host, port) to check before downloading `name`: its server, or the proxy for it."""
+    import urllib.parse
+    import urllib.request
+
+    host, port = DOWNLOAD_HOSTS[name]
+    proxy = urllib.request.getproxies().get("https" if port == 443 else "http")
+    if proxy and not urllib.request.proxy_bypass(host):
+        parts = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        if parts.hostname:
+            return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    return host, port
+
+
 def _unavailable(name, data_dir, reason):
     where = data_dir or "~/tensorflow_datasets (the default)"
     return DatasetUnavailableError(
@@ -235,9 +249,10 @@ def _tfds_splits(name, data_dir, max_examples, download):
     if not _tfds_is_mocked(tfds) and not builder.is_prepared():
         if not download:
             raise _unavailable(name, data_dir, "download=False")
-        host, port = DOWNLOAD_HOSTS[name]
+        host, port = download_endpoint(name)
         if not host_reachable(host, port):
-            raise _unavailable(name, data_dir, f"its download server {host} can't be reached")
+            what = "its download server" if host == DOWNLOAD_HOSTS[name][0] else "the proxy"
+            raise _unavailable(name, data_dir, f"{what} {host}:{port} can't be reached")
         try:
             builder.download_and_prepare()
         except Exception as error:  # network errors come in many types (requests, urllib3, OSError)
