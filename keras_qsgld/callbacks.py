@@ -28,6 +28,7 @@ def _scalar(x):
     return float(ops.convert_to_numpy(x))
 
 
+@keras.saving.register_keras_serializable(package="keras_qsgld")
 class QSGLDMonitor(keras.callbacks.Callback):
     """Adds QSGLD's state to each epoch's `logs` (so the progress bar, `CSVLogger`,
     `TensorBoard` and `History` show it).
@@ -67,6 +68,13 @@ class QSGLDMonitor(keras.callbacks.Callback):
             raise ValueError(f"Argument `prefix` must be a string. Received: prefix={prefix!r}")
         self.prefix = prefix
         self._warned = set()
+
+    def get_config(self):
+        return {"prefix": self.prefix}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
     def _warn_once(self, key, message):
         if key not in self._warned:

@@ -163,3 +163,15 @@ def test_monitor_with_qadam_and_zero_learning_rate(rng):
 def test_bad_prefix():
     with pytest.raises(ValueError, match="prefix"):
         QSGLDMonitor(prefix=3)
+
+
+def test_monitor_is_registered_and_round_trips():
+    import keras
+
+    from keras_qsgld.callbacks import QSGLDMonitor
+
+    monitor = QSGLDMonitor(prefix="q_")
+    config = keras.saving.serialize_keras_object(monitor)
+    assert config["registered_name"] == "keras_qsgld>QSGLDMonitor"
+    clone = keras.saving.deserialize_keras_object(config)
+    assert isinstance(clone, QSGLDMonitor) and clone.prefix == "q_"
