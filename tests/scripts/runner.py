@@ -38,15 +38,19 @@ def start(script, *args, env=None, log=None):
     """Starts `tests/scripts/<script>` (or `<script>` relative to the repository root if it
     names a folder, e.g. `examples/distributed.py`) with the interpreter running the tests."""
     path = ROOT / script if "/" in str(script) else SCRIPTS / script
-    out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed by the caller's kill()
-    return subprocess.Popen(
-        [sys.executable, str(path), *map(str, args)],
-        env=env or script_env(),
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        cwd=str(ROOT),
-        start_new_session=True,
-    )
+    out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - the child keeps its copy
+    try:
+        return subprocess.Popen(
+            [sys.executable, str(path), *map(str, args)],
+            env=env or script_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=str(ROOT),
+            start_new_session=True,
+        )
+    finally:
+        if log:
+            out.close()
 
 
 def kill(proc, sig=signal.SIGKILL):
