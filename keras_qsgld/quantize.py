@@ -30,7 +30,10 @@ def quantize(y, rounding="nearest", noise=None):
         noise: for the random modes, uniform draws in [0, 1) of the shape of `y`.
     """
     if rounding == "nearest":
-        return ops.floor(ops.add(y, 0.5))
+        # floor(y + 1/2) exactly. Computing y + 0.5 first would round: 0.5 - ulp gives 1, and
+        # odd integers in [2**23, 2**24) (float32) tie to the even neighbour above.
+        f = ops.floor(y)
+        return ops.where(ops.greater_equal(ops.subtract(y, f), 0.5), ops.add(f, 1.0), f)
     if rounding == "floor":
         return ops.floor(y)
     if rounding in RANDOM_ROUNDING_MODES:
