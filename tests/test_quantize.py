@@ -24,11 +24,26 @@ def test_nearest_is_round_half_up_not_half_to_even():
 def test_quantize_matches_reference(rounding, dtype, rng):
     y = (rng.normal(0, 20, 5000)).astype(dtype)
     y[:8] = [0.0, -0.0, 0.5, -0.5, 1.0, -1.0, 0.4999, -0.4999]
-    # Not tested: in float32, 0.5 - ulp + 0.5 rounds up to 1, so floor(y + 1/2) (the paper's
-    # formula, evaluated in float32 as the authors do) gives 1 there; a measure-zero edge.
     got = ops.convert_to_numpy(qmath.quantize(y, rounding))
     np.testing.assert_array_equal(got, ref.quantize(y.astype(np.float64), rounding))
     assert got.dtype == np.dtype(dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_nearest_is_exact_where_y_plus_half_would_round(dtype):
+    """floor(y + 1/2) of the real number, not of the rounded sum y + 0.5: the largest
+    float below 1/2, and odd integers in [2**23, 2**24) where float32 y + 0.5 ties to even."""
+    below_half = np.nextafter(np.array(0.5, dtype), np.array(0.0, dtype))
+    y = np.array(
+        [below_half, -np.nextafter(np.array(0.5, dtype), np.array(1.0, dtype)), 2**23 + 1, -(2**23 + 1), 2**23 + 3, 2**22 + 0.5, -(2**22 + 0.5), 2**25, np.inf, -np.inf],
+        dtype,
+    )
+    got = ops.convert_to_numpy(qmath.quantize(y, "nearest"))
+    want = [0.0, -1.0, 2**23 + 1, -(2**23 + 1), 2**23 + 3, 2**22 + 1, -(2**22), 2**25, np.inf, -np.inf]
+    np.testing.assert_array_equal(got, want)
+    xla = tf.function(lambda v: qmath.quantize(v, "nearest"), jit_compile=True)
+    np.testing.assert_array_equal(xla(y).numpy(), want)
+    assert np.isnan(ops.convert_to_numpy(qmath.quantize(np.array([np.nan], dtype), "nearest"))[0])
 
 
 def test_compensation_term_matches_reference(rng):
