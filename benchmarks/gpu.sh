@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
-OUT=results/benchmarks/gpu
+OUT=""
 DATA_DIR=""
 EPOCHS=5
 QUICK=""
@@ -25,16 +25,21 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
+# Published tables go to benchmarks/results/gpu (quoted by BENCHMARKS.md); quick runs elsewhere.
+if [ -z "$OUT" ]; then
+  if [ -n "$QUICK" ]; then OUT=results/benchmarks/gpu; else OUT=benchmarks/results/gpu; fi
+fi
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 export KERAS_BACKEND=tensorflow
 "$PY" -c "import tensorflow as tf; print('GPUs:', tf.config.list_physical_devices('GPU'))"
 
 # 1. Speed: apply over ResNet50 (25.6M) and the CIFAR ResNet-50, XLA and not; whole step at batch 128.
-"$PY" -m benchmarks.speed $QUICK --output-dir "$OUT/speed" --optimizers all \
+"$PY" -m benchmarks.speed $QUICK --output-dir "$OUT/speed" --optimizers all,qsgld_lean \
   --modes xla,graph --step-modes xla,graph --batch-size 128 --repeats 20 --warmup 3
 
 # 2. Short CIFAR protocol, QSGLD and SGD (real data if available).
 CIFAR_ARGS=(--output-dir "$OUT/cifar" --epochs "$EPOCHS" --seeds 1)
 if [ -n "$DATA_DIR" ]; then CIFAR_ARGS+=(--data-dir "$DATA_DIR"); fi
 "$PY" -m benchmarks.cifar $QUICK "${CIFAR_ARGS[@]}"
+if [ -z "$QUICK" ]; then "$PY" -m benchmarks.report; fi
 echo "tables in $OUT"

@@ -279,12 +279,14 @@ def build(name, lr, steps_per_epoch=1, epochs=1, seed=0):
 
 
 def parse_optimizers(text, default):
-    """`"all"` or a comma-separated list of names -> list of names (validated)."""
+    """A comma-separated list of names, where `all` stands for `available()` -> list of names."""
     if text in (None, "", "default"):
         return list(default)
-    if text == "all":
-        return available()
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    names = []
+    for token in (n.strip() for n in text.split(",")):
+        for name in available() if token == "all" else [token] if token else []:
+            if name not in names:
+                names.append(name)
     unknown = [n for n in names if n not in OPTIMIZERS]
     if unknown or not names:
         raise ValueError(

@@ -1,6 +1,6 @@
 """Assembles `BENCHMARKS.md` from the tables the benchmark scripts wrote.
 
-    python -m benchmarks.report [--published benchmarks/published] [--output BENCHMARKS.md]
+    python -m benchmarks.report [--published benchmarks/results] [--output BENCHMARKS.md]
 
 Every table is quoted verbatim from `<published>/<script>/<table>.md`, which the script
 wrote together with the exact command and the machine; this file adds only the prose
@@ -69,7 +69,7 @@ hold where `T` is below about `lr g^2 / 24`.""",
     ),
     (
         "Noise diagnostics",
-        ["diagnostics/whitenoise", "diagnostics_mnist1d/whitenoise", "diagnostics/stationary"],
+        ["diagnostics/whitenoise", "diagnostics_mnist1d/whitenoise", "diagnostics/stationary", "double_well/double_well"],
         """The white-noise hypothesis (the rounding error is i.i.d. uniform with variance 1/12 cell^2)
 measured during real training, per layer and epoch, and the stationary variance of a 1-D
 quadratic against the formula `Qp^-2 / (12 (2 lr a - lr^2 a^2))` (paper.md s8, checks 1, 2
@@ -83,7 +83,7 @@ realised drift with that prediction.""",
         """`benchmarks/gpu.sh` runs the speed tables at GPU scale (both models, XLA and not, whole steps at
 batch 128, every optimizer) and a short run of the paper's CIFAR protocol with QSGLD and SGD
 (`benchmarks/cifar.py`; real CIFAR needs internet or `--data-dir`). Its tables appear here
-once it has been run on a GPU machine and `benchmarks/published/gpu/` holds them.""",
+once it has been run on a GPU machine and `benchmarks/results/gpu/` holds them.""",
     ),
 ]
 
@@ -131,7 +131,7 @@ def build(published, output):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Assemble BENCHMARKS.md from the published tables.")
-    p.add_argument("--published", default="benchmarks/published", help="folder of <script>/<table>.md")
+    p.add_argument("--published", default="benchmarks/results", help="folder of <script>/<table>.md")
     p.add_argument("--output", default="BENCHMARKS.md")
     args = p.parse_args(argv)
     output, missing = build(args.published, args.output)
