@@ -670,10 +670,11 @@ def test_non_finite_gradient_with_compensation():
     assert np.all(np.isfinite(results[0][1]))  # other variables are untouched by the NaN
 
 
-@pytest.mark.parametrize("cls", OPTIMIZERS)
-def test_loss_scale_optimizer_skips_non_finite_steps(cls):
+@pytest.mark.parametrize("cls,jit_compile", [(keras_qsgld.QSGLD, True), (keras_qsgld.QSGLD, False), (keras_qsgld.QAdam, False)])
+def test_loss_scale_optimizer_skips_non_finite_steps(cls, jit_compile):
     v = keras.Variable(np.ones((2, 2), np.float32))
-    lso = keras.optimizers.LossScaleOptimizer(make_optimizer(cls, compensation=0.5), initial_scale=2.0**10)
+    inner = make_optimizer(cls, compensation=0.5, jit_compile=jit_compile)
+    lso = keras.optimizers.LossScaleOptimizer(inner, initial_scale=2.0**10)
     lso.apply([ops.convert_to_tensor(BAD)], [v])
     np.testing.assert_array_equal(v.numpy(), np.ones((2, 2)))  # skipped
     assert int(lso.inner_optimizer.iterations) == 0
@@ -681,3 +682,4 @@ def test_loss_scale_optimizer_skips_non_finite_steps(cls):
     lso.apply([ops.convert_to_tensor(np.full((2, 2), 2.0**9, np.float32))], [v])  # a finite, scaled gradient
     assert int(lso.inner_optimizer.iterations) == 1
     assert np.all(np.isfinite(v.numpy())) and not np.array_equal(v.numpy(), np.ones((2, 2)))
+    assert (inner._xla_update_step is not None) == jit_compile  # eager: the XLA update ran
