@@ -683,3 +683,13 @@ def test_loss_scale_optimizer_skips_non_finite_steps(cls, jit_compile):
     assert int(lso.inner_optimizer.iterations) == 1
     assert np.all(np.isfinite(v.numpy())) and not np.array_equal(v.numpy(), np.ones((2, 2)))
     assert (inner._xla_update_step is not None) == jit_compile  # eager: the XLA update ran
+
+
+def test_eager_xla_benchmark_script_runs(capsys):
+    """`benchmarks/eager_xla.py` (quoted in docs/eager_xla.md) in its smallest setting."""
+    from benchmarks import eager_xla
+
+    eager_xla.main(["--models", "cnn", "--rounds", "1", "--steps", "1", "--warmup", "0", "--no-baselines"])
+    out = capsys.readouterr().out
+    assert out.count("XLA update function traced 1 time(s) in 2 calls") == 2
+    assert "| QSGLD(momentum=0.9) jit_compile=False |" in out and "QAdam: jit_compile=False / jit_compile=True" in out
