@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from keras_qsgld.quantize import RANDOM_ROUNDING_MODES, ROUNDING_MODES, quantize, scaled_step
+from keras_qsgld.quantize import RANDOM_ROUNDING_MODES, ROUNDING_MODES, increment_and_error
 from keras_qsgld.random import uniform_from_seed
 from keras_qsgld.schedules import CompensationSchedule, ResolutionSchedule
 
@@ -52,6 +52,7 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
     """
 
     _default_name = "quantized_optimizer"
+    _schedule_values = None  # (Qp, gate) of the update under way, set by _update_all
 
     def __init__(
         self,
@@ -153,19 +154,21 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
     def _apply_increment(self, variable, h, step_size):
         """`variable += Q(Qp (h + r)) / Qp` with `r = s * step_size * h / ||h||`."""
         dtype = h.dtype
-        step = self._schedule_step()
-        qp = ops.cast(self.resolution_at(step), dtype)
-        gate = self.gate_at(step)
+        if self._schedule_values is not None:
+            qp, gate = self._schedule_values
+        else:  # update_step called directly, outside apply()
+            step = self._schedule_step()
+            qp, gate = self.resolution_at(step), self.gate_at(step)
+        qp = ops.cast(qp, dtype)
         if gate is not None:
             gate = ops.cast(gate, dtype)
-        y = scaled_step(h, qp, step_size, gate)
         noise = None
         if self.rounding in RANDOM_ROUNDING_MODES:
-            noise = self._uniform(ops.shape(y), dtype)
-        q = quantize(y, self.rounding, noise)
-        self.assign_add(variable, ops.cast(ops.divide(q, qp), variable.dtype))
+            noise = self._uniform(ops.shape(h), dtype)
+        delta, error = increment_and_error(h, qp, step_size, gate, self.rounding, noise)
+        self.assign_add(variable, ops.cast(delta, variable.dtype))
         if self.track_noise:
-            self._accumulate_noise(y, q)
+            self._accumulate_noise(delta, error)
 
     def _uniform(self, shape, dtype):
         """Fresh U[0, 1) draws: one seed per call from the tracked `SeedGenerator`."""
@@ -173,12 +176,12 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
         # under XLA): a counter-based hash that is the same compiled or not.
         return uniform_from_seed(shape, self._seed_generator.next(), dtype)
 
-    def _accumulate_noise(self, y, q):
+    def _accumulate_noise(self, delta, error):
         count, zeros, error_sum, error_sq_sum = self._noise_stats
-        error = ops.cast(ops.subtract(q, y), "float32")
+        error = ops.cast(error, "float32")
         w = self._noise_weight
-        self.assign_add(count, ops.cast(ops.size(y), "float32") * w)
-        self.assign_add(zeros, ops.sum(ops.cast(ops.equal(q, 0), "float32")) * w)
+        self.assign_add(count, ops.cast(ops.size(delta), "float32") * w)
+        self.assign_add(zeros, ops.sum(ops.cast(ops.equal(delta, 0), "float32")) * w)
         self.assign_add(error_sum, ops.sum(error) * w)
         self.assign_add(error_sq_sum, ops.sum(ops.square(error)) * w)
 
@@ -220,17 +223,26 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
             if self._xla_update_step is None:
                 import tensorflow as tf
 
-                parent = super()._backend_update_step
                 # Stored around the attribute tracker: a tf.function is no optimizer state.
                 self.__dict__["_xla_update_step"] = tf.function(
-                    parent, jit_compile=True, autograph=False
+                    self._update_all, jit_compile=True, autograph=False
                 )
             # tf.Variables (not Keras wrappers) so the function receives them as variables.
             trainable_variables = [
                 v.value if isinstance(v, keras.Variable) else v for v in trainable_variables
             ]
             return self._xla_update_step(grads, trainable_variables, learning_rate)
-        return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        return self._update_all(grads, trainable_variables, learning_rate)
+
+    def _update_all(self, grads, trainable_variables, learning_rate):
+        # The schedules depend on the step alone: evaluate them once per update rather than
+        # once per variable (this halved an eager update of a ResNet-20 without XLA).
+        step = self._schedule_step()
+        self.__dict__["_schedule_values"] = (self.resolution_at(step), self.gate_at(step))
+        try:
+            super()._backend_update_step(grads, trainable_variables, learning_rate)
+        finally:
+            self.__dict__["_schedule_values"] = None
 
     # -- config ----------------------------------------------------------------------
     def get_config(self):

@@ -30,8 +30,9 @@ class QSGLD(QuantizedOptimizer):
 
     The maths runs in float32 at least (float64 variables stay float64) and is cast
     back to the variable's dtype, so `mixed_float16` and bfloat16 variables work. Float32
-    has a 24-bit mantissa: where `|Qp * (h + r)| > 2**24` the step is already an integer
-    number of grid cells and the rounding no longer changes it (no noise there). Non-finite
+    has a 24-bit mantissa: where `|Qp * (h + r)| >= 2**24` (`2**53` in float64) the step is
+    already an integer number of grid cells, so it is applied as it is, unrounded and
+    without noise (this also keeps steps finite where `Qp * (h + r)` would overflow). Non-finite
     gradients give non-finite weights, as with Keras' own optimizers (`LossScaleOptimizer`
     skips such steps; `keras.callbacks.TerminateOnNaN` stops training).
 
@@ -61,11 +62,12 @@ class QSGLD(QuantizedOptimizer):
               construction, also for tiny gradients; increments leave the grid.
             Use a deterministic mode to follow the paper; use `"dithered"` when you want
             Langevin noise of the stated temperature (sampling, escaping local minima).
-        seed: int or None, the seed of the random modes' `keras.random.SeedGenerator`,
-            whose state is an optimizer variable (saved, restored, exact on resume).
-            Draws are stateless Philox on TensorFlow. Unused by the deterministic modes.
         momentum: float in [0, 1). Default 0 (the paper).
         nesterov: bool, Nesterov momentum. Default False.
+        seed: int or None, the seed of the random modes' `keras.random.SeedGenerator`,
+            whose state is an optimizer variable (saved, restored, exact on resume).
+            The draws hash (seed, position) with integer ops, so they are identical with
+            and without XLA. Unused by the deterministic modes.
         track_noise: bool. If True, the optimizer accumulates statistics of the rounding
             error (read them with `noise_statistics()` or `QSGLDMonitor`). Default False.
         jit_compile: bool. If True (default), on TensorFlow the update is compiled with XLA
@@ -88,9 +90,9 @@ class QSGLD(QuantizedOptimizer):
         resolution=None,
         compensation=None,
         rounding="nearest",
-        seed=None,
         momentum=0.0,
         nesterov=False,
+        seed=None,
         track_noise=False,
         jit_compile=True,
         weight_decay=None,

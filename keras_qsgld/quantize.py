@@ -4,6 +4,7 @@ Kept apart from the optimizer classes (as optax keeps its transformations) so th
 formula can be tested on its own against a NumPy reference.
 """
 
+import keras
 from keras import ops
 
 ROUNDING_MODES = ("nearest", "floor", "stochastic", "dithered")
@@ -43,8 +44,8 @@ def quantize(y, rounding="nearest", noise=None):
             )
         if rounding == "stochastic":
             return ops.floor(ops.add(y, noise))
-        dither = ops.subtract(noise, 0.5)
-        return ops.subtract(ops.floor(ops.add(ops.add(y, dither), 0.5)), dither)
+        # floor(y + d + 1/2) - d with d = noise - 1/2, without rounding the extra 1/2 in.
+        return ops.subtract(ops.floor(ops.add(y, noise)), ops.subtract(noise, 0.5))
     raise ValueError(
         f"Argument `rounding` must be one of {ROUNDING_MODES}. Received: rounding={rounding!r}"
     )
@@ -61,14 +62,38 @@ def compensation_term(h, step_size, gate):
     return ops.multiply(scale, h)
 
 
-def scaled_step(h, qp, step_size=None, gate=None):
-    """`y = qp * (h + r)`: the compensated step in units of the grid `1 / qp`.
+def compensated_step(h, step_size=None, gate=None):
+    """`h + r`, the step before quantization; `gate=None` means `r = 0` (no norm computed)."""
+    if gate is None:
+        return h
+    return ops.add(h, compensation_term(h, step_size, gate))
 
-    `gate=None` means no compensation (`r = 0`, and no norm is computed).
+
+def scaled_step(h, qp, step_size=None, gate=None):
+    """`y = qp * (h + r)`: the compensated step in units of the grid `1 / qp`."""
+    return ops.multiply(qp, compensated_step(h, step_size, gate))
+
+
+def exact_integer_limit(dtype):
+    """`2**24` (float32) or `2**53` (float64): from there on every float is an integer."""
+    return 2.0**53 if keras.backend.standardize_dtype(dtype) == "float64" else 2.0**24
+
+
+def increment_and_error(h, qp, step_size=None, gate=None, rounding="nearest", noise=None):
+    """The QSGLD increment and its rounding error in grid units.
+
+    `delta = Q(y) / qp` with `y = qp * (h + r)`, and `error = Q(y) - y`. Where `|y|` reaches
+    `exact_integer_limit` the float format holds no fraction to round, so the step is
+    applied as it is (`delta = h + r`, `error = 0`); this also keeps a finite step finite
+    where `qp * (h + r)` would overflow.
     """
-    if gate is not None:
-        h = ops.add(h, compensation_term(h, step_size, gate))
-    return ops.multiply(qp, h)
+    x = compensated_step(h, step_size, gate)
+    y = ops.multiply(qp, x)
+    q = quantize(y, rounding, noise)
+    in_range = ops.less(ops.abs(y), exact_integer_limit(y.dtype))
+    delta = ops.where(in_range, ops.divide(q, qp), x)
+    error = ops.where(in_range, ops.subtract(q, y), 0.0)
+    return delta, error
 
 
 def quantized_increment(h, qp, step_size=None, gate=None, rounding="nearest", noise=None):
@@ -84,6 +109,7 @@ def quantized_increment(h, qp, step_size=None, gate=None, rounding="nearest", no
         noise: uniform draws in [0, 1) of the shape of `h`, for the random modes.
 
     Returns:
-        The increment, in the dtype of `h`, to add to the weights.
+        The increment, in the dtype of `h`, to add to the weights (see
+        `increment_and_error` for steps beyond the float format's integer range).
     """
-    return ops.divide(quantize(scaled_step(h, qp, step_size, gate), rounding, noise), qp)
+    return increment_and_error(h, qp, step_size, gate, rounding, noise)[0]

@@ -124,3 +124,23 @@ def test_float32_limit_no_rounding_beyond_2_pow_24(rng):
     # In float64 the same steps are rounded: the error is spread over [-1/2, 1/2) cells.
     err64 = (ops.convert_to_numpy(qmath.quantized_increment(h, qp)) - h) * qp
     assert np.all(np.abs(err64) <= 0.5) and err64.var() * 12 == pytest.approx(1.0, abs=0.15)
+
+
+def test_increment_and_error_beyond_the_exact_range_applies_the_step_unrounded():
+    """|Qp (h + r)| >= 2**24 (float32) or 2**53 (float64): no fraction is left to round, so
+    the step is added as it is, error 0, and a step whose Qp * h overflows stays finite."""
+    from keras_qsgld.quantize import exact_integer_limit, increment_and_error
+
+    qp = np.float32(2.0**40)
+    h = np.array([1e30, -3e38, 1.0, 0.3 / 2.0**40, -0.8 / 2.0**40], np.float32)
+    delta, error = (ops.convert_to_numpy(t) for t in increment_and_error(h, qp))
+    np.testing.assert_array_equal(delta[:3], h[:3])
+    np.testing.assert_array_equal(error[:3], 0.0)
+    # Inside the range: the paper's rounding, with its error in grid units.
+    np.testing.assert_array_equal(delta[3:] * qp, [0.0, -1.0])
+    np.testing.assert_allclose(error[3:], [-0.3, -0.2], rtol=1e-6)
+    assert exact_integer_limit("float32") == 2.0**24 and exact_integer_limit("float64") == 2.0**53
+    h64 = np.array([2.0**30 + 0.25], np.float64)  # y = 2**30.x cells: float64 still rounds it
+    delta64, error64 = (ops.convert_to_numpy(t) for t in increment_and_error(h64, 1.0))
+    np.testing.assert_array_equal(delta64, [2.0**30])
+    np.testing.assert_array_equal(error64, [-0.25])

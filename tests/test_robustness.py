@@ -201,10 +201,6 @@ def test_huge_learning_rate_is_exactly_sgd(learning_rate, eta):
     np.testing.assert_array_equal(w, sgd)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core: Qp * h overflows float32 to inf when |lr * g| > 3.4e38 / Qp (1e30 at eta 2**40) "
-    "while SGD's step is finite; fix: use h + r where |Qp (h + r)| >= 2**24. Remove this "
-    "marker when _apply_increment does."))
 def test_learning_rate_whose_scaled_step_overflows_float32_stays_finite():
     learning_rate = 1e30
     assert learning_rate * 0.5 * 2.0**39 > F32_MAX  # Qp(0) = 2**39
