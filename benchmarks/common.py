@@ -251,7 +251,7 @@ def fmt(x, digits=3):
         return "0"
     if abs(x) >= 1e4 or abs(x) < 1e-3:
         return f"{x:.{digits - 1}e}"
-    return f"{x:.{digits}g}" if abs(x) >= 1 else f"{x:.{digits}f}"
+    return f"{x:.{digits}g}"
 
 
 def fmt_pm(values, digits=3, scale=1.0):

@@ -187,8 +187,10 @@ def run_whitenoise(args):
         "median |y| is below about 1 cell (dead zone of nearest rounding), and where y is exactly 0 (coordinates "
         "with a zero gradient, e.g. weights of always-blank digits pixels once the compensation is off): there "
         "nearest and floor give error 0 and no increment, dithered a uniform random step.",
+        "The lag-1 autocorrelation pools the pairs (e_k, e_k+1) of all sampled coordinates: coordinates whose error "
+        "mean differs (floor: 0 where y = 0, about -1/2 elsewhere) show up as a positive correlation.",
     ]
-    return common.write_table(args, "whitenoise", "White-noise hypothesis during training, per layer and epoch",
+    return common.write_table(args, "whitenoise", f"White-noise hypothesis during training ({args.dataset}, lr {args.lr:g}), per layer and epoch",
                               headers, rows, notes)
 
 

@@ -36,14 +36,38 @@ representative of an unloaded machine, and the ratios are the meaningful part.
 SECTIONS = [
     (
         "Speed",
-        ["speed/apply", "speed/step"],
+        ["speed/apply", "speed/breakdown", "speed/step"],
         """What one `optimizer.apply` costs over the trainable variables of a large and a small model,
 with and without XLA, next to a memory-traffic floor: the parameter-sized tensors an ideal
 fused update must read and write. Plain SGD reads the gradient and the weights and writes
 the weights (3 tensors); QSGLD reads the gradient a second time for the per-tensor norm of
 its compensation term (4 tensors, so 4/3 of SGD); Adam moves 7 (7/3). The
 "Gaussian SGLD" row is the noise QSGLD replaces, written with `keras.random.normal` and a
-`SeedGenerator` (`benchmarks/optimizers.py: GaussianSGLD`).""",
+`SeedGenerator` (`benchmarks/optimizers.py: GaussianSGLD`). `qsgld_lean` is a benchmark-only
+prototype of a cheaper QSGLD update (`benchmarks/optimizers.py: LeanQSGLD`: the schedules
+evaluated once per `apply` instead of once per variable, and the compensated step computed
+as one scalar times the gradient); it is the "after" of a proposed change to the core.
+
+What the tables show (CPU; the GPU picture may differ, see the last section):
+
+* **On the large model QSGLD is far above its traffic floor under XLA, and the breakdown
+  says why**: the rounding itself costs nothing extra (the rounded update alone takes as long
+  as the SGD update), while the per-tensor norms of the compensation term take several times
+  the SGD update under XLA, where TensorFlow's own (non-XLA) reduction is cheaper than the SGD
+  update. Quantized SGD (compensation off, no norm) runs at SGD's speed under XLA.
+* **Without XLA, QSGLD's op-by-op update is several times SGD**; the lean prototype removes
+  most of that (on both models) and gives the same increments (bitwise in
+  `tests/test_benchmarks.py`; under XLA the scalar-times-gradient form can move a value that
+  lies within float32 rounding of a half-cell boundary to the next cell). Under XLA it does
+  not help: the norm dominates there.
+* **On the small CIFAR ResNet-50 every optimizer is dominated by per-variable overhead**, and
+  QSGLD under XLA sits at its floor.
+* **Gaussian noise is the expensive part of SGLD**: drawing `keras.random.normal` for every
+  weight costs far more than any other update here, most of all under XLA on CPU. QSGLD's
+  rounding noise is essentially free; the seeded stochastic and dithered roundings (a
+  counter-based hash) cost about as much as QSGLD under XLA, more without it.
+* **In a whole training step the optimizer hardly matters on a CPU**: every optimizer is
+  within a few percent of SGD, because the forward and backward passes dominate.""",
     ),
     (
         "Quality on offline data",
@@ -52,7 +76,29 @@ its compensation term (4 tensors, so 4/3 of SGD); Adam moves 7 (7/3). The
 every optimizer. The learning rate of each optimizer is chosen on a separate tuning seed by
 the lowest final training loss (first table); no test data is used to choose it. The
 ingredients table puts SGD, quantized SGD (QSGLD with the compensation off), QSGLD and
-Gaussian SGLD at the same learning rate, so that each difference isolates one ingredient.""",
+Gaussian SGLD at the same learning rate, so that each difference isolates one ingredient.
+
+What the tables show:
+
+* **No gain from QSGLD on these data sets.** On digits every optimizer ends within about a
+  point of test accuracy of the others, and SGD at its own rate is slightly above QSGLD. On
+  MNIST-1D QSGLD is level with SGD and clearly below SGD with momentum, Adam, AdamW and QAdam
+  (QAdam has the highest mean there, on par with Adam and AdamW). Nothing like the paper's
+  reported CIFAR-100 gain over SGD shows here; CIFAR itself was not run (see the GPU section).
+* **The quantization noise does nothing measurable at the paper's resolution**: quantized SGD
+  against SGD, and Gaussian SGLD of the same variance against SGD, differ by less than the
+  seed-to-seed spread (large p-values). The per-step noise `Qp^-1 / sqrt(12)` with
+  `Qp` of order 2^19 is tiny next to the steps.
+* **The compensation term is the ingredient that acts.** It lowers the training loss
+  (digits, at QSGLD's rate, with no change in test accuracy), and at SGD's larger chosen rate
+  on digits it makes QSGLD diverge: it adds a normalized step of length up to `lr` per
+  tensor, which is why QSGLD's chosen rate is lower than SGD's there. The ablations agree:
+  the resolution `eta` from 2^10 to 2^19 and the rounding mode make no difference, while
+  switching the compensation off raises the final training loss and a longer compensation
+  (tau0 = 0.5 of the budget) lowers it.
+* One MNIST-1D run with stochastic rounding failed to train (chance accuracy), hence that
+  row's large spread; at the chosen rate MNIST-1D training is close to unstable for all
+  SGD-type optimizers (see the rate 1 column of the first table).""",
     ),
     (
         "Global optimization (the Langevin claim)",
@@ -65,7 +111,23 @@ rounding noise and the Gaussian noise it is supposed to mimic. Note the "zero in
 column: QSGLD's rounding can only move a coordinate when its step is at least half a grid
 cell, and the white-noise hypothesis needs steps of about a cell or more; at temperature
 `T = Qp^-2 / (24 lr)` a step `lr |g|` spans `Qp lr |g|` cells, so the hypothesis can only
-hold where `T` is below about `lr g^2 / 24`.""",
+hold where `T` is below about `lr g^2 / 24`.
+
+What the table shows:
+
+* **Deterministic QSGLD (the paper's rounding) is not Langevin dynamics at a temperature
+  high enough to matter.** At the hot setting (eta 2) almost every increment is exactly zero:
+  the steps are below half a cell, the iterates freeze where the first steps left them,
+  and QSGLD (fixed or increasing `Qp`, with or without compensation) ends worse than plain
+  GD on every function and dimension. At the cold setting (eta 32) it ends close to GD.
+* **Dithered rounding behaves like Gaussian SGLD of the same variance** in every row (its
+  error is uniform by construction), and so does stochastic rounding where its steps are
+  large enough. With the annealed hot schedule, both reach the global basin in far more
+  2-D Ackley runs than GD, Adam or deterministic QSGLD, and end lower on Rastrigin in every
+  dimension; on Styblinski-Tang and on higher-dimensional Ackley the noise does not help at
+  this schedule.
+* **The compensation term changes nothing here**: its per-tensor step `s lr` is far below a
+  cell, so `qsgld_anneal` and `qsgld_anneal_comp` coincide.""",
     ),
     (
         "Noise diagnostics",
@@ -75,7 +137,32 @@ measured during real training, per layer and epoch, and the stationary variance 
 quadratic against the formula `Qp^-2 / (12 (2 lr a - lr^2 a^2))` (paper.md s8, checks 1, 2
 and 8). The floor rounding of the authors' code has a mean error of -1/2 cell, hence a
 drift of `-Qp^-1 / 2` per coordinate and step; the drift column compares the accumulated
-realised drift with that prediction.""",
+realised drift with that prediction. The last table is the lead's double-well check
+(`benchmarks/langevin_double_well.py`): the histogram of fixed-`Qp` iterates against the Gibbs
+density.
+
+What the tables show:
+
+* **In these training runs the hypothesis holds wherever the scaled step `y` is not
+  exactly zero.** With the paper's `Qp` (2^18 to 2^20) the steps span many cells in every
+  layer (median `|y|` well above one cell, also after the compensation has switched off),
+  and where `y != 0` the KS distance to the uniform law is small and the variance is close
+  to 1/12 for nearest and floor rounding alike; the lag-1 autocorrelation of nearest
+  rounding is near zero.
+* **It fails on the coordinates whose gradient is exactly zero** (weights of always-blank
+  digit pixels, dead ReLU units): there `y = 0`, nearest and floor leave the weight
+  untouched (no noise at all), and that share of frozen coordinates is what drives the
+  pooled KS distance and variance away from the uniform law. Dithered rounding keeps
+  adding uniform noise there and passes every check.
+* **Floor rounding drifts as predicted** on coordinates that move (mean error -1/2 cell);
+  the accumulated drift falls short of `-1/2 sum 1/Qp` in proportion to the coordinates
+  that never move.
+* **On the 1-D quadratic with the exact gradient, the stationary-variance formula fails
+  for nearest and floor rounding**: once `lr a x` is below half a cell every increment is
+  zero and the chains freeze (zero increments: all), so the spread is wherever they
+  stopped. With gradient noise that spreads `y` over a few cells, every rounding matches the
+  formula, and floor's mean matches `-1/2 Qp^-1 / (lr a)`. Dithered rounding matches it in
+  every case; stochastic rounding does not without gradient noise.""",
     ),
     (
         "GPU",

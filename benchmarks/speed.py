@@ -10,6 +10,9 @@ Tables (`--tables`):
   timed in the same run. The memory-traffic floor counts the parameter-sized tensors an
   ideal fused kernel must read or write (SGD: read g and w, write w = 3; QSGLD: g twice
   for the norm and the update = 4, so 4/3 of SGD; Adam 7, 7/3 of SGD).
+* `breakdown`: where QSGLD's extra time goes, over the same variables: the plain SGD update,
+  the per-tensor norms alone (the reduction QSGLD's compensation needs), and the rounded
+  update alone (`floor(c g + 1/2) / Qp`, no norm), each with and without XLA.
 * `step`: one whole training step (forward, backward, apply) of the CIFAR ResNet-50 on a
   fixed synthetic batch of CIFAR's shape, per optimizer, same ratios.
 
@@ -26,7 +29,7 @@ from benchmarks import common
 
 common.setup_environment()
 
-TABLES = ("apply", "step")
+TABLES = ("apply", "step", "breakdown")
 
 # Parameter-sized fp32 tensors an ideal fused update reads + writes, per optimizer.
 TRAFFIC = {
@@ -261,6 +264,59 @@ def run_step(args, names):
     return common.write_table(args, "step", "Cost of one whole training step", headers, rows, notes)
 
 
+def run_breakdown(args):
+    import numpy as np
+    import tensorflow as tf
+
+    store = common.ResultStore(args.output_dir, "breakdown", args.force)
+    repeats = args.repeats or (2 if args.quick else 7)
+    model_name = "cifar_resnet8" if args.quick else [m.strip() for m in args.models.split(",") if m.strip()][0]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    key = common.ResultStore.make_key(model=model_name, modes=",".join(modes), r=repeats)
+    record = store.get(key)
+    if record is None:
+        model, description = make_model(model_name)
+        variables = [tf.Variable(v.numpy()) for v in model.trainable_variables]
+        n_params = int(sum(np.prod(v.shape) for v in variables))
+        rng = np.random.default_rng(0)
+        grads = [tf.constant(rng.normal(0, 1e-3, v.shape).astype("float32")) for v in variables]
+        qp = 2.0**19
+
+        def sgd():
+            for v, g in zip(variables, grads):
+                v.assign_add(-0.01 * g)
+            return variables[0][0:1] if variables[0].shape.rank == 1 else tf.reshape(variables[0], [-1])[0:1]
+
+        def norms():
+            return tf.add_n([tf.sqrt(tf.reduce_sum(tf.square(g))) for g in grads])
+
+        def rounded():
+            for v, g in zip(variables, grads):
+                v.assign_add(tf.floor(g * (-0.01 * qp) + 0.5) / qp)
+            return tf.reshape(variables[0], [-1])[0:1]
+
+        fns = {}
+        for mode in modes:
+            for name, fn in (("SGD update", sgd), ("per-tensor norms only", norms), ("rounded update only", rounded)):
+                compiled = tf.function(fn, jit_compile=(mode == "xla"), autograph=False)
+                fns[f"{name} | {mode}"] = lambda compiled=compiled: _sync(compiled())
+        common.log(f"breakdown: {model_name} ({n_params:,} params)")
+        times = common.time_interleaved(fns, repeats, warmup=args.warmup, progress=lambda m: common.log(f"breakdown: {m}"))
+        record = store.put(key, {"description": description, "params": n_params, "times": times})
+    rows = []
+    for label, times in record["times"].items():
+        name, mode = label.split(" | ")
+        sgd = common.median(record["times"][f"SGD update | {mode}"])
+        t = common.median(times)
+        rows.append([f"{record['description']} ({record['params'] / 1e6:.2f}M)", mode, name, f"{t * 1e3:.2f}",
+                     common.fmt(t / sgd)])
+    headers = ["model", "mode", "operation", "median ms", "ratio to the SGD update (same mode)"]
+    notes = [f"{repeats} interleaved timed calls after {args.warmup} warm-up calls; the same variables and fixed "
+             "N(0, 1e-3) gradients as the apply table. The norms are the reduction that QSGLD's compensation adds; "
+             "the rounded update is QSGLD's elementwise work without it."]
+    return common.write_table(args, "breakdown", "Where QSGLD's time goes", headers, rows, notes)
+
+
 def main(argv=None):
     args = common.finish_args(build_parser().parse_args(argv))
     common.quiet_tensorflow()
@@ -278,6 +334,8 @@ def main(argv=None):
         outputs.append(run_apply(args, names))
     if "step" in args.table_list:
         outputs.append(run_step(args, names))
+    if "breakdown" in args.table_list:
+        outputs.append(run_breakdown(args))
     return outputs
 
 

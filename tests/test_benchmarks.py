@@ -206,6 +206,19 @@ def test_speed_quick(tmp_path):
     text, rows = _check_table(paths[0], min_rows=2 * 3)
     assert "qsgld" in text and "xla" in text and "graph" in text
     _check_table(paths[1], min_rows=3)
+    text, _ = _check_table(paths[2], min_rows=6)
+    assert "per-tensor norms only" in text
+
+
+@pytest.mark.parametrize("script", ["speed", "quality", "global_opt", "diagnostics", "cifar", "report"])
+def test_every_script_has_help(script, capsys):
+    import importlib
+
+    module = importlib.import_module(f"benchmarks.{script}")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--output" in capsys.readouterr().out
 
 
 def test_cifar_quick_and_report(tmp_path):
