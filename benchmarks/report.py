@@ -62,8 +62,9 @@ What the tables show (CPU; the GPU picture may differ, see the last section):
   not help: the norm dominates there.
 * **On the small CIFAR ResNet-50 every optimizer is dominated by per-variable overhead**, and
   QSGLD under XLA sits at its floor.
-* **Gaussian noise is the expensive part of SGLD**: drawing `keras.random.normal` for every
-  weight costs far more than any other update here, most of all under XLA on CPU. QSGLD's
+* **Gaussian noise is the expensive part of SGLD**: on the large model, drawing
+  `keras.random.normal` for every weight costs far more than any other update, most of all
+  under XLA on CPU. QSGLD's
   rounding noise is essentially free; the seeded stochastic and dithered roundings (a
   counter-based hash) cost about as much as QSGLD under XLA, more without it.
 * **In a whole training step the optimizer hardly matters on a CPU**: every optimizer is

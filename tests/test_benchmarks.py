@@ -4,12 +4,17 @@ baseline and the shared harness against independent references. Nothing here is 
 import json
 import math
 import os
+import sys
 
 import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
 pytest.importorskip("scipy")
+
+# `benchmarks` is a folder of the repository, not an installed package: make it importable
+# also when pytest is run as a plain command (not `python -m pytest` from the root).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
 from benchmarks import optimizers as bopt  # noqa: E402
