@@ -132,7 +132,13 @@ What the table shows:
     ),
     (
         "Noise diagnostics",
-        ["diagnostics/whitenoise", "diagnostics_mnist1d/whitenoise", "diagnostics/stationary", "double_well/double_well"],
+        [
+            "diagnostics/whitenoise",
+            "diagnostics_mnist1d/whitenoise",
+            "diagnostics_mnist1d_lr0.001/whitenoise",
+            "diagnostics/stationary",
+            "double_well/double_well",
+        ],
         """The white-noise hypothesis (the rounding error is i.i.d. uniform with variance 1/12 cell^2)
 measured during real training, per layer and epoch, and the stationary variance of a 1-D
 quadratic against the formula `Qp^-2 / (12 (2 lr a - lr^2 a^2))` (paper.md s8, checks 1, 2
@@ -155,6 +161,11 @@ What the tables show:
   untouched (no noise at all), and that share of frozen coordinates is what drives the
   pooled KS distance and variance away from the uniform law. Dithered rounding keeps
   adding uniform noise there and passes every check.
+* **With ten times smaller steps it starts to fail** (MNIST-1D at lr 0.001): once the
+  compensation is off, the median `|y|` of the kernels falls below one cell, nearest
+  rounding leaves a large share of the increments exactly zero (its dead zone; close to half
+  in the worst layer), and the error variance drops below 1/12 (floor: rises above it).
+  Dithered rounding stays uniform there too.
 * **Floor rounding drifts as predicted** on coordinates that move (mean error -1/2 cell);
   the accumulated drift falls short of `-1/2 sum 1/Qp` in proportion to the coordinates
   that never move.
