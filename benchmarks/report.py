@@ -150,7 +150,7 @@ density.
 
 What the tables show:
 
-* **In these training runs the hypothesis holds wherever the scaled step `y` is not
+* **At the learning rates of the first two tables the hypothesis holds wherever the scaled step `y` is not
   exactly zero.** With the paper's `Qp` (2^18 to 2^20) the steps span many cells in every
   layer (median `|y|` well above one cell, also after the compensation has switched off),
   and where `y != 0` the KS distance to the uniform law is small and the variance is close
