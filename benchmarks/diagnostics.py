@@ -54,7 +54,7 @@ def whitenoise_run(args, rounding, seed, epochs):
     import keras_qsgld
     from keras_qsgld.datasets import load_dataset
     from keras_qsgld.models import build_model
-    from keras_qsgld.quantize import scaled_step
+    from keras_qsgld.quantization import scaled_step
 
     from benchmarks.optimizers import qsgld_schedules
 

@@ -2,7 +2,7 @@
 
 `OPTIMIZERS` maps a name to an `OptimizerSpec`; `available()` lists those this install can
 build. The list is data-driven: the QSGLD rounding modes beyond `"nearest"` (`"stochastic"`,
-`"dithered"`, ...) are added for every mode that `keras_qsgld.quantize.ROUNDING_MODES`
+`"dithered"`, ...) are added for every mode that `keras_qsgld.quantization.ROUNDING_MODES`
 offers and that `QSGLD(rounding=mode, seed=...)` accepts.
 """
 
@@ -14,10 +14,7 @@ from keras import ops
 
 import keras_qsgld
 
-try:  # `keras_qsgld.quantize` is also the exported function: read the module's constant
-    from keras_qsgld.quantize import ROUNDING_MODES
-except ImportError:  # pragma: no cover
-    ROUNDING_MODES = ("nearest", "floor")
+from keras_qsgld.quantization import ROUNDING_MODES
 
 
 class GaussianSGLD(keras.optimizers.Optimizer):

@@ -119,7 +119,7 @@ class SimulatedCrash(Exception):
 def build_parser():
     from keras_qsgld.datasets import DATASETS
     from keras_qsgld.models import MODELS
-    from keras_qsgld.quantize import ROUNDING_MODES
+    from keras_qsgld.quantization import ROUNDING_MODES
     from keras_qsgld.schedules import GATES
 
     p = argparse.ArgumentParser(

@@ -2,7 +2,16 @@
 
 from keras_qsgld.qadam import QAdam
 from keras_qsgld.qsgld import QSGLD
-from keras_qsgld.quantize import compensation_term, quantize, quantized_increment, scaled_step
+from keras_qsgld.quantization import (
+    RANDOM_ROUNDING_MODES,
+    ROUNDING_MODES,
+    compensated_step,
+    compensation_term,
+    increment_and_error,
+    quantize,
+    quantized_increment,
+    scaled_step,
+)
 from keras_qsgld.schedules import CompensationSchedule, ResolutionSchedule
 from keras_qsgld import callbacks, datasets, models  # cheap: their heavy imports are lazy
 from keras_qsgld.callbacks import QSGLDMonitor
@@ -18,5 +27,9 @@ __all__ = [
     "quantized_increment",
     "compensation_term",
     "scaled_step",
+    "compensated_step",
+    "increment_and_error",
+    "ROUNDING_MODES",
+    "RANDOM_ROUNDING_MODES",
     "QSGLDMonitor",
 ]

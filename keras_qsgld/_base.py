@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from keras_qsgld.quantize import RANDOM_ROUNDING_MODES, ROUNDING_MODES, increment_and_error
+from keras_qsgld.quantization import RANDOM_ROUNDING_MODES, ROUNDING_MODES, increment_and_error
 from keras_qsgld.random import uniform_from_seed
 from keras_qsgld.schedules import CompensationSchedule, ResolutionSchedule
 

@@ -1,4 +1,4 @@
-"""The pure `keras.ops` maths in `keras_qsgld.quantize` against the NumPy reference."""
+"""The pure `keras.ops` maths in `keras_qsgld.quantization` against the NumPy reference."""
 
 import numpy as np
 import pytest
@@ -129,7 +129,7 @@ def test_float32_limit_no_rounding_beyond_2_pow_24(rng):
 def test_increment_and_error_beyond_the_exact_range_applies_the_step_unrounded():
     """|Qp (h + r)| >= 2**24 (float32) or 2**53 (float64): no fraction is left to round, so
     the step is added as it is, error 0, and a step whose Qp * h overflows stays finite."""
-    from keras_qsgld.quantize import exact_integer_limit, increment_and_error
+    from keras_qsgld.quantization import exact_integer_limit, increment_and_error
 
     qp = np.float32(2.0**40)
     h = np.array([1e30, -3e38, 1.0, 0.3 / 2.0**40, -0.8 / 2.0**40], np.float32)

@@ -9,7 +9,7 @@ import tensorflow as tf
 from scipy import stats
 
 import keras_qsgld
-from keras_qsgld.quantize import quantize
+from keras_qsgld.quantization import quantize
 from keras_qsgld.random import uniform_from_seed
 
 N = 200_000

@@ -72,7 +72,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def _rounding_modes():
     try:
-        from keras_qsgld.quantize import ROUNDING_MODES
+        from keras_qsgld.quantization import ROUNDING_MODES
     except ImportError:
         return ("nearest", "floor")
     return tuple(ROUNDING_MODES)
