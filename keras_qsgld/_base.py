@@ -236,7 +236,7 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
 
     def _update_all(self, grads, trainable_variables, learning_rate):
         # The schedules depend on the step alone: evaluate them once per update rather than
-        # once per variable (this halved an eager update of a ResNet-20 without XLA).
+        # once per variable: without XLA those scalar ops were a large share of the update.
         step = self._schedule_step()
         self.__dict__["_schedule_values"] = (self.resolution_at(step), self.gate_at(step))
         try:
