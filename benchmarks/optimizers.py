@@ -14,6 +14,7 @@ from keras import ops
 
 import keras_qsgld
 
+from keras_qsgld._base import check_resolution, compute_dtype, schedule_value
 from keras_qsgld.quantization import ROUNDING_MODES
 
 
@@ -39,31 +40,17 @@ class GaussianSGLD(keras.optimizers.Optimizer):
 
     def __init__(self, learning_rate=0.01, resolution=2.0**19, seed=0, name="gaussian_sgld", **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        if isinstance(resolution, (int, float)) and not isinstance(resolution, bool):
-            if not (resolution > 0 and math.isfinite(resolution)):
-                raise ValueError(
-                    "Argument `resolution` must be a positive float or a callable. "
-                    f"Received: resolution={resolution!r}"
-                )
-            resolution = float(resolution)
-        elif not callable(resolution):
-            raise ValueError(
-                "Argument `resolution` must be a positive float or a callable. "
-                f"Received: resolution={resolution!r}"
-            )
-        self.resolution = resolution
+        self.resolution = check_resolution(resolution)
         self.seed = seed
         self._seed_generator = keras.random.SeedGenerator(seed, name="sgld_seed_generator")
         # Not tracked automatically (anchors.md s1.6): track it so it is saved and passed along.
         self._track_variable(self._seed_generator.state)
 
     def resolution_at(self, step):
-        if isinstance(self.resolution, float):
-            return ops.convert_to_tensor(self.resolution, "float32")
-        return ops.cast(self.resolution(step), "float32")
+        return schedule_value(self.resolution, step)
 
     def update_step(self, gradient, variable, learning_rate):
-        dtype = "float64" if keras.backend.standardize_dtype(variable.dtype) == "float64" else "float32"
+        dtype = compute_dtype(variable)
         lr = ops.cast(learning_rate, dtype)
         qp = ops.cast(self.resolution_at(self.iterations), dtype)
         sigma = ops.divide(1.0 / math.sqrt(12.0), qp)

@@ -25,6 +25,32 @@ def compute_dtype(variable):
     return "float64" if dtype == "float64" else "float32"
 
 
+def check_resolution(resolution):
+    """None gives `ResolutionSchedule()`; a positive float (a fixed Qp) and callables pass."""
+    if resolution is None:
+        return ResolutionSchedule()
+    if _is_number(resolution):
+        if not (resolution > 0 and math.isfinite(resolution)):
+            raise ValueError(
+                "Argument `resolution` must be a ResolutionSchedule or a positive float "
+                f"(a fixed Qp). Received: resolution={resolution!r}"
+            )
+        return float(resolution)
+    if not callable(resolution):
+        raise ValueError(
+            "Argument `resolution` must be a ResolutionSchedule, a callable of the step "
+            f"or a positive float. Received: resolution={resolution!r}"
+        )
+    return resolution
+
+
+def schedule_value(schedule, step):
+    """A constant (float) or a schedule evaluated at `step`, as a float32 scalar."""
+    if isinstance(schedule, float):
+        return ops.convert_to_tensor(schedule, "float32")
+    return ops.cast(schedule(step), "float32")
+
+
 def dense(gradient):
     """Densifies a sparse (`IndexedSlices`) gradient: the norm and the rounding see all rows."""
     if keras.backend.backend() == "tensorflow":
@@ -73,20 +99,7 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
             raise ValueError(
                 f"Argument `learning_rate` must be >= 0. Received: learning_rate={learning_rate!r}"
             )
-        if resolution is None:
-            resolution = ResolutionSchedule()
-        elif _is_number(resolution):
-            if not (resolution > 0 and math.isfinite(resolution)):
-                raise ValueError(
-                    "Argument `resolution` must be a ResolutionSchedule or a positive float "
-                    f"(a fixed Qp). Received: resolution={resolution!r}"
-                )
-            resolution = float(resolution)
-        elif not callable(resolution):
-            raise ValueError(
-                "Argument `resolution` must be a ResolutionSchedule, a callable of the step "
-                f"or a positive float. Received: resolution={resolution!r}"
-            )
+        resolution = check_resolution(resolution)
         if _is_number(compensation):
             if not 0 <= compensation <= 1:
                 raise ValueError(
@@ -134,17 +147,13 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
     # -- schedules -------------------------------------------------------------------
     def resolution_at(self, step):
         """`Qp` at optimizer step `step`, a float32 scalar."""
-        if isinstance(self.resolution, float):
-            return ops.convert_to_tensor(self.resolution, "float32")
-        return ops.cast(self.resolution(step), "float32")
+        return schedule_value(self.resolution, step)
 
     def gate_at(self, step):
         """The compensation gate `s` at `step` (float32), or None when compensation is off."""
         if self.compensation is None:
             return None
-        if isinstance(self.compensation, float):
-            return ops.convert_to_tensor(self.compensation, "float32")
-        return ops.cast(self.compensation(step), "float32")
+        return schedule_value(self.compensation, step)
 
     def _schedule_step(self):
         """The step at which the schedules are evaluated (0 on the first update)."""
