@@ -13,7 +13,7 @@ from keras_qsgld.quantization import (
     scaled_step,
 )
 from keras_qsgld.schedules import CompensationSchedule, ResolutionSchedule
-from keras_qsgld import callbacks, datasets, models  # cheap: their heavy imports are lazy
+from keras_qsgld import callbacks, datasets, models  # noqa: F401 (cheap: heavy imports are lazy)
 from keras_qsgld.callbacks import QSGLDMonitor
 
 __version__ = "0.1.0"

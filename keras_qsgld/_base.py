@@ -7,7 +7,7 @@ from keras import ops
 
 from keras_qsgld.quantization import RANDOM_ROUNDING_MODES, ROUNDING_MODES, increment_and_error
 from keras_qsgld.random import uniform_from_seed
-from keras_qsgld.schedules import CompensationSchedule, ResolutionSchedule
+from keras_qsgld.schedules import ResolutionSchedule
 
 _SCHEDULE_KEYS = ("resolution", "compensation")
 # Running sums read by `QSGLDMonitor`, each weighted by 1 / (number of trainable weights).

@@ -102,7 +102,6 @@ def jit_probe(mirrored, init, x, y, batch_size):
     without accelerators, else False under any `tf.distribute` strategy. On this CPU-only
     machine the first rule hides the second, so a fake GPU is listed to reach it.
     """
-    import keras
 
     result = {}
     real = tf.config.list_physical_devices
