@@ -43,7 +43,7 @@ def synthetic_bundle(dataset, n_train, n_test, batch, seed):
     import numpy as np
     import tensorflow as tf
 
-    from keras_qsgld.datasets import DatasetBundle
+    from keras_qsgld.experiments.datasets import DatasetBundle
 
     classes = 100 if dataset == "cifar100" else 10
     rng = np.random.default_rng(seed)
@@ -69,8 +69,8 @@ def main(argv=None):
     import keras
 
     from benchmarks import optimizers as bopt
-    from keras_qsgld.datasets import DatasetUnavailableError, load_dataset
-    from keras_qsgld.models import build_model
+    from keras_qsgld.experiments.datasets import DatasetUnavailableError, load_dataset
+    from keras_qsgld.experiments.models import build_model
 
     names = bopt.parse_optimizers(args.optimizers, ("sgd", "qsgld"))
     synthetic = args.synthetic or args.quick

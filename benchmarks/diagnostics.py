@@ -52,8 +52,8 @@ def whitenoise_run(args, rounding, seed, epochs):
     from scipy import stats
 
     import keras_qsgld
-    from keras_qsgld.datasets import load_dataset
-    from keras_qsgld.models import build_model
+    from keras_qsgld.experiments.datasets import load_dataset
+    from keras_qsgld.experiments.models import build_model
     from keras_qsgld.quantization import scaled_step
 
     from benchmarks.optimizers import qsgld_schedules

@@ -26,7 +26,7 @@ import time
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="cnn,cifar_resnet", help="comma-separated keras_qsgld.models names")
+    parser.add_argument("--models", default="cnn,cifar_resnet", help="comma-separated keras_qsgld.experiments.models names")
     parser.add_argument("--depth", type=int, default=20, help="depth of cifar_resnet (6n+2)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10, help="timed calls per configuration and round")
@@ -101,7 +101,7 @@ def configurations(include_baselines):
 def bench_model(name, args, tf, keras):
     import numpy as np
 
-    from keras_qsgld.models import build_model
+    from keras_qsgld.experiments.models import build_model
 
     kwargs = {"depth": args.depth} if name == "cifar_resnet" else {}
     shape = (28, 28, 1) if name == "cnn" else (32, 32, 3)

@@ -34,7 +34,7 @@ export KERAS_BACKEND=tensorflow
 "$PY" -c "import tensorflow as tf; print('GPUs:', tf.config.list_physical_devices('GPU'))"
 
 # 1. Speed: apply over ResNet50 (25.6M) and the CIFAR ResNet-50, XLA and not; whole step at batch 128.
-"$PY" -m benchmarks.speed $QUICK --output-dir "$OUT/speed" --optimizers all,qsgld_lean \
+"$PY" -m benchmarks.speed $QUICK --output-dir "$OUT/speed" --optimizers all \
   --modes xla,graph --step-modes xla,graph --batch-size 128 --repeats 20 --warmup 3
 
 # 2. Short CIFAR protocol, QSGLD and SGD (real data if available).

@@ -18,7 +18,7 @@ Tables (`--tables`):
   floor, stochastic, dithered; eta 2^10..2^19; kappa 1, 2, 4; tau0 0.1, 0.2, 0.5 of the budget.
 
 Data: scikit-learn digits (MLP) and MNIST-1D (1-D CNN), both offline, through
-`keras_qsgld.datasets` and `keras_qsgld.models`.
+`keras_qsgld.experiments.datasets` and `keras_qsgld.experiments.models`.
 """
 
 import math
@@ -73,8 +73,8 @@ def train(dataset, make_optimizer, seed, epochs, label, max_examples=None):
     """Trains the data set's model once; returns test/train accuracy and loss and the loss curve."""
     import keras
 
-    from keras_qsgld.datasets import load_dataset
-    from keras_qsgld.models import build_model
+    from keras_qsgld.experiments.datasets import load_dataset
+    from keras_qsgld.experiments.models import build_model
 
     model_name, batch_size, _, _ = SETUPS[dataset]
     keras.backend.clear_session()

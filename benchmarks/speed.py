@@ -41,9 +41,8 @@ TRAFFIC = {
     "qsgd": (3, "no norm: as SGD"),
     "qadam": (9, "pass 1 read g, m, v, write m, v (norm of h); pass 2 read m, v, w, write w"),
     "sgld": (3, "as SGD; noise generated, not read"),
-    "qsgld_lean": (4, "as QSGLD"),
 }
-SPEED_DEFAULT = ("sgd", "sgd_momentum", "adam", "qsgld", "qsgld_lean", "qsgd", "qadam", "sgld")
+SPEED_DEFAULT = ("sgd", "sgd_momentum", "adam", "qsgld", "qsgd", "qadam", "sgld")
 
 
 def traffic(name):
@@ -74,7 +73,7 @@ def build_parser():
 
 def make_model(name, seed=0):
     """(model, description) for a model name of `--models`."""
-    from keras_qsgld import models
+    from keras_qsgld.experiments import models
 
     if name == "resnet50":
         return models.build_model("resnet50", (224, 224, 3), 1000, seed=seed), "keras.applications.ResNet50"

@@ -40,8 +40,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", default="digits", help="a keras_qsgld.datasets name (default %(default)s)")
-    p.add_argument("--model", default=None, help="a keras_qsgld.models name (default: per data set)")
+    p.add_argument("--dataset", default="digits", help="a keras_qsgld.experiments.datasets name (default %(default)s)")
+    p.add_argument("--model", default=None, help="a keras_qsgld.experiments.models name (default: per data set)")
     p.add_argument("--data-dir", default=None, help="tensorflow-datasets folder (TFDS data sets)")
     p.add_argument("--optimizer", choices=("qsgld", "qadam"), default="qsgld")
     p.add_argument("--learning-rate", type=float, default=None,
@@ -116,8 +116,8 @@ def main(argv=None):
     import tensorflow as tf
 
     import keras_qsgld
-    from keras_qsgld.datasets import load_dataset
-    from keras_qsgld.models import build_model
+    from keras_qsgld.experiments.datasets import load_dataset
+    from keras_qsgld.experiments.models import build_model
 
     keras.utils.set_random_seed(args.seed)
     # No shuffling: the same data order on every worker and on every restart.

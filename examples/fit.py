@@ -117,8 +117,8 @@ class SimulatedCrash(Exception):
 
 
 def build_parser():
-    from keras_qsgld.datasets import DATASETS
-    from keras_qsgld.models import MODELS
+    from keras_qsgld.experiments.datasets import DATASETS
+    from keras_qsgld.experiments.models import MODELS
     from keras_qsgld.quantization import ROUNDING_MODES
     from keras_qsgld.schedules import GATES
 
@@ -265,8 +265,8 @@ def run_one(name, args, out_dir):
     import keras
 
     import keras_qsgld
-    from keras_qsgld.datasets import load_dataset
-    from keras_qsgld.models import build_model
+    from keras_qsgld.experiments.datasets import load_dataset
+    from keras_qsgld.experiments.models import build_model
 
     keras.utils.set_random_seed(args.seed)
     data = load_dataset(
@@ -483,7 +483,7 @@ def run(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    from keras_qsgld.datasets import DatasetUnavailableError
+    from keras_qsgld.experiments.datasets import DatasetUnavailableError
 
     try:
         run(args)

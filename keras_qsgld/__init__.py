@@ -1,5 +1,7 @@
-"""keras-qsgld: QSGLD (arXiv 2305.18864) as Keras 3 optimizers."""
+"""keras-qsgld: QSGLD (arXiv 2305.18864) as Keras 3 optimizers, on every Keras backend."""
 
+from keras_qsgld import callbacks  # noqa: F401
+from keras_qsgld.callbacks import QSGLDMonitor
 from keras_qsgld.qadam import QAdam
 from keras_qsgld.qsgld import QSGLD
 from keras_qsgld.quantization import (
@@ -12,17 +14,17 @@ from keras_qsgld.quantization import (
     quantized_increment,
     scaled_step,
 )
-from keras_qsgld.schedules import CompensationSchedule, ResolutionSchedule
-from keras_qsgld import callbacks, datasets, models  # noqa: F401 (cheap: heavy imports are lazy)
-from keras_qsgld.callbacks import QSGLDMonitor
+from keras_qsgld.schedules import CompensationSchedule, Constant, ResolutionSchedule, Temperature
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "QSGLD",
     "QAdam",
     "ResolutionSchedule",
     "CompensationSchedule",
+    "Temperature",
+    "Constant",
     "quantize",
     "quantized_increment",
     "compensation_term",

@@ -3,11 +3,13 @@
 import keras
 from keras import ops
 
-from keras_qsgld._base import QuantizedOptimizer, compute_dtype, dense, with_base_keyword_args
+from keras_qsgld.backend import BackendQuantizedOptimizer
+from keras_qsgld.optimizer import increment_dtype, with_base_keyword_args
+from keras_qsgld.validation import check_real
 
 
 @keras.saving.register_keras_serializable(package="keras_qsgld")
-class QAdam(QuantizedOptimizer):
+class QAdam(BackendQuantizedOptimizer):
     """Adam with QSGLD's quantized increment (the paper's "ADAM-based" variant).
 
     Adam's bias-corrected step gets QSGLD's compensation and is quantized on the grid
@@ -31,20 +33,27 @@ class QAdam(QuantizedOptimizer):
     `QSGLD` for the float32 limit and non-finite gradients.
 
     Args:
-        learning_rate: float >= 0, a `LearningRateSchedule`, or a callable. Default 0.001.
-        beta_1: float in [0, 1), decay of the first moment. Default 0.9.
-        beta_2: float in [0, 1), decay of the second moment. Default 0.999.
-        epsilon: float >= 0 added to `sqrt(v)`. Default 1e-7 (the authors use 1e-6).
-        resolution: a `ResolutionSchedule` (or callable of the step), or a float > 0 for a
-            fixed `Qp`. None (default) means `ResolutionSchedule()`.
-        compensation: a `CompensationSchedule`, a constant gate in [0, 1], or None
-            (default: off).
+        learning_rate: real number >= 0, a `LearningRateSchedule`, or a callable.
+            Default 0.001.
+        beta_1: real number in [0, 1), decay of the first moment. Default 0.9.
+        beta_2: real number in [0, 1), decay of the second moment. Default 0.999.
+        epsilon: real number >= 0 added to `sqrt(v)`. Default 1e-7 (the authors use 1e-6).
+        resolution: a `ResolutionSchedule` (or callable of the step), or a real number for
+            a fixed `Qp`. None (default) means `ResolutionSchedule()`. Not a `Temperature`:
+            Adam's per-coordinate preconditioning has no single Langevin temperature.
+        compensation: a `CompensationSchedule` (or callable of the step), a constant gate
+            in [0, 1], or None (default: off).
         rounding: `"nearest"` (default, the paper), `"floor"` (the authors' code),
             `"stochastic"` or `"dithered"` (random; see `QSGLD`).
-        seed: int or None, seed of the random roundings (see `QSGLD`).
+        seed: integer in [0, 2**31) or None, seed of the random roundings (see `QSGLD`).
         track_noise: bool, accumulate rounding-error statistics (see `QSGLD`).
-        jit_compile: bool, XLA-compile eager `apply` calls on TensorFlow (see `QSGLD`).
+        jit_compile: bool, XLA-compile eager `apply` calls on TensorFlow; no effect on JAX
+            and PyTorch (see `QSGLD`).
         {{base_optimizer_keyword_args}}
+
+    Raises:
+        ValueError: for an argument of the wrong type or out of its range (naming the
+            argument and the value received), or a `Temperature` resolution.
 
     References:
         - [Seok & Cho, 2023](https://arxiv.org/abs/2305.18864), Stochastic Gradient
@@ -54,6 +63,7 @@ class QAdam(QuantizedOptimizer):
     """
 
     _default_name = "qadam"
+    supports_temperature = False  # Adam's preconditioned step has no single temperature
 
     def __init__(
         self,
@@ -99,16 +109,9 @@ class QAdam(QuantizedOptimizer):
             gradient_accumulation_steps=gradient_accumulation_steps,
             **kwargs,
         )
-        for arg, value in (("beta_1", beta_1), ("beta_2", beta_2)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise ValueError(
-                    f"Argument `{arg}` must be a float in [0, 1). Received: {arg}={value!r}"
-                )
-        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon >= 0:
-            raise ValueError(f"Argument `epsilon` must be a float >= 0. Received: epsilon={epsilon!r}")
-        self.beta_1 = float(beta_1)
-        self.beta_2 = float(beta_2)
-        self.epsilon = float(epsilon)
+        self.beta_1 = check_real("beta_1", beta_1, minimum=0, maximum=1, exclusive_maximum=True)
+        self.beta_2 = check_real("beta_2", beta_2, minimum=0, maximum=1, exclusive_maximum=True)
+        self.epsilon = check_real("epsilon", epsilon, minimum=0)
 
     def build(self, variables):
         if self.built:
@@ -118,15 +121,18 @@ class QAdam(QuantizedOptimizer):
             variables, ["momentum", "velocity"]
         )
 
-    def _schedule_step(self):
+    @property
+    def schedule_step(self):
+        """`iterations + 1`: QAdam evaluates its schedules (and Adam's bias correction) at
+        the step after this update's `k`, as the authors' code does."""
         return self.iterations + 1
 
-    def update_step(self, gradient, variable, learning_rate):
-        dtype = compute_dtype(variable)
+    def update_step(self, gradient, variable, scalars):
+        dtype = increment_dtype(variable)
         index = self._get_variable_index(variable)
         m_var, v_var = self._momentums[index], self._velocities[index]
-        g = ops.cast(dense(gradient), dtype)
-        lr = ops.cast(learning_rate, dtype)
+        g = ops.cast(gradient, dtype)
+        lr = ops.cast(scalars.learning_rate, dtype)
         local_step = ops.cast(self.iterations + 1, dtype)
         # convert_to_tensor, not cast: casting a Python float goes through float32.
         beta_1 = ops.convert_to_tensor(self.beta_1, dtype)
@@ -140,7 +146,7 @@ class QAdam(QuantizedOptimizer):
             1 - ops.power(beta_1, local_step),
         )
         h = ops.negative(ops.divide(ops.multiply(alpha, m), ops.add(ops.sqrt(v), self.epsilon)))
-        self._apply_increment(variable, h, alpha)
+        self._apply_increment(variable, h, alpha, scalars)
 
     def get_config(self):
         config = super().get_config()

@@ -3,24 +3,28 @@
 import keras
 from keras import ops
 
-from keras_qsgld._base import QuantizedOptimizer, compute_dtype, dense, with_base_keyword_args
+from keras_qsgld.backend import BackendQuantizedOptimizer
+from keras_qsgld.optimizer import increment_dtype, with_base_keyword_args
+from keras_qsgld.validation import check_bool, check_real
 
 
 @keras.saving.register_keras_serializable(package="keras_qsgld")
-class QSGLD(QuantizedOptimizer):
+class QSGLD(BackendQuantizedOptimizer):
     """Stochastic gradient Langevin dynamics by quantization with increasing resolution.
 
     The Langevin noise is the rounding error of the increment: with the deterministic
-    roundings no random numbers are drawn. Under the white-noise hypothesis it is uniform with variance `Qp**-2 / 12` per
-    coordinate and step (an SGLD temperature `Qp**-2 / (24 * lr)`), annealed as `Qp` grows.
-    The weights are never quantized, only each increment. Per variable, with `k` the
-    optimizer step before this update (0 on the first one):
+    roundings no random numbers are drawn. Under the white-noise hypothesis it is uniform
+    with variance `Qp**-2 / 12` per coordinate and step (an SGLD temperature
+    `Qp**-2 / (24 * lr)`), annealed as `Qp` grows. The weights are never quantized, only
+    each increment. Per variable, with `k` the optimizer step before this update (0 on the
+    first one):
 
     ```python
     h = -learning_rate * g                       # momentum=0: the paper
     # momentum > 0 (as keras.optimizers.SGD):  m = momentum * m - learning_rate * g
     #   h = m,  or  h = momentum * m - learning_rate * g  with nesterov=True
     Qp = resolution(k)                           # ResolutionSchedule: eta * b**floor(log_b(ln(t+2)))
+    #   or Qp = 1 / sqrt(24 * learning_rate / (1 - momentum) * T) for resolution=Temperature(T)
     s = compensation(k)                          # CompensationSchedule gate; r = 0 if None
     r = s * learning_rate * h / norm(h)          # Frobenius norm of this variable; 0 if norm(h) = 0
     delta = Q(Qp * (h + r)) / Qp                 # Q(y) = floor(y + 1/2) ("nearest"), floor(y),
@@ -32,9 +36,12 @@ class QSGLD(QuantizedOptimizer):
     back to the variable's dtype, so `mixed_float16` and bfloat16 variables work. Float32
     has a 24-bit mantissa: where `|Qp * (h + r)| >= 2**24` (`2**53` in float64) the step is
     already an integer number of grid cells, so it is applied as it is, unrounded and
-    without noise (this also keeps steps finite where `Qp * (h + r)` would overflow). Non-finite
-    gradients give non-finite weights, as with Keras' own optimizers (`LossScaleOptimizer`
-    skips such steps; `keras.callbacks.TerminateOnNaN` stops training).
+    without noise (this also keeps steps finite where `Qp * (h + r)` would overflow). A
+    learning rate of 0 applies the step unrounded and without noise too, so `lr = 0`
+    freezes the weights in every rounding mode (momentum still carries earlier steps, as
+    in Keras' SGD). Non-finite gradients give non-finite weights, as with Keras' own
+    optimizers (`LossScaleOptimizer` skips such steps; `keras.callbacks.TerminateOnNaN`
+    stops training).
 
     Paper against the authors' code: the paper defines `Q` as round half up and the gate
     as `sigmoid(-kappa (t - tau0))`; the released code runs `floor` and
@@ -42,12 +49,15 @@ class QSGLD(QuantizedOptimizer):
     `CompensationSchedule(gate="tanh")` reproduces the code step for step.
 
     Args:
-        learning_rate: float >= 0, a `LearningRateSchedule`, or a callable. Default 0.01.
-        resolution: a `ResolutionSchedule` (or any callable of the step), or a float > 0
-            for a fixed `Qp`. None (default) means `ResolutionSchedule()`, which counts
-            epochs only if its `steps_per_epoch` is set: pass your own for real runs.
-        compensation: a `CompensationSchedule`, a constant gate in [0, 1], or None
-            (default: no compensation term).
+        learning_rate: real number >= 0, a `LearningRateSchedule`, or a callable.
+            Default 0.01.
+        resolution: a `ResolutionSchedule` (or any callable of the step giving `Qp`), a
+            `Temperature` (Langevin sampling at a fixed temperature), or a real number for
+            a fixed `Qp` (normal and finite in float32). None (default) means
+            `ResolutionSchedule()`. The epoch schedules need `steps_per_epoch`: give it, or
+            let `QSGLDMonitor` set it from the data in `fit`.
+        compensation: a `CompensationSchedule` (or any callable of the step), a constant
+            gate in [0, 1], or None (default: no compensation term).
         rounding: how `Q` rounds, one of
             - `"nearest"` (default, the paper): `floor(y + 1/2)`. Deterministic; every step
               smaller than half a grid cell is exactly 0 (a dead zone with no noise).
@@ -59,21 +69,29 @@ class QSGLD(QuantizedOptimizer):
             - `"dithered"`: subtractive dither `floor(y + u + 1/2) - u`,
               `u ~ U[-1/2, 1/2)`. The error is exactly uniform with variance 1/12 cells^2,
               independent of the step, so the temperature `Qp**-2 / (24 lr)` holds by
-              construction, also for tiny gradients; increments leave the grid.
+              construction, also for tiny gradients; increments leave the grid. Since the
+              noise does not depend on the gradient, a weight whose gradient is exactly 0
+              still moves (Langevin noise), unless the learning rate is 0.
             Use a deterministic mode to follow the paper; use `"dithered"` when you want
             Langevin noise of the stated temperature (sampling, escaping local minima).
-        momentum: float in [0, 1). Default 0 (the paper).
+        momentum: real number in [0, 1). Default 0 (the paper).
         nesterov: bool, Nesterov momentum. Default False.
-        seed: int or None, the seed of the random modes' `keras.random.SeedGenerator`,
-            whose state is an optimizer variable (saved, restored, exact on resume).
-            The draws hash (seed, position) with integer ops, so they are identical with
-            and without XLA. Unused by the deterministic modes.
+        seed: integer in [0, 2**31) or None, the seed of the random modes' draws; the
+            generator's state is an optimizer variable (saved, restored, exact on resume).
+            The draws hash (seed, position) with integer ops, so they are identical
+            compiled or not and on every backend. Unused by the deterministic modes.
         track_noise: bool. If True, the optimizer accumulates statistics of the rounding
-            error (read them with `noise_statistics()` or `QSGLDMonitor`). Default False.
-        jit_compile: bool. If True (default), on TensorFlow the update is compiled with XLA
-            when `apply` runs eagerly (custom training loops); inside `fit` or a
-            `tf.function` it follows that function's own setting.
+            error (read them with `noise_statistics()` or `QSGLDMonitor`); they are not
+            saved with the model. Default False.
+        jit_compile: bool. TensorFlow only: if True (default), an `apply` that runs eagerly
+            (custom training loops) compiles its update with XLA; inside `fit` or a
+            `tf.function` the update follows that function's own setting. It has no effect
+            on JAX and PyTorch, where `model.compile(jit_compile=...)` decides.
         {{base_optimizer_keyword_args}}
+
+    Raises:
+        ValueError: for an argument of the wrong type or out of its range, naming the
+            argument and the value received.
 
     References:
         - [Seok & Cho, 2023](https://arxiv.org/abs/2305.18864), Stochastic Gradient
@@ -127,12 +145,8 @@ class QSGLD(QuantizedOptimizer):
             gradient_accumulation_steps=gradient_accumulation_steps,
             **kwargs,
         )
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
-            raise ValueError(
-                f"Argument `momentum` must be a float in [0, 1). Received: momentum={momentum!r}"
-            )
-        self.momentum = float(momentum)
-        self.nesterov = bool(nesterov)
+        self.momentum = check_real("momentum", momentum, minimum=0, maximum=1, exclusive_maximum=True)
+        self.nesterov = check_bool("nesterov", nesterov)
 
     def build(self, variables):
         if self.built:
@@ -142,23 +156,28 @@ class QSGLD(QuantizedOptimizer):
         if self.momentum != 0:
             self.momentums = self.add_optimizer_variables(variables, "momentum")
 
-    def update_step(self, gradient, variable, learning_rate):
-        dtype = compute_dtype(variable)
-        lr = ops.cast(learning_rate, dtype)
-        step = ops.multiply(ops.cast(dense(gradient), dtype), lr)  # lr * g
+    def effective_learning_rate(self, learning_rate):
+        # Momentum sums the steps: in the long run w moves by lr / (1 - momentum) * g, while
+        # the rounding noise enters w once per update.
+        return learning_rate / (1.0 - self.momentum)
+
+    def update_step(self, gradient, variable, scalars):
+        dtype = increment_dtype(variable)
+        lr = ops.cast(scalars.learning_rate, dtype)
+        lr_g = ops.multiply(ops.cast(gradient, dtype), lr)
         if self.momentum != 0:
             m = self.momentums[self._get_variable_index(variable)]
             # convert_to_tensor, not cast: casting a Python float goes through float32.
             momentum = ops.convert_to_tensor(self.momentum, dtype)
-            velocity = ops.subtract(ops.multiply(ops.cast(m, dtype), momentum), step)
+            velocity = ops.subtract(ops.multiply(ops.cast(m, dtype), momentum), lr_g)
             self.assign(m, ops.cast(velocity, m.dtype))
             if self.nesterov:
-                h = ops.subtract(ops.multiply(velocity, momentum), step)
+                h = ops.subtract(ops.multiply(velocity, momentum), lr_g)
             else:
                 h = velocity
         else:
-            h = ops.negative(step)
-        self._apply_increment(variable, h, lr)
+            h = ops.negative(lr_g)
+        self._apply_increment(variable, h, lr, scalars)
 
     def get_config(self):
         config = super().get_config()

@@ -12,6 +12,18 @@ ROUNDING_MODES = ("nearest", "floor", "stochastic", "dithered")
 RANDOM_ROUNDING_MODES = ("stochastic", "dithered")
 
 
+def floor(y):
+    """`ops.floor`, in the dtype of `y`.
+
+    Keras 3.15's torch backend computes `ops.floor` of float64 in float32, which loses every
+    integer beyond 2**24; there the floor is built from `ops.trunc`, which keeps the dtype.
+    """
+    if keras.backend.backend() == "torch" and keras.backend.standardize_dtype(y.dtype) == "float64":
+        t = ops.trunc(y)
+        return ops.where(ops.less(y, t), ops.subtract(t, 1.0), t)
+    return ops.floor(y)
+
+
 def quantize(y, rounding="nearest", noise=None):
     """Rounds `y` to the integer grid; the result minus `y` is the quantization noise.
 
@@ -33,19 +45,19 @@ def quantize(y, rounding="nearest", noise=None):
     if rounding == "nearest":
         # floor(y + 1/2) exactly. Computing y + 0.5 first would round: 0.5 - ulp gives 1, and
         # odd integers in [2**23, 2**24) (float32) tie to the even neighbour above.
-        f = ops.floor(y)
+        f = floor(y)
         return ops.where(ops.greater_equal(ops.subtract(y, f), 0.5), ops.add(f, 1.0), f)
     if rounding == "floor":
-        return ops.floor(y)
+        return floor(y)
     if rounding in RANDOM_ROUNDING_MODES:
         if noise is None:
             raise ValueError(
                 f"rounding={rounding!r} needs `noise`, uniform draws in [0, 1). Received: noise=None"
             )
         if rounding == "stochastic":
-            return ops.floor(ops.add(y, noise))
+            return floor(ops.add(y, noise))
         # floor(y + d + 1/2) - d with d = noise - 1/2, without rounding the extra 1/2 in.
-        return ops.subtract(ops.floor(ops.add(y, noise)), ops.subtract(noise, 0.5))
+        return ops.subtract(floor(ops.add(y, noise)), ops.subtract(noise, 0.5))
     raise ValueError(
         f"Argument `rounding` must be one of {ROUNDING_MODES}. Received: rounding={rounding!r}"
     )
@@ -85,12 +97,18 @@ def increment_and_error(h, qp, step_size=None, gate=None, rounding="nearest", no
     `delta = Q(y) / qp` with `y = qp * (h + r)`, and `error = Q(y) - y`. Where `|y|` reaches
     `exact_integer_limit` the float format holds no fraction to round, so the step is
     applied as it is (`delta = h + r`, `error = 0`); this also keeps a finite step finite
-    where `qp * (h + r)` would overflow.
+    where `qp * (h + r)` would overflow, and gives the unrounded step where `qp = inf`.
+    A `step_size` of 0 also applies the step unrounded and without noise (the random modes'
+    noise does not depend on the step, so it would otherwise move frozen weights): with a
+    learning rate of 0 the weights stay put, as with Keras' SGD (whose momentum, like
+    QSGLD's, still carries earlier steps).
     """
     x = compensated_step(h, step_size, gate)
     y = ops.multiply(qp, x)
     q = quantize(y, rounding, noise)
     in_range = ops.less(ops.abs(y), exact_integer_limit(y.dtype))
+    if step_size is not None:
+        in_range = ops.logical_and(in_range, ops.greater(step_size, 0))
     delta = ops.where(in_range, ops.divide(q, qp), x)
     error = ops.where(in_range, ops.subtract(q, y), 0.0)
     return delta, error

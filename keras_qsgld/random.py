@@ -1,29 +1,41 @@
-"""Counter-based uniform draws that are bitwise identical with and without XLA.
+"""Counter-based uniform draws, bitwise identical on every backend, compiled or not.
 
-TensorFlow's stateless Philox ops give different streams under XLA and without it (the
-kernels map key and counter differently), so a run compiled with `jit_compile=True` would
-not reproduce an eager one. This generator hashes (seed, element index) with integer
-`keras.ops` only, which every backend and XLA evaluate identically, and costs about as
-much as Philox under XLA. Each value passes through two rounds of Wellons' `lowbias32`
-integer hash; the 24 high bits become a float in [0, 1).
+TensorFlow's stateless Philox ops give different streams under XLA and without it, and each
+Keras backend has its own generator, so neither would let a run reproduce across
+`jit_compile` settings or backends. This generator hashes (seed, element index) with
+Chris Wellons' `lowbias32` integer hash in `keras.ops`, and costs about as much as Philox
+under XLA.
+
+The arithmetic is done in int32, the one integer type every backend has in every mode
+(JAX has no 64-bit integers without x64; Keras maps uint32 to int64 on torch, where the hash
+would then never wrap). Two's-complement int32 multiplication wraps exactly as uint32
+multiplication does, XOR is the same on both, and the logical right shift is an arithmetic
+shift with the sign-extended bits masked off. The 24 high bits of the hash become a float
+in [0, 1).
 """
 
 from keras import ops
 
-_MASK32 = 0xFFFFFFFF
+
+def _int32(value):
+    """A uint32 constant as the int32 with the same bits."""
+    value &= 0xFFFFFFFF
+    return ops.convert_to_tensor(value - (1 << 32) if value >= 1 << 31 else value, dtype="int32")
 
 
-def _u32(value):
-    return ops.convert_to_tensor(value, dtype="uint32")
+def _shift_right_logical(x, bits):
+    """`x >> bits` on the uint32 bit pattern of the int32 `x`."""
+    shifted = ops.right_shift(x, _int32(bits))
+    return ops.bitwise_and(shifted, _int32((1 << (32 - bits)) - 1))
 
 
 def lowbias32(x):
-    """Chris Wellons' `lowbias32` integer hash, on uint32 tensors (wraps modulo 2**32)."""
-    x = ops.bitwise_xor(x, ops.right_shift(x, _u32(16)))
-    x = ops.multiply(x, _u32(0x7FEB352D))
-    x = ops.bitwise_xor(x, ops.right_shift(x, _u32(15)))
-    x = ops.multiply(x, _u32(0x846CA68B))
-    return ops.bitwise_xor(x, ops.right_shift(x, _u32(16)))
+    """Chris Wellons' `lowbias32` integer hash on the uint32 bits of int32 tensors."""
+    x = ops.bitwise_xor(x, _shift_right_logical(x, 16))
+    x = ops.multiply(x, _int32(0x7FEB352D))
+    x = ops.bitwise_xor(x, _shift_right_logical(x, 15))
+    x = ops.multiply(x, _int32(0x846CA68B))
+    return ops.bitwise_xor(x, _shift_right_logical(x, 16))
 
 
 def uniform_from_seed(shape, seed, dtype="float32"):
@@ -31,17 +43,17 @@ def uniform_from_seed(shape, seed, dtype="float32"):
 
     Args:
         shape: the output shape.
-        seed: a length-2 integer tensor (a `keras.random.SeedGenerator` state); only the
-            low 32 bits of each entry are used.
+        seed: a length-2 integer tensor (a `keras.random.SeedGenerator` state) whose entries
+            lie in [0, 2**31).
         dtype: a float dtype.
     """
-    seed = ops.cast(ops.bitwise_and(ops.cast(seed, "int64"), _MASK32), "uint32")
-    key_a = lowbias32(ops.bitwise_xor(seed[0], _u32(0x9E3779B9)))
+    seed = ops.cast(seed, "int32")
+    key_a = lowbias32(ops.bitwise_xor(seed[0], _int32(0x9E3779B9)))
     key_b = lowbias32(ops.add(seed[1], key_a))
     size = 1
     for dim in shape:
         size = size * dim
-    index = ops.cast(ops.arange(size), "uint32")
+    index = ops.arange(size, dtype="int32")
     bits = lowbias32(ops.add(lowbias32(ops.bitwise_xor(index, key_a)), key_b))
-    high = ops.cast(ops.right_shift(bits, _u32(8)), dtype)
+    high = ops.cast(_shift_right_logical(bits, 8), dtype)
     return ops.reshape(ops.multiply(high, 2.0**-24), shape)

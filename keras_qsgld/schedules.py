@@ -1,37 +1,105 @@
-"""QSGLD's two schedules: the quantization resolution Qp(t) and the compensation gate s(t).
+"""What QSGLD's resolution `Qp` and compensation gate `s` are at each optimizer step.
 
-Both take the optimizer step and measure time in epochs, `t = step / steps_per_epoch`, as
-the paper and the authors' code do. They subclass `LearningRateSchedule` only for its
-protocol (`__call__(step)`, `get_config`, `from_config`); their values are not learning rates.
+- `ResolutionSchedule`: the paper's increasing resolution `Qp(t) = eta * b**floor(log_b(ln(t + 2)))`.
+- `CompensationSchedule`: the gate `s(t)` of the compensation term, which switches off at `tau0`.
+- `Temperature`: a fixed Langevin temperature `T`; the optimizer then sets `Qp = 1 / sqrt(24 lr T)`
+  from the learning rate of each update.
+- `Constant`: a fixed value (a float passed as `resolution` or `compensation` becomes one).
+
+The epoch schedules measure time in epochs, `t = step / steps_per_epoch`, as the paper and the
+authors' code do. `steps_per_epoch` is the number of optimizer updates per epoch: the batches
+per epoch, divided by `gradient_accumulation_steps` when that is set. Left at None it is
+filled in by `keras_qsgld.QSGLDMonitor` from the batches `fit` runs per epoch.
+
+`get_resolution` and `get_compensation` turn what a user passes into one of these objects:
+the one place where a constant and a schedule are told apart.
 """
 
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
+from keras_qsgld.validation import check_choice, check_real
+
+DEFAULT_ETA = 2.0**19  # the authors' resolution scale
+DEFAULT_BASE = 2.0
+DEFAULT_KAPPA = 2.0
+DEFAULT_TAU0 = 10.0  # epochs: DEFAULT_WARMUP_FRACTION of a 50-epoch run
+DEFAULT_WARMUP_FRACTION = 0.2  # the paper's tau0 = 0.2 x the epoch budget (40 of 200 epochs)
 GATES = ("logistic", "tanh")
 
+# Qp must keep 1 / Qp and Qp * step finite and normal in float32, the precision of the update.
+_FLOAT32_MIN_NORMAL = float(np.finfo(np.float32).tiny)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Resolution exponents are tabulated up to this many epochs (far beyond any int64 step count).
+_MAX_EPOCHS = 2.0**64
 
-def _epochs(step, steps_per_epoch):
-    # float64 so that steps near a breakpoint land on the right side of it.
-    return ops.divide(ops.cast(step, "float64"), float(steps_per_epoch))
+
+def widest_float():
+    """float64, or float32 on JAX without x64 mode (which computes float64 in float32 anyway,
+    with a warning each time it is asked for)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            return "float32"
+    return "float64"
 
 
-def _check_steps_per_epoch(steps_per_epoch):
-    if (
-        isinstance(steps_per_epoch, bool)
-        or not isinstance(steps_per_epoch, (int, float))
-        or not steps_per_epoch > 0
-    ):
-        raise ValueError(
-            "Argument `steps_per_epoch` must be a positive number. "
-            f"Received: steps_per_epoch={steps_per_epoch!r}"
-        )
+def check_steps_per_epoch(steps_per_epoch, name="steps_per_epoch"):
+    """None (set later by `QSGLDMonitor`) or a finite real number > 0."""
+    if steps_per_epoch is None:
+        return None
+    return check_real(
+        name, steps_per_epoch, minimum=0, exclusive_minimum=True, description="a number of updates"
+    )
+
+
+class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Base of the schedules that count time in epochs of `steps_per_epoch` updates.
+
+    They subclass `LearningRateSchedule` only for its protocol (`__call__(step)`,
+    `get_config`, `from_config`); their values are not learning rates.
+    """
+
+    def __init__(self, steps_per_epoch, name):
+        super().__init__()
+        self.steps_per_epoch = steps_per_epoch
+        self.name = name
+
+    @property
+    def steps_per_epoch(self):
+        """Optimizer updates per epoch; None until given or set by `QSGLDMonitor`."""
+        return self._steps_per_epoch
+
+    @steps_per_epoch.setter
+    def steps_per_epoch(self, value):
+        self._steps_per_epoch = check_steps_per_epoch(value)
+        self._steps_per_epoch_changed()
+
+    def _steps_per_epoch_changed(self):
+        """Hook for subclasses that cache values derived from `steps_per_epoch`."""
+
+    def _require_steps_per_epoch(self):
+        if self._steps_per_epoch is None:
+            raise ValueError(
+                f"{type(self).__name__} counts time in epochs, but its `steps_per_epoch` is not "
+                "set. Pass steps_per_epoch=<optimizer updates per epoch> (batches per epoch, "
+                "divided by gradient_accumulation_steps), or add keras_qsgld.QSGLDMonitor() to "
+                "the callbacks of `fit`, which sets it from the data. Received: "
+                "steps_per_epoch=None"
+            )
+        return self._steps_per_epoch
+
+    def epochs(self, step):
+        """`t = step / steps_per_epoch`, in float64 (float32 on JAX without x64 mode)."""
+        return ops.divide(ops.cast(step, widest_float()), self._require_steps_per_epoch())
 
 
 @keras.saving.register_keras_serializable(package="keras_qsgld")
-class ResolutionSchedule(keras.optimizers.schedules.LearningRateSchedule):
+class ResolutionSchedule(EpochSchedule):
     """The increasing quantization resolution `Qp(t)` of QSGLD.
 
     ```python
@@ -46,44 +114,86 @@ class ResolutionSchedule(keras.optimizers.schedules.LearningRateSchedule):
     annealing. `Qp` changes at the breakpoints `t = e ** (base ** p) - 2`; with the defaults
     it is `2**18` until epoch 0.718, `2**19` until 5.39, `2**20` until 52.6, then `2**21`.
 
+    The value is exact on every backend: the steps at which the exponent changes and the
+    float32 values `eta * base**p` are computed once in float64 NumPy (as the formula in
+    float64 gives them), and each call only counts the breakpoints passed.
+
     Args:
-        eta: float > 0, the scale `eta`. Default `2**19`, the authors' value.
-        base: float > 1, the growth factor `b` between resolutions. Default 2.
-        steps_per_epoch: number > 0 of optimizer steps per epoch (batches per epoch).
-            Default 1, which makes the schedule count in steps.
+        eta: real number > 0, the scale `eta`. Default `2**19`, the authors' value. Every
+            `Qp` the schedule reaches must be a normal, finite float32.
+        base: real number > 1, the growth factor `b` between resolutions. Default 2.
+        steps_per_epoch: real number > 0 of optimizer updates per epoch (batches per epoch,
+            divided by `gradient_accumulation_steps` when set), or None (default): set by
+            `QSGLDMonitor` from the data that `fit` runs; calling the schedule while it is
+            None raises.
 
     Returns (when called with the step): `Qp` as a float32 scalar.
+
+    Raises:
+        ValueError: for an argument out of its range, or a `Qp` outside float32's range.
 
     References:
         - [Seok & Cho, 2023](https://arxiv.org/abs/2305.18864), Stochastic Gradient
           Langevin Dynamics Based on Quantization with Increasing Resolution.
     """
 
-    def __init__(self, eta=2.0**19, base=2.0, steps_per_epoch=1, name="ResolutionSchedule"):
-        super().__init__()
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta > 0:
-            raise ValueError(f"Argument `eta` must be a positive float. Received: eta={eta!r}")
-        if isinstance(base, bool) or not isinstance(base, (int, float)) or not base > 1:
-            raise ValueError(f"Argument `base` must be a float > 1. Received: base={base!r}")
-        _check_steps_per_epoch(steps_per_epoch)
-        self.eta = float(eta)
-        self.base = float(base)
-        self.steps_per_epoch = steps_per_epoch
-        self.name = name
+    def __init__(self, eta=DEFAULT_ETA, base=DEFAULT_BASE, steps_per_epoch=None, name="ResolutionSchedule"):
+        self.eta = check_real("eta", eta, minimum=0, exclusive_minimum=True, description="a scale")
+        self.base = check_real("base", base, minimum=1, exclusive_minimum=True, description="a growth factor")
+        super().__init__(steps_per_epoch, name)
+        low, high = self._exponent_range()
+        for p in (low, high):
+            qp = self.eta * self.base**p
+            if not _FLOAT32_MIN_NORMAL <= qp <= _FLOAT32_MAX:
+                raise ValueError(
+                    f"Argument `eta` gives Qp = eta * base**{p} = {qp:g}, outside float32's normal "
+                    f"range [{_FLOAT32_MIN_NORMAL:g}, {_FLOAT32_MAX:g}] where the grid 1 / Qp is "
+                    f"representable. Received: eta={eta!r}, base={base!r}"
+                )
+
+    def _exponent(self, epochs):
+        """`floor(log_base(ln(t + 2)))` in float64 NumPy, as the formula reads."""
+        return int(np.floor(np.log(np.log(np.float64(epochs) + 2.0)) / np.log(self.base)))
+
+    def _exponent_range(self):
+        return self._exponent(0.0), self._exponent(_MAX_EPOCHS)
+
+    def _steps_per_epoch_changed(self):
+        self._table = None
+
+    def _exponent_table(self):
+        """`(thresholds, qp)`: the first step of each exponent after the first, and the
+        float32 `Qp` of each exponent. `Qp(step) = qp[number of thresholds <= step]`."""
+        if self._table is None:
+            spe = self._require_steps_per_epoch()
+            low, high = self._exponent_range()
+            thresholds = []
+            for p in range(low + 1, high + 1):
+                start = spe * (math.exp(self.base**p) - 2.0) if self.base**p < 700 else math.inf
+                if start >= 2.0**63:  # beyond any int64 step count
+                    break
+                step = max(0, math.floor(start) - 2)
+                while self._exponent(np.float64(step) / spe) < p:  # the float64 formula decides
+                    step += 1
+                thresholds.append(step)
+            qp = [self.eta * self.base**p for p in range(low, low + len(thresholds) + 1)]
+            self._table = (np.array(thresholds, np.int64), np.array(qp, np.float32))
+        return self._table
 
     def exponent(self, step):
-        """`p(t) = floor(log_base(ln(t + 2)))` as a float64 scalar."""
-        t = _epochs(step, self.steps_per_epoch)
-        return ops.floor(ops.divide(ops.log(ops.log(ops.add(t, 2.0))), math.log(self.base)))
+        """`p(t) = floor(log_base(ln(t + 2)))` at `step`, as an int32 scalar."""
+        thresholds, _ = self._exponent_table()
+        low = self._exponent(0.0)
+        return ops.add(_count_passed(step, thresholds), low)
 
     def __call__(self, step):
         with keras.name_scope(self.name):
-            p = self.exponent(step)
-            return ops.cast(ops.multiply(self.eta, ops.power(self.base, p)), "float32")
+            thresholds, qp = self._exponent_table()
+            return ops.take(ops.convert_to_tensor(qp), _count_passed(step, thresholds))
 
     def breakpoints(self, max_epoch):
         """Epochs `e ** (base ** p) - 2` in `(0, max_epoch]` where `Qp` changes (for plots)."""
-        p = math.floor(math.log(math.log(2.0), self.base)) + 1
+        p = self._exponent(0.0) + 1
         points = []
         while (t := math.exp(self.base**p) - 2.0) <= max_epoch:
             points.append(t)
@@ -91,16 +201,24 @@ class ResolutionSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return points
 
     def get_config(self):
-        return {
-            "eta": self.eta,
-            "base": self.base,
-            "steps_per_epoch": self.steps_per_epoch,
-            "name": self.name,
-        }
+        return {"eta": self.eta, "base": self.base, "steps_per_epoch": self.steps_per_epoch, "name": self.name}
+
+
+def _count_passed(step, thresholds):
+    """How many of the (sorted, int64 NumPy) `thresholds` are <= `step`, as int32."""
+    step = ops.convert_to_tensor(step)
+    dtype = keras.backend.standardize_dtype(step.dtype)
+    if "int" in dtype:
+        # Thresholds beyond the step's integer type (int32 on JAX and torch) are never reached.
+        thresholds = thresholds[thresholds <= np.iinfo(dtype).max]
+    if thresholds.size == 0:
+        return ops.convert_to_tensor(0, "int32")
+    passed = ops.greater_equal(step, ops.convert_to_tensor(thresholds.astype(dtype), dtype=dtype))
+    return ops.sum(ops.cast(passed, "int32"))
 
 
 @keras.saving.register_keras_serializable(package="keras_qsgld")
-class CompensationSchedule(keras.optimizers.schedules.LearningRateSchedule):
+class CompensationSchedule(EpochSchedule):
     """The gate `s(t)` of QSGLD's compensation term, which switches off around `tau0`.
 
     ```python
@@ -112,17 +230,24 @@ class CompensationSchedule(keras.optimizers.schedules.LearningRateSchedule):
     The optimizer adds `r = s(t) * lr * h / ||h||` to the step `h` before quantizing: a
     normalized-gradient step of length `s * lr` per tensor that dominates early training
     and is gone about `1 / kappa` epochs after `tau0`. Note that the tanh form equals
-    `sigmoid(-2 * kappa * (t - tau0))`: it switches twice as fast.
+    `sigmoid(-2 * kappa * (t - tau0))`: it switches twice as fast. The gate is computed in
+    float64 and returned in float32. On JAX without x64 mode it is computed in float32:
+    within 3e-7 of the float64 value (the tanh form, `(tanh(x) + 1) / 2`, then loses gates
+    below about 1e-7 to cancellation).
 
     Args:
-        kappa: float >= 0, the slope per epoch. Default 2 (the authors' value).
-        tau0: float, the switch-off time in epochs. The paper uses 0.2 times the epoch
-            budget (40 of 200 epochs); the default 10 is that fraction of a 50-epoch run.
-            Use `CompensationSchedule.from_budget(epochs)` to set it from your budget.
-        steps_per_epoch: number > 0 of optimizer steps per epoch. Default 1.
+        kappa: real number >= 0, the slope per epoch. Default 2 (the authors' value).
+        tau0: finite real number, the switch-off time in epochs. The paper uses 0.2 times
+            the epoch budget (40 of 200 epochs); the default 10 is that fraction of a
+            50-epoch run. `CompensationSchedule.from_budget(epochs)` sets it from your budget.
+        steps_per_epoch: real number > 0 of optimizer updates per epoch, or None (default):
+            set by `QSGLDMonitor` from the data that `fit` runs (see `ResolutionSchedule`).
         gate: `"logistic"` (default, the paper) or `"tanh"` (the authors' code).
 
     Returns (when called with the step): `s` in [0, 1] as a float32 scalar.
+
+    Raises:
+        ValueError: for an argument out of its range.
 
     References:
         - [Seok & Cho, 2023](https://arxiv.org/abs/2305.18864), Stochastic Gradient
@@ -130,35 +255,37 @@ class CompensationSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(
-        self, kappa=2.0, tau0=10.0, steps_per_epoch=1, gate="logistic", name="CompensationSchedule"
+        self,
+        kappa=DEFAULT_KAPPA,
+        tau0=DEFAULT_TAU0,
+        steps_per_epoch=None,
+        gate="logistic",
+        name="CompensationSchedule",
     ):
-        super().__init__()
-        if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not kappa >= 0:
-            raise ValueError(f"Argument `kappa` must be a float >= 0. Received: kappa={kappa!r}")
-        if isinstance(tau0, bool) or not isinstance(tau0, (int, float)) or not math.isfinite(tau0):
-            raise ValueError(f"Argument `tau0` must be a finite float. Received: tau0={tau0!r}")
-        _check_steps_per_epoch(steps_per_epoch)
-        if gate not in GATES:
-            raise ValueError(f"Argument `gate` must be one of {GATES}. Received: gate={gate!r}")
-        self.kappa = float(kappa)
-        self.tau0 = float(tau0)
-        self.steps_per_epoch = steps_per_epoch
-        self.gate = gate
-        self.name = name
+        self.kappa = check_real("kappa", kappa, minimum=0, description="a slope per epoch")
+        self.tau0 = check_real("tau0", tau0, description="a time in epochs")
+        self.gate = check_choice("gate", gate, GATES)
+        super().__init__(steps_per_epoch, name)
 
     @classmethod
-    def from_budget(cls, epochs, warmup_fraction=0.2, **kwargs):
-        """The paper's choice `tau0 = warmup_fraction * epochs` (0.2 in the paper)."""
-        if not 0 <= warmup_fraction <= 1:
-            raise ValueError(
-                "Argument `warmup_fraction` must be in [0, 1]. "
-                f"Received: warmup_fraction={warmup_fraction!r}"
-            )
+    def from_budget(cls, epochs, warmup_fraction=DEFAULT_WARMUP_FRACTION, **kwargs):
+        """The paper's choice `tau0 = warmup_fraction * epochs` (0.2 in the paper).
+
+        Args:
+            epochs: real number > 0, the training budget in epochs.
+            warmup_fraction: real number in [0, 1], the share of the budget during which
+                the compensation is on. Default 0.2.
+            **kwargs: the other arguments of `CompensationSchedule`.
+        """
+        epochs = check_real("epochs", epochs, minimum=0, exclusive_minimum=True, description="an epoch budget")
+        warmup_fraction = check_real(
+            "warmup_fraction", warmup_fraction, minimum=0, maximum=1, description="a fraction"
+        )
         return cls(tau0=warmup_fraction * epochs, **kwargs)
 
     def __call__(self, step):
         with keras.name_scope(self.name):
-            x = ops.multiply(-self.kappa, ops.subtract(_epochs(step, self.steps_per_epoch), self.tau0))
+            x = ops.multiply(-self.kappa, ops.subtract(self.epochs(step), self.tau0))
             if self.gate == "tanh":
                 s = ops.divide(ops.add(ops.tanh(x), 1.0), 2.0)
             else:
@@ -173,3 +300,130 @@ class CompensationSchedule(keras.optimizers.schedules.LearningRateSchedule):
             "gate": self.gate,
             "name": self.name,
         }
+
+
+@keras.saving.register_keras_serializable(package="keras_qsgld")
+class Constant(keras.optimizers.schedules.LearningRateSchedule):
+    """A value that does not change: a fixed `Qp`, or a fixed compensation gate.
+
+    `QSGLD(resolution=4096.0)` and `QSGLD(compensation=0.5)` store a `Constant`.
+
+    Args:
+        value: the value, a finite real number.
+
+    Returns (when called with the step): the value as a float32 scalar.
+    """
+
+    def __init__(self, value, name="Constant"):
+        super().__init__()
+        self.value = check_real("value", value, description="a constant")
+        self.name = name
+
+    def __call__(self, step):
+        return ops.convert_to_tensor(self.value, "float32")
+
+    def get_config(self):
+        return {"value": self.value, "name": self.name}
+
+
+@keras.saving.register_keras_serializable(package="keras_qsgld")
+class Temperature:
+    """A Langevin temperature `T` in place of a resolution: `Qp = 1 / sqrt(24 * lr * T)`.
+
+    With `rounding="dithered"` the rounding error of each coordinate is uniform with
+    variance `Qp**-2 / 12` cells, which equals the `2 * lr * T` of SGLD's Gaussian noise:
+
+    ```python
+    Qp = 1 / sqrt(24 * lr_eff * T)      # at every update, from its learning rate
+    lr_eff = lr / (1 - momentum)        # QSGLD; lr_eff = lr without momentum
+    w = w - lr * g + noise,  Var(noise) = Qp**-2 / 12 = 2 * lr_eff * T   per coordinate
+    ```
+
+    so the chain samples `exp(-L(w) / T)`. `Qp` follows the learning rate of each update,
+    so Keras learning-rate schedules (`CosineDecayRestarts`, ...) and
+    `ReduceLROnPlateau` keep the temperature fixed. A learning rate of 0 gives `Qp = inf`:
+    the update is then exactly 0.
+
+    **Which temperature.** With the usual mean loss over `N` training examples,
+    `L(w) = -(1/N) sum_i log p(y_i | x_i, w)`, the Bayesian posterior
+    `p(w | data) ~ exp(-N L(w))` is sampled at `T = 1 / N`. Weight decay `wd` (Keras'
+    decoupled `w -= lr * wd * w`) adds the Gaussian prior `N(0, T / wd)` per weight at that
+    temperature (prior variance `1 / (N wd)` at `T = 1/N`). `T < 1/N` samples a "cold"
+    posterior, sharper than Bayes' rule (Wenzel et al., 2020); `T -> 0` is training.
+
+    With the deterministic roundings (`"nearest"`, `"floor"`) the same `Qp` gives no noise
+    wherever a step is below half a cell (the dead zone), so those runs do not sample at
+    `T`; the optimizer warns when a temperature is paired with them.
+
+    Args:
+        temperature: real number > 0, finite: the temperature `T`, in units of the loss.
+
+    Raises:
+        ValueError: for a temperature that is not a positive finite number.
+
+    References:
+        - [Welling & Teh, 2011](https://www.stats.ox.ac.uk/~teh/research/compstats/WelTeh2011a.pdf),
+          Bayesian Learning via Stochastic Gradient Langevin Dynamics.
+        - [Wenzel et al., 2020](https://arxiv.org/abs/2002.02405), How Good is the Bayes
+          Posterior in Deep Neural Networks Really?
+        - [Seok & Cho, 2023](https://arxiv.org/abs/2305.18864), QSGLD.
+    """
+
+    def __init__(self, temperature, name="Temperature"):
+        self.temperature = check_real(
+            "temperature", temperature, minimum=0, exclusive_minimum=True, description="a temperature"
+        )
+        self.name = name
+
+    def resolution(self, effective_learning_rate):
+        """`Qp = 1 / sqrt(24 * lr_eff * T)` as a float32 scalar (inf where `lr_eff = 0`)."""
+        lr = ops.cast(effective_learning_rate, "float32")
+        return ops.divide(1.0, ops.sqrt(ops.multiply(lr, 24.0 * self.temperature)))
+
+    def get_config(self):
+        return {"temperature": self.temperature, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def get_resolution(resolution):
+    """What `resolution=` becomes: None gives `ResolutionSchedule()`; a real number a `Constant`
+    `Qp` (finite, normal in float32); schedules, `Temperature` and callables of the step pass."""
+    if resolution is None:
+        return ResolutionSchedule()
+    if isinstance(resolution, Temperature) or callable(resolution):
+        return resolution
+    qp = check_real(
+        "resolution",
+        resolution,
+        minimum=_FLOAT32_MIN_NORMAL,
+        maximum=_FLOAT32_MAX,
+        description="a ResolutionSchedule, a Temperature, a callable of the step, or a fixed Qp",
+    )
+    return Constant(qp, name="resolution")
+
+
+def get_compensation(compensation):
+    """What `compensation=` becomes: None stays None (no compensation term); a real number a
+    `Constant` gate in [0, 1]; `CompensationSchedule`s and callables of the step pass."""
+    if compensation is None or callable(compensation):
+        return compensation
+    gate = check_real(
+        "compensation",
+        compensation,
+        minimum=0,
+        maximum=1,
+        description="a CompensationSchedule, a callable of the step, None, or a constant gate",
+    )
+    return Constant(gate, name="compensation")
+
+
+def epoch_schedules(optimizer):
+    """The optimizer's schedules that count in epochs (those `QSGLDMonitor` checks)."""
+    return [
+        s
+        for s in (getattr(optimizer, "resolution", None), getattr(optimizer, "compensation", None))
+        if isinstance(s, EpochSchedule)
+    ]

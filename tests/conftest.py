@@ -1,4 +1,10 @@
-"""Shared test set-up: an isolated Keras home and the TensorFlow backend, set before keras loads."""
+"""Shared test set-up: an isolated Keras home and the backend, set before keras loads.
+
+Each backend's tests run in a process of their own (`KERAS_BACKEND=jax pytest ...`; importing
+TensorFlow and then torch in one process has crashed). Tests that exercise one backend's own
+machinery (tf.function, tf.distribute, IndexedSlices) carry `@pytest.mark.backends("tensorflow")`
+and are skipped on the others.
+"""
 
 import os
 import pathlib
@@ -17,6 +23,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "backends(*names): run only on these Keras backends (skipped on the others)"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    backend = os.environ["KERAS_BACKEND"]
+    for item in items:
+        marker = item.get_closest_marker("backends")
+        if marker is not None and backend not in marker.args:
+            item.add_marker(pytest.mark.skip(reason=f"runs on {', '.join(marker.args)}; this is {backend}"))
 
 
 @pytest.fixture

@@ -101,7 +101,7 @@ def _schedule(value):
 
 
 def qsgld_trajectory(
-    w0, grads, lr, resolution_fn, compensation_fn=None, rounding="nearest", momentum=0.0, nesterov=False
+    w0, grads, lr, resolution_fn, compensation_fn=None, rounding="nearest", momentum=0.0, nesterov=False, noise=None
 ):
     """Runs QSGLD on fixed gradients.
 
@@ -111,6 +111,7 @@ def qsgld_trajectory(
         lr: float learning rate, or a callable `step -> lr`.
         resolution_fn: float (fixed Qp) or callable `step -> Qp`.
         compensation_fn: None, a constant gate, or callable `step -> s`.
+        noise: for the random roundings, `noise[k][i]`, the U[0, 1) draws of step k, variable i.
 
     Returns:
         dict with `weights` (list over steps of lists of arrays, after each step), `y`
@@ -134,7 +135,7 @@ def qsgld_trajectory(
             else:
                 h = -lr * g
             y = scaled_step(h, qp, lr, s)
-            w[i] = w[i] + quantize(y, rounding) / qp
+            w[i] = w[i] + quantize(y, rounding, None if noise is None else noise[k][i]) / qp
             ys.append(y)
         out["weights"].append([x.copy() for x in w])
         out["y"].append(ys)
@@ -154,6 +155,7 @@ def qadam_trajectory(
     beta_1=0.9,
     beta_2=0.999,
     epsilon=1e-7,
+    noise=None,
 ):
     """Runs QAdam on fixed gradients; bias correction and schedules at `k + 1`.
 
@@ -178,7 +180,7 @@ def qadam_trajectory(
             v[i] = beta_2 * v[i] + (1.0 - beta_2) * g * g
             h = -alpha * m[i] / (np.sqrt(v[i]) + epsilon)
             y = scaled_step(h, qp, alpha, s)
-            w[i] = w[i] + quantize(y, rounding) / qp
+            w[i] = w[i] + quantize(y, rounding, None if noise is None else noise[k][i]) / qp
             ys.append(y)
         out["weights"].append([x.copy() for x in w])
         out["y"].append(ys)
@@ -217,3 +219,28 @@ def assert_increment_matches(
     assert np.sum(~clear) <= max(1, max_ambiguous * clear.size), f"{np.sum(~clear)} entries are ambiguous"
     np.testing.assert_array_equal(cells[clear], expected[clear])
     assert np.all(np.abs(cells - expected) <= 1)
+
+
+# -- the random draws ------------------------------------------------------------------------
+def _lowbias32(x):
+    """Chris Wellons' `lowbias32` on uint32 NumPy arrays (wrapping uint32 arithmetic)."""
+    x = np.asarray(x, np.uint32)
+    with np.errstate(over="ignore"):
+        x = x ^ (x >> np.uint32(16))
+        x = x * np.uint32(0x7FEB352D)
+        x = x ^ (x >> np.uint32(15))
+        x = x * np.uint32(0x846CA68B)
+        return x ^ (x >> np.uint32(16))
+
+
+def uniform_from_seed(shape, seed):
+    """The package's counter-based draws, from their definition: two rounds of `lowbias32` of
+    (element index XOR key_a) and key_b, keys derived from the two seed words; the 24 high
+    bits as a float32 in [0, 1)."""
+    seed = np.asarray(seed, np.int64).astype(np.uint32)
+    with np.errstate(over="ignore"):
+        key_a = _lowbias32(seed[0] ^ np.uint32(0x9E3779B9))
+        key_b = _lowbias32(seed[1] + key_a)
+        index = np.arange(int(np.prod(shape)), dtype=np.uint32)
+        bits = _lowbias32(_lowbias32(index ^ key_a) + key_b)
+    return ((bits >> np.uint32(8)).astype(np.float32) * np.float32(2.0**-24)).reshape(shape)

@@ -155,7 +155,7 @@ def test_monitor_with_qadam_and_zero_learning_rate(rng):
     model.compile(optimizer=optimizer, loss="mse", jit_compile=False)
     x = rng.normal(size=(4, D)).astype("float32")
     history = model.fit(x, x[:, :1], epochs=1, verbose=0, callbacks=[QSGLDMonitor(prefix="q_")])
-    assert math.isinf(history.history["q_temperature"][0])
+    assert history.history["q_temperature"][0] == 0.0  # lr = 0 adds no noise
     assert history.history["q_zero_fraction"][0] == 1.0  # lr = 0: every increment is 0
     assert set(MONITOR_KEYS) == {"qsgld_" + k[2:] for k in history.history if k.startswith("q_")}
 
@@ -175,3 +175,149 @@ def test_monitor_is_registered_and_round_trips():
     assert config["registered_name"] == "keras_qsgld>QSGLDMonitor"
     clone = keras.saving.deserialize_keras_object(config)
     assert isinstance(clone, QSGLDMonitor) and clone.prefix == "q_"
+
+
+# -- what the next update uses ------------------------------------------------------------------
+@pytest.mark.parametrize("cls", [keras_qsgld.QSGLD, keras_qsgld.QAdam])
+def test_logged_gate_and_qp_are_those_the_next_update_uses(cls, rng):
+    """One update per epoch; the gate each update used is recovered from the increments: the
+    same run without compensation gives `h` (the gradient is constant, so the optimizer's
+    state does not depend on the weights), and on a fine fixed grid the difference of the
+    increments is `r = s * step_size * h / ||h||` to 2**-23 per coordinate. It must equal
+    the gate the monitor logged at the end of the epoch before. QAdam evaluates its
+    schedules at `iterations + 1`; a monitor reading `iterations` would lag one update."""
+    lr, qp, epochs = 0.1, 2.0**22, 5  # |w| < 1 stays on the grid in float32
+    x = rng.uniform(0.5, 1.5, (1, D)) * rng.choice([-1.0, 1.0], (1, D))
+    x = (np.round(x * 4096) / 4096).astype("float32")
+
+    def run(compensation):
+        model = linear_model()
+        model.compile(optimizer=cls(learning_rate=lr, resolution=qp, compensation=compensation),
+                      loss="mean_absolute_error")  # the gradient is exactly -x
+        weights = [model.get_weights()[0][:, 0].astype(np.float64)]
+        record = keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: weights.append(model.get_weights()[0][:, 0].astype(np.float64))
+        )
+        history = model.fit(x, np.full((1, 1), 1000.0, "float32"), epochs=epochs, verbose=0,
+                            callbacks=[QSGLDMonitor(warn_untracked=False), record])
+        return np.diff(weights, axis=0), history.history
+
+    with_r, history = run(keras_qsgld.CompensationSchedule(kappa=2.0, tau0=2.0, steps_per_epoch=1))
+    without_r, _ = run(None)
+    if cls is keras_qsgld.QSGLD:
+        step_sizes = [lr] * epochs
+    else:  # Adam's bias-corrected step size at local step k + 1
+        step_sizes = [lr * math.sqrt(1 - 0.999 ** (k + 1)) / (1 - 0.9 ** (k + 1)) for k in range(epochs)]
+    used = [np.linalg.norm(with_r[k] - without_r[k]) / step_sizes[k] for k in range(epochs)]
+    logged = history["qsgld_gate"]
+    np.testing.assert_allclose(used[1:], logged[:-1], atol=2e-5)
+    first = 0 if cls is keras_qsgld.QSGLD else 1  # the step the first update evaluates at
+    np.testing.assert_allclose(used[0], 1 / (1 + math.exp(2.0 * (first - 2.0))), atol=2e-5)
+    assert len(set(np.round(logged, 3))) == epochs  # the gate changes every update
+    assert history["qsgld_qp"] == [qp] * epochs
+
+
+# -- the epoch clock ---------------------------------------------------------------------------
+def _clocked_optimizer(steps_per_epoch=None, **kwargs):
+    return keras_qsgld.QSGLD(
+        0.01,
+        resolution=keras_qsgld.ResolutionSchedule(steps_per_epoch=steps_per_epoch),
+        compensation=keras_qsgld.CompensationSchedule(tau0=2.0, steps_per_epoch=steps_per_epoch),
+        **kwargs,
+    )
+
+
+def _clock_fit(optimizer, n=40, batch_size=4, epochs=1, **fit_kwargs):
+    model = linear_model()
+    model.compile(optimizer=optimizer, loss="mse")
+    x = np.random.default_rng(0).normal(size=(n, D)).astype("float32")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, x[:, :1], batch_size=batch_size, epochs=epochs, verbose=0,
+                  callbacks=[QSGLDMonitor(warn_untracked=False)], **fit_kwargs)
+    return model, [str(w.message) for w in caught if "steps_per_epoch" in str(w.message)]
+
+
+@pytest.mark.parametrize(
+    "case,fit_kwargs,optimizer_kwargs,updates",
+    [
+        ("plain", {}, {}, 10),  # 40 examples in batches of 4
+        ("validation_split", {"validation_split": 0.2}, {}, 8),  # 32 training examples
+        ("accumulation", {}, {"gradient_accumulation_steps": 3}, 10 / 3),  # iterations count updates
+    ],
+)
+def test_unset_steps_per_epoch_is_set_from_fit(case, fit_kwargs, optimizer_kwargs, updates):
+    optimizer = _clocked_optimizer(**optimizer_kwargs)
+    model, warned = _clock_fit(optimizer, **fit_kwargs)
+    assert not warned
+    assert optimizer.resolution.steps_per_epoch == pytest.approx(updates)
+    assert optimizer.compensation.steps_per_epoch == pytest.approx(updates)
+
+
+@pytest.mark.parametrize(
+    "case,steps_per_epoch,fit_kwargs,optimizer_kwargs,updates",
+    [
+        ("default of counting in steps", 1, {}, {}, 10),
+        ("CIFAR's figure on other data", 390, {}, {}, 10),
+        ("the whole data with validation_split", 10, {"validation_split": 0.2}, {}, 8),
+        ("batches with gradient accumulation", 10, {}, {"gradient_accumulation_steps": 3}, 10 / 3),
+    ],
+)
+def test_wrong_steps_per_epoch_warns_once_naming_both_numbers(case, steps_per_epoch, fit_kwargs, optimizer_kwargs, updates):
+    optimizer = _clocked_optimizer(steps_per_epoch, **optimizer_kwargs)
+    _, warned = _clock_fit(optimizer, epochs=2, **fit_kwargs)
+    # once per schedule, not every epoch
+    assert len(warned) == 2, warned
+    assert f"steps_per_epoch={steps_per_epoch:g}" in warned[0]
+    assert f"{updates:g} optimizer updates per epoch" in warned[0]
+    assert optimizer.resolution.steps_per_epoch == steps_per_epoch  # a user's value is kept
+
+
+def test_right_steps_per_epoch_is_silent():
+    optimizer = _clocked_optimizer(10)
+    _, warned = _clock_fit(optimizer, epochs=2)
+    assert not warned
+
+
+def _unknown_length_batches(x, batch_size):
+    """A generator: fit cannot know how many batches an epoch has."""
+    while True:
+        for i in range(0, len(x), batch_size):
+            yield x[i : i + batch_size], x[i : i + batch_size, :1]
+
+
+def test_unknown_length_with_unset_steps_per_epoch_raises():
+    model = linear_model()
+    model.compile(optimizer=_clocked_optimizer(), loss="mse")
+    x = np.random.default_rng(0).normal(size=(40, D)).astype("float32")
+    with pytest.raises(ValueError, match="unknown length"):
+        model.fit(_unknown_length_batches(x, 4), epochs=1, verbose=0, callbacks=[QSGLDMonitor()])
+
+
+def test_unset_steps_per_epoch_without_the_monitor_fails_loudly():
+    model = linear_model()
+    model.compile(optimizer=_clocked_optimizer(), loss="mse")
+    x = np.random.default_rng(0).normal(size=(8, D)).astype("float32")
+    with pytest.raises(ValueError, match="QSGLDMonitor"):
+        model.fit(x, x[:, :1], batch_size=4, epochs=1, verbose=0)
+
+
+def test_a_second_fit_on_other_data_resets_an_automatic_clock():
+    optimizer = _clocked_optimizer()
+    model = linear_model()
+    model.compile(optimizer=optimizer, loss="mse")
+    x = np.random.default_rng(0).normal(size=(40, D)).astype("float32")
+    model.fit(x, x[:, :1], batch_size=4, epochs=1, verbose=0, callbacks=[QSGLDMonitor(warn_untracked=False)])
+    assert optimizer.resolution.steps_per_epoch == 10
+    model.fit(x[:20], x[:20, :1], batch_size=4, epochs=1, verbose=0, callbacks=[QSGLDMonitor(warn_untracked=False)])
+    assert optimizer.resolution.steps_per_epoch == 5
+    # the retraced update uses the new clock: the gate after 15 updates at 5 per epoch (t = 3)
+    assert float(optimizer.gate_at(optimizer.schedule_step)) == pytest.approx(1 / (1 + math.exp(2.0 * (3 - 2.0))), rel=1e-5)
+
+
+def test_monitor_config_round_trip_with_warn_untracked():
+    monitor = QSGLDMonitor(prefix="q_", warn_untracked=False)
+    clone = QSGLDMonitor.from_config(monitor.get_config())
+    assert clone.prefix == "q_" and clone.warn_untracked is False
+    with pytest.raises(ValueError, match="warn_untracked"):
+        QSGLDMonitor(warn_untracked="no")

@@ -1,4 +1,4 @@
-"""`keras_qsgld.datasets`: the TFDS loaders under `tfds.testing.mock_data` (offline), the offline
+"""`keras_qsgld.experiments.datasets`: the TFDS loaders under `tfds.testing.mock_data` (offline), the offline
 data sets for real, the pipeline (shuffle, augmentation, batching) and the fast, clear error
 when a data set can't be downloaded."""
 
@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from keras_qsgld import datasets
-from keras_qsgld.datasets import DatasetUnavailableError, load_dataset
+from keras_qsgld.experiments import datasets
+from keras_qsgld.experiments.datasets import DatasetUnavailableError, load_dataset
 
 tfds = pytest.importorskip("tensorflow_datasets")
 

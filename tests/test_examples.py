@@ -20,7 +20,7 @@ sys.path.insert(0, str(EXAMPLES))
 import demo  # noqa: E402
 import fit  # noqa: E402
 
-from keras_qsgld import datasets  # noqa: E402
+from keras_qsgld.experiments import datasets  # noqa: E402
 from keras_qsgld.callbacks import MONITOR_KEYS  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -13,6 +13,7 @@ import pytest
 import keras
 import keras_qsgld
 from tests import reference as ref
+from tests.backends import CompiledApply
 
 DATA = pathlib.Path(__file__).parent / "data"
 GOLDEN = dict(np.load(DATA / "golden_authors.npz"))
@@ -42,27 +43,34 @@ def _schedules():
     )
 
 
-def _run(optimizer):
+def _run(optimizer, compiled):
+    """The 30 golden steps, eagerly (TensorFlow: through the eager XLA update when the
+    optimizer's jit_compile is on) or compiled as training compiles (XLA on TensorFlow and
+    JAX, torch.compile on PyTorch)."""
     w = keras.Variable(GOLDEN["w0"], dtype="float32")
+    apply = CompiledApply(optimizer, [w]) if compiled else (lambda grads: optimizer.apply(grads, [w]))
     after = []
     for g in GOLDEN["grads"]:
-        optimizer.apply([keras.ops.convert_to_tensor(g)], [w])
+        apply([keras.ops.convert_to_tensor(g)])
         after.append(np.array(w.numpy()))
     return np.stack(after)
 
 
-@pytest.mark.parametrize("jit_compile", [True, False])
-def test_qsgld_reproduces_authors_qtsgd_bitwise(jit_compile):
+PATHS = [(True, False), (False, False), (False, True)]  # (jit_compile, compiled)
+
+
+@pytest.mark.parametrize("jit_compile,compiled", PATHS)
+def test_qsgld_reproduces_authors_qtsgd_bitwise(jit_compile, compiled):
     opt = keras_qsgld.QSGLD(learning_rate=LR, jit_compile=jit_compile, **_schedules())
-    np.testing.assert_array_equal(_run(opt), GOLDEN["weights_after"])
+    np.testing.assert_array_equal(_run(opt, compiled), GOLDEN["weights_after"])
     qp = [float(opt.resolution_at(k)) for k in range(30)]
     np.testing.assert_array_equal(qp, GOLDEN["qp"])
 
 
-@pytest.mark.parametrize("jit_compile", [True, False])
-def test_qadam_reproduces_authors_qtadam_bitwise(jit_compile):
+@pytest.mark.parametrize("jit_compile,compiled", PATHS)
+def test_qadam_reproduces_authors_qtadam_bitwise(jit_compile, compiled):
     opt = keras_qsgld.QAdam(learning_rate=LR, epsilon=ADAM_EPSILON, jit_compile=jit_compile, **_schedules())
-    np.testing.assert_array_equal(_run(opt), GOLDEN["adam_weights_after"])
+    np.testing.assert_array_equal(_run(opt, compiled), GOLDEN["adam_weights_after"])
     qp = [float(opt.resolution_at(k + 1)) for k in range(30)]
     np.testing.assert_array_equal(qp, GOLDEN["adam_qp"])
 

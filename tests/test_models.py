@@ -1,4 +1,4 @@
-"""`keras_qsgld.models`: each model builds and trains one step; the architectures against hand
+"""`keras_qsgld.experiments.models`: each model builds and trains one step; the architectures against hand
 counts (the paper's CNN, He et al.'s CIFAR ResNet 6n+2), the option-A shortcut against NumPy,
 seeding, save/load, and the argument errors."""
 
@@ -7,7 +7,7 @@ import pytest
 
 import keras
 
-from keras_qsgld.models import MODELS, ZeroPadShortcut, build_model
+from keras_qsgld.experiments.models import MODELS, ZeroPadShortcut, build_model
 
 SHAPES = {
     "cnn": (28, 28, 1),

@@ -53,7 +53,7 @@ def test_schedules_are_evaluated_at_k_plus_1():
     """
     g = np.random.default_rng(0).normal(0, 1, (1, 40)).astype(np.float32)
     variable = keras.Variable(np.zeros(40, np.float32))
-    opt = keras_qsgld.QAdam(0.3, resolution=keras_qsgld.ResolutionSchedule(eta=2.0), jit_compile=False)
+    opt = keras_qsgld.QAdam(0.3, resolution=keras_qsgld.ResolutionSchedule(eta=2.0, steps_per_epoch=1), jit_compile=False)
     opt.apply([ops.convert_to_tensor(g[0])], [variable])
     np.testing.assert_array_equal(variable.numpy(), -0.5 * np.sign(g[0]))
     expected = ref.qadam_trajectory([np.zeros(40)], [g], 0.3, lambda k: ref.resolution(k, eta=2.0))

@@ -198,7 +198,30 @@ def test_resolution_and_gate_accessors():
     assert float(keras_qsgld.QSGLD(compensation=0.25).gate_at(7)) == 0.25
     default = keras_qsgld.QSGLD()
     assert isinstance(default.resolution, keras_qsgld.ResolutionSchedule)
+    assert default.resolution.steps_per_epoch is None  # set by hand or by QSGLDMonitor in fit
+    default.resolution.steps_per_epoch = 100
     assert float(default.resolution_at(0)) == 2.0**18  # the default: eta = 2**19, Qp(0) = eta / 2
+    # A float becomes a serializable Constant schedule: `resolution` has one type.
+    assert isinstance(keras_qsgld.QSGLD(resolution=300.0).resolution, keras_qsgld.Constant)
+
+
+def test_schedule_step_is_where_the_next_update_evaluates():
+    """QSGLD evaluates its schedules at `iterations`, QAdam at `iterations + 1`: the
+    increments recovered from the weights lie on the grid of `resolution_at(schedule_step)`
+    read just before each update, and on no coarser one."""
+    for cls in (keras_qsgld.QSGLD, keras_qsgld.QAdam):
+        # Qp = 1 until step 1 (t = 1 > e - 2), 2 from there: visible on the first update.
+        opt = cls(0.3, resolution=keras_qsgld.ResolutionSchedule(eta=2.0, steps_per_epoch=1))
+        variable = keras.Variable(np.zeros(40, np.float32))
+        g = np.random.default_rng(0).normal(0, 1, (3, 40)).astype(np.float32)
+        for k in range(3):
+            qp = float(opt.resolution_at(opt.schedule_step))
+            before = variable.numpy().copy()
+            opt.apply([ops.convert_to_tensor(g[k])], [variable])
+            cells = (variable.numpy() - before) * qp
+            np.testing.assert_array_equal(cells, np.round(cells))
+            assert np.any((variable.numpy() - before) * qp / 2 != np.round(cells / 2))
+        assert int(opt.schedule_step) == (3 if cls is keras_qsgld.QSGLD else 4)
 
 
 @pytest.mark.parametrize("rounding", ["nearest", "floor"])

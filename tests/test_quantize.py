@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keras import ops
 import keras_qsgld as qmath  # the public pure functions: quantize, compensation_term, ...
 from tests import reference as ref
+from tests.backends import FLOAT_DTYPES, float64_available, jit, requires_float64, tensor
 
 HALVES = np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5], dtype=np.float32)
 
@@ -20,16 +20,16 @@ def test_nearest_is_round_half_up_not_half_to_even():
 
 
 @pytest.mark.parametrize("rounding", ["nearest", "floor"])
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_quantize_matches_reference(rounding, dtype, rng):
     y = (rng.normal(0, 20, 5000)).astype(dtype)
     y[:8] = [0.0, -0.0, 0.5, -0.5, 1.0, -1.0, 0.4999, -0.4999]
-    got = ops.convert_to_numpy(qmath.quantize(y, rounding))
+    got = ops.convert_to_numpy(qmath.quantize(tensor(y), rounding))
     np.testing.assert_array_equal(got, ref.quantize(y.astype(np.float64), rounding))
     assert got.dtype == np.dtype(dtype)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_nearest_is_exact_where_y_plus_half_would_round(dtype):
     """floor(y + 1/2) of the real number, not of the rounded sum y + 0.5: the largest
     float below 1/2, and odd integers in [2**23, 2**24) where float32 y + 0.5 ties to even."""
@@ -38,38 +38,40 @@ def test_nearest_is_exact_where_y_plus_half_would_round(dtype):
         [below_half, -np.nextafter(np.array(0.5, dtype), np.array(1.0, dtype)), 2**23 + 1, -(2**23 + 1), 2**23 + 3, 2**22 + 0.5, -(2**22 + 0.5), 2**25, np.inf, -np.inf],
         dtype,
     )
-    got = ops.convert_to_numpy(qmath.quantize(y, "nearest"))
+    got = ops.convert_to_numpy(qmath.quantize(tensor(y), "nearest"))
     want = [0.0, -1.0, 2**23 + 1, -(2**23 + 1), 2**23 + 3, 2**22 + 1, -(2**22), 2**25, np.inf, -np.inf]
     np.testing.assert_array_equal(got, want)
-    xla = tf.function(lambda v: qmath.quantize(v, "nearest"), jit_compile=True)
-    np.testing.assert_array_equal(xla(y).numpy(), want)
-    assert np.isnan(ops.convert_to_numpy(qmath.quantize(np.array([np.nan], dtype), "nearest"))[0])
+    compiled = jit(lambda v: qmath.quantize(v, "nearest"))
+    np.testing.assert_array_equal(ops.convert_to_numpy(compiled(tensor(y))), want)
+    assert np.isnan(ops.convert_to_numpy(qmath.quantize(tensor(np.array([np.nan], dtype)), "nearest"))[0])
 
 
+@requires_float64
 def test_compensation_term_matches_reference(rng):
     h = rng.normal(0, 1e-3, (13, 7))
     for gate, step_size in [(1.0, 0.1), (0.3, 0.05), (0.0, 0.1)]:
-        got = ops.convert_to_numpy(qmath.compensation_term(h, step_size, gate))
+        got = ops.convert_to_numpy(qmath.compensation_term(tensor(h), step_size, gate))
         np.testing.assert_allclose(got, ref.compensation(h, step_size, gate), rtol=1e-12, atol=0)
         # The term is a step of length gate * step_size along h.
         assert np.linalg.norm(got) == pytest.approx(gate * step_size, rel=1e-12, abs=1e-300)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_zero_step_gives_zero_compensation_without_nan(dtype):
-    h = np.zeros((4, 3), dtype)
+    h = tensor(np.zeros((4, 3), dtype))
     r = ops.convert_to_numpy(qmath.compensation_term(h, 0.1, 1.0))
     np.testing.assert_array_equal(r, np.zeros((4, 3)))
     delta = ops.convert_to_numpy(qmath.quantized_increment(h, 1024.0, 0.1, 1.0, "floor"))
     np.testing.assert_array_equal(delta, np.zeros((4, 3)))
 
 
+@requires_float64
 def test_scaled_step_without_gate_is_qp_times_h(rng):
     h = rng.normal(0, 1e-3, (6, 6)).astype(np.float32)
-    got = ops.convert_to_numpy(qmath.scaled_step(h, np.float32(4096.0)))
+    got = ops.convert_to_numpy(qmath.scaled_step(tensor(h), np.float32(4096.0)))
     np.testing.assert_array_equal(got, np.float32(4096.0) * h)
     np.testing.assert_allclose(
-        ops.convert_to_numpy(qmath.scaled_step(h.astype(np.float64), 4096.0, 0.05, 0.7)),
+        ops.convert_to_numpy(qmath.scaled_step(tensor(h.astype(np.float64)), 4096.0, 0.05, 0.7)),
         ref.scaled_step(h, 4096.0, 0.05, 0.7),
         rtol=1e-12,
     )
@@ -81,33 +83,34 @@ def test_quantized_increment_matches_reference_and_lies_on_grid(rounding, gate, 
     h = rng.normal(0, 0.01, (50, 20))
     qp = 2.0**12
     y_ref = ref.scaled_step(h, qp, 0.05, gate)
-    # float64 inputs: the same maths in the same precision, no ambiguous entries.
-    delta64 = ops.convert_to_numpy(qmath.quantized_increment(h, qp, 0.05, gate, rounding))
-    np.testing.assert_array_equal(delta64, ref.increment(h, qp, 0.05, gate, rounding))
+    if float64_available():
+        # float64 inputs: the same maths in the same precision, no ambiguous entries.
+        delta64 = ops.convert_to_numpy(qmath.quantized_increment(tensor(h), qp, 0.05, gate, rounding))
+        np.testing.assert_array_equal(delta64, ref.increment(h, qp, 0.05, gate, rounding))
     # float32 inputs: on the grid, and equal to the reference away from rounding boundaries.
     delta32 = ops.convert_to_numpy(
         qmath.quantized_increment(
-            h.astype(np.float32), np.float32(qp), np.float32(0.05), None if gate is None else np.float32(gate), rounding
+            tensor(h.astype(np.float32)), np.float32(qp), np.float32(0.05), None if gate is None else np.float32(gate), rounding
         )
     )
     assert delta32.dtype == np.float32
     ref.assert_increment_matches(delta32, y_ref, qp, rounding)
 
 
-def test_quantized_increment_under_xla(rng):
+def test_quantized_increment_compiled(rng):
     h = rng.normal(0, 0.01, (30, 10)).astype(np.float32)
-    fn = tf.function(lambda h, qp, s: qmath.quantized_increment(h, qp, 0.05, s, "nearest"), jit_compile=True)
+    fn = jit(lambda h, qp, s: qmath.quantized_increment(h, qp, 0.05, s, "nearest"))
     for qp in (256.0, 512.0, 1024.0):
-        delta = fn(h, tf.constant(qp), tf.constant(0.5)).numpy()
+        delta = ops.convert_to_numpy(fn(tensor(h), tensor(np.float32(qp)), tensor(np.float32(0.5))))
         ref.assert_increment_matches(delta, ref.scaled_step(h.astype(np.float64), qp, 0.05, 0.5), qp)
-    assert fn.experimental_get_tracing_count() == 1
+    assert fn.traces() == 1
 
 
 def test_rounding_error_is_white_noise_when_steps_span_many_cells(rng):
     """Q(y) - y is uniform on [-1/2, 1/2) (nearest) or (-1, 0] (floor): variance 1/12."""
-    y = rng.normal(0, 30, 200_000)
+    y = rng.normal(0, 30, 200_000).astype(np.float32)
     for rounding, mean in (("nearest", 0.0), ("floor", -0.5)):
-        err = ops.convert_to_numpy(qmath.quantize(y, rounding)) - y
+        err = ops.convert_to_numpy(qmath.quantize(tensor(y), rounding)) - y
         assert abs(err.mean() - mean) < 0.005
         assert err.var() * 12 == pytest.approx(1.0, abs=0.02)
 
@@ -119,10 +122,12 @@ def test_float32_limit_no_rounding_beyond_2_pow_24(rng):
     h = rng.uniform(16.0, 100.0, 1000) * rng.choice([-1.0, 1.0], 1000) + rng.uniform(0, 1, 1000) / qp
     y32 = np.float32(qp) * h.astype(np.float32)
     assert np.all(np.abs(y32) > 2**24)
-    delta32 = ops.convert_to_numpy(qmath.quantized_increment(h.astype(np.float32), np.float32(qp)))
+    delta32 = ops.convert_to_numpy(qmath.quantized_increment(tensor(h.astype(np.float32)), np.float32(qp)))
     np.testing.assert_array_equal(delta32, h.astype(np.float32))  # unchanged: error exactly 0
+    if not float64_available():
+        return
     # In float64 the same steps are rounded: the error is spread over [-1/2, 1/2) cells.
-    err64 = (ops.convert_to_numpy(qmath.quantized_increment(h, qp)) - h) * qp
+    err64 = (ops.convert_to_numpy(qmath.quantized_increment(tensor(h), qp)) - h) * qp
     assert np.all(np.abs(err64) <= 0.5) and err64.var() * 12 == pytest.approx(1.0, abs=0.15)
 
 
@@ -133,14 +138,34 @@ def test_increment_and_error_beyond_the_exact_range_applies_the_step_unrounded()
 
     qp = np.float32(2.0**40)
     h = np.array([1e30, -3e38, 1.0, 0.3 / 2.0**40, -0.8 / 2.0**40], np.float32)
-    delta, error = (ops.convert_to_numpy(t) for t in increment_and_error(h, qp))
+    delta, error = (ops.convert_to_numpy(t) for t in increment_and_error(tensor(h), qp))
     np.testing.assert_array_equal(delta[:3], h[:3])
     np.testing.assert_array_equal(error[:3], 0.0)
     # Inside the range: the paper's rounding, with its error in grid units.
     np.testing.assert_array_equal(delta[3:] * qp, [0.0, -1.0])
     np.testing.assert_allclose(error[3:], [-0.3, -0.2], rtol=1e-6)
     assert exact_integer_limit("float32") == 2.0**24 and exact_integer_limit("float64") == 2.0**53
+    if not float64_available():
+        return
     h64 = np.array([2.0**30 + 0.25], np.float64)  # y = 2**30.x cells: float64 still rounds it
-    delta64, error64 = (ops.convert_to_numpy(t) for t in increment_and_error(h64, 1.0))
+    delta64, error64 = (ops.convert_to_numpy(t) for t in increment_and_error(tensor(h64), 1.0))
     np.testing.assert_array_equal(delta64, [2.0**30])
     np.testing.assert_array_equal(error64, [-0.25])
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "floor", "stochastic", "dithered"])
+def test_zero_step_size_applies_the_step_unrounded_and_without_noise(rounding, rng):
+    """A learning rate of 0 freezes the weights in every mode: the random modes' noise does
+    not depend on the step, so without this rule `lr = 0` would still move weights."""
+    h = tensor(np.zeros((50,), np.float32))
+    noise = tensor(rng.uniform(0, 1, 50).astype(np.float32))
+    for step_size, moves in ((0.0, False), (0.1, rounding == "dithered")):
+        delta, error = (ops.convert_to_numpy(t) for t in qmath.increment_and_error(
+            h, np.float32(16.0), np.float32(step_size), np.float32(0.5), rounding, noise
+        ))
+        assert np.any(delta != 0) == moves
+    # A nonzero step with step size 0 (momentum carrying earlier steps) is applied as it is.
+    h = tensor(np.full((4,), 0.3, np.float32))
+    delta, error = (ops.convert_to_numpy(t) for t in qmath.increment_and_error(h, np.float32(16.0), np.float32(0.0)))
+    np.testing.assert_array_equal(delta, np.full((4,), 0.3, np.float32))
+    np.testing.assert_array_equal(error, 0.0)

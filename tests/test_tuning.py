@@ -20,8 +20,8 @@ import pytest
 pytest.importorskip("keras_tuner")
 pytest.importorskip("sklearn")
 pytest.importorskip("tensorboard")  # KerasTuner imports it in every trial under TensorFlow
-pytest.importorskip("keras_qsgld.datasets")
-pytest.importorskip("keras_qsgld.models")
+pytest.importorskip("keras_qsgld.experiments.datasets")
+pytest.importorskip("keras_qsgld.experiments.models")
 
 import keras  # noqa: E402
 
@@ -130,7 +130,7 @@ def test_validation_holdout_is_a_fixed_disjoint_split_with_known_sizes():
     def rows(ds):  # one pass over `ds`: its examples as bytes, in order
         return [row.tobytes() for x, _ in ds for row in x.numpy()]
 
-    from keras_qsgld.datasets import load_dataset
+    from keras_qsgld.experiments.datasets import load_dataset
 
     full = load_dataset("digits", batch_size=16, shuffle=False, max_examples=100).train
     everything = sorted(rows(full))

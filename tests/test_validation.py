@@ -1,7 +1,11 @@
 """Bad input raises a ValueError that names the argument and the value received."""
 
 import re
+import subprocess
+import sys
+import warnings
 
+import numpy as np
 import pytest
 
 import keras_qsgld
@@ -18,7 +22,7 @@ def _raises(fn, arg, value):
     assert f"{arg}={value!r}" in message, message
 
 
-@pytest.mark.parametrize("value", [0, 0.0, -1.0, float("nan"), "big", True])
+@pytest.mark.parametrize("value", [0, 0.0, -1.0, float("nan"), float("inf"), "big", True, 1e-45])
 def test_eta(value):
     _raises(lambda: keras_qsgld.ResolutionSchedule(eta=value), "eta", value)
 
@@ -29,7 +33,7 @@ def test_base(value):
 
 
 @pytest.mark.parametrize("schedule", [keras_qsgld.ResolutionSchedule, keras_qsgld.CompensationSchedule])
-@pytest.mark.parametrize("value", [0, -3, 0.0, None, float("nan")])
+@pytest.mark.parametrize("value", [0, -3, 0.0, float("nan"), float("inf"), True, "45", np.array([3, 4])])
 def test_steps_per_epoch(schedule, value):
     _raises(lambda: schedule(steps_per_epoch=value), "steps_per_epoch", value)
 
@@ -49,9 +53,14 @@ def test_gate(value):
     _raises(lambda: keras_qsgld.CompensationSchedule(gate=value), "gate", value)
 
 
-@pytest.mark.parametrize("value", [-0.1, 1.5])
+@pytest.mark.parametrize("value", [-0.1, 1.5, None, "0.2", float("nan")])
 def test_warmup_fraction(value):
     _raises(lambda: keras_qsgld.CompensationSchedule.from_budget(100, warmup_fraction=value), "warmup_fraction", value)
+
+
+@pytest.mark.parametrize("value", [-10, 0, "200", None, float("inf"), True])
+def test_budget_epochs(value):
+    _raises(lambda: keras_qsgld.CompensationSchedule.from_budget(value), "epochs", value)
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
@@ -76,7 +85,7 @@ def test_momentum(value):
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
-@pytest.mark.parametrize("value", [0.0, -256.0, 0, float("inf"), float("nan"), "fine"])
+@pytest.mark.parametrize("value", [0.0, -256.0, 0, float("inf"), float("nan"), "fine", True, 1e-40, 1e-300, 1e39])
 def test_fixed_resolution(optimizer, value):
     _raises(lambda: optimizer(resolution=value), "resolution", value)
 
@@ -94,7 +103,7 @@ def test_adam_hyperparameters(arg, value):
 
 def test_valid_edge_values_are_accepted():
     keras_qsgld.ResolutionSchedule(eta=1e-3, base=1.0001, steps_per_epoch=0.5)
-    keras_qsgld.CompensationSchedule(kappa=0.0, tau0=-1.0, gate="tanh")
+    keras_qsgld.CompensationSchedule(kappa=0.0, tau0=-1.0, gate="tanh", steps_per_epoch=None)
     for optimizer in OPTIMIZERS:
         optimizer(learning_rate=0.0, resolution=1e-3, compensation=0.0)
         optimizer(compensation=1.0, rounding="floor")
@@ -107,3 +116,68 @@ def test_messages_are_readable():
         keras_qsgld.ResolutionSchedule(eta=-1.0)
     with pytest.raises(ValueError, match=re.escape("Received: momentum=nan")):
         keras_qsgld.QSGLD(momentum=float("nan"))
+
+
+NUMPY_KINDS = [np.float32, np.float64, np.int64, np.int32, np.array]
+
+
+@pytest.mark.parametrize("kind", NUMPY_KINDS)
+def test_every_real_number_type_is_accepted(kind):
+    """NumPy scalars and 0-d arrays, as `ds.cardinality().numpy()` or `np.float32(0.9)` give."""
+    n = lambda value: kind(value)  # noqa: E731
+    schedule = keras_qsgld.ResolutionSchedule(eta=n(512), base=n(2), steps_per_epoch=n(45))
+    assert (schedule.eta, schedule.base, schedule.steps_per_epoch) == (512.0, 2.0, 45.0)
+    assert all(type(v) is float for v in (schedule.eta, schedule.base, schedule.steps_per_epoch))
+    gate = keras_qsgld.CompensationSchedule(kappa=n(2), tau0=n(4), steps_per_epoch=n(45))
+    assert (gate.kappa, gate.tau0) == (2.0, 4.0)
+    assert keras_qsgld.CompensationSchedule.from_budget(n(50), warmup_fraction=np.float64(0.2)).tau0 == 10.0
+    opt = keras_qsgld.QSGLD(learning_rate=n(1), resolution=n(256), compensation=n(1), momentum=np.float32(0.5))
+    assert float(opt.resolution(0)) == 256.0 and float(opt.compensation(0)) == 1.0 and opt.momentum == 0.5
+    adam = keras_qsgld.QAdam(learning_rate=n(1), beta_1=np.float32(0.5), beta_2=np.float64(0.25), epsilon=n(0))
+    assert (adam.beta_1, adam.beta_2, adam.epsilon) == (0.5, 0.25, 0.0)
+    assert keras_qsgld.Temperature(n(2)).temperature == 2.0
+    if kind in (np.int64, np.int32, np.array):
+        assert keras_qsgld.QSGLD(rounding="dithered", seed=kind(7)).seed == 7
+
+
+@pytest.mark.parametrize("value", [-1, 2**31, 2.0, True, "1", np.array([1, 2])])
+def test_seed(value):
+    _raises(lambda: keras_qsgld.QSGLD(seed=value), "seed", value)
+
+
+@pytest.mark.parametrize("arg", ["track_noise", "jit_compile", "nesterov"])
+@pytest.mark.parametrize("value", ["no", "false", 0, 1, None, np.array([True])])
+def test_boolean_arguments_take_bools_only(arg, value):
+    _raises(lambda: keras_qsgld.QSGLD(**{arg: value}), arg, value)
+
+
+def test_numpy_bools_are_bools():
+    opt = keras_qsgld.QSGLD(track_noise=np.bool_(True), nesterov=np.bool_(False), momentum=0.5)
+    assert opt.track_noise is True and opt.nesterov is False
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("inf"), float("nan"), True, "cold"])
+def test_temperature(value):
+    _raises(lambda: keras_qsgld.Temperature(value), "temperature", value)
+
+
+def test_temperature_needs_a_random_rounding_and_qsgld():
+    with pytest.warns(UserWarning, match="dead zone|exactly 0"):
+        keras_qsgld.QSGLD(resolution=keras_qsgld.Temperature(1e-3), rounding="nearest")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        keras_qsgld.QSGLD(resolution=keras_qsgld.Temperature(1e-3), rounding="dithered")
+    with pytest.raises(ValueError, match="temperature"):
+        keras_qsgld.QAdam(resolution=keras_qsgld.Temperature(1e-3), rounding="dithered")
+
+
+def test_import_under_python_OO_strips_docstrings_without_crashing():
+    """`python -OO` sets every __doc__ to None; the docstring templating must cope."""
+    result = subprocess.run(
+        [sys.executable, "-OO", "-c", "import keras_qsgld; print(keras_qsgld.QSGLD.__doc__)"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("None")

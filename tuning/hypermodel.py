@@ -163,10 +163,10 @@ class QSGLDHyperModel(kt.HyperModel):
     """Searches QSGLD's `eta`, `base`, `kappa` and `tau0` (and optionally the learning rate).
 
     Args:
-        input_shape, num_classes: of the data (from `keras_qsgld.datasets.load_dataset`).
+        input_shape, num_classes: of the data (from `keras_qsgld.experiments.datasets.load_dataset`).
         steps_per_epoch: optimizer steps per epoch of the training data.
         epochs: the epoch budget that `tau0_fraction` refers to (Hyperband: `max_epochs`).
-        model: a name for `keras_qsgld.models.build_model`. Default `"cifar_resnet"`.
+        model: a name for `keras_qsgld.experiments.models.build_model`. Default `"cifar_resnet"`.
         model_kwargs: extra keyword arguments of `build_model` (e.g. `{"depth": 50}`).
         space: a `SearchSpace`. Default `SearchSpace()`.
         rounding, momentum, gate: fixed QSGLD settings (see `make_optimizer`).
@@ -205,7 +205,7 @@ class QSGLDHyperModel(kt.HyperModel):
                               momentum=self.momentum, gate=self.gate, seed=self.seed)
 
     def build(self, hp):
-        from keras_qsgld.models import build_model
+        from keras_qsgld.experiments.models import build_model
 
         values = self.space.declare(hp)
         model = build_model(self.model_name, self.input_shape, self.num_classes, seed=self.seed,

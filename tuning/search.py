@@ -45,7 +45,7 @@ RESUME_KEYS = ("dataset", "model", "depth", "tuner", "batch_size", "validation_f
 
 def _datasets():
     try:
-        from keras_qsgld.datasets import DATASETS
+        from keras_qsgld.experiments.datasets import DATASETS
     except ImportError:
         return ("cifar10", "cifar100", "fashion_mnist", "digits", "mnist1d")
     return tuple(DATASETS)
@@ -53,7 +53,7 @@ def _datasets():
 
 def _models():
     try:
-        from keras_qsgld.models import MODELS
+        from keras_qsgld.experiments.models import MODELS
     except ImportError:
         return ("cifar_resnet", "resnet50", "cnn", "mlp", "cnn1d")
     return tuple(MODELS)
@@ -207,7 +207,7 @@ def load_data(args):
     """
     import tensorflow as tf
 
-    from keras_qsgld.datasets import load_dataset
+    from keras_qsgld.experiments.datasets import load_dataset
 
     holdout = args.validation_fraction > 0
     bundle = load_dataset(args.dataset, batch_size=args.batch_size, data_dir=args.data_dir,

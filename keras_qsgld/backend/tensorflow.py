@@ -1,0 +1,44 @@
+"""TensorFlow's part of the quantized optimizers: the eager XLA update and sparse gradients."""
+
+import functools
+
+import keras
+import tensorflow as tf
+
+from keras_qsgld.optimizer import QuantizedOptimizer
+
+
+class TFQuantizedOptimizer(QuantizedOptimizer):
+    """`QuantizedOptimizer` on TensorFlow.
+
+    - Sparse gradients (`tf.IndexedSlices`, from embeddings) are made dense: the norm of the
+      compensation term and the rounding see every row.
+    - `jit_compile=True`: an `apply` that runs eagerly (a custom training loop, outside
+      any `tf.function` and `tf.distribute` strategy) runs its update as one XLA-compiled
+      function, as Keras 2's optimizers did. The learning rate enters as a tensor, so any
+      sequence of learning rates (a callable that returns Python floats too) compiles once.
+      Inside `fit` or a `tf.function` the update follows that function's own setting.
+    """
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+        if self.jit_compile and tf.executing_eagerly() and not tf.distribute.has_strategy():
+            # tf.Variables (not Keras wrappers) so the function receives them as variables.
+            trainable_variables = [
+                v.value if isinstance(v, keras.Variable) else v for v in trainable_variables
+            ]
+            learning_rate = tf.convert_to_tensor(learning_rate, tf.float32)
+            return self._compiled_update_step()(grads, trainable_variables, learning_rate)
+        return super()._backend_update_step(grads, trainable_variables, learning_rate)
+
+    def _compiled_update_step(self):
+        compiled = self.__dict__.get("_xla_update_step")
+        if compiled is None:
+            # A partial, not a bound method: TensorFlow's retracing detector keys functions by
+            # their code object, which every instance's bound method shares, and warned when
+            # several optimizers compiled one after another (a learning-rate sweep).
+            update = functools.partial(QuantizedOptimizer._backend_update_step, self)
+            compiled = tf.function(update, jit_compile=True, autograph=False)
+            # Stored around the attribute tracker: a tf.function is no optimizer state.
+            self.__dict__["_xla_update_step"] = compiled
+        return compiled

@@ -1,0 +1,685 @@
+"""Posterior samples from a Langevin run, and predictions averaged over them.
+
+- `PosteriorSampler`: a `keras.callbacks.Callback` that keeps weight snapshots of a
+  sampling run after a burn-in, every `thin` optimizer updates (or at the end of each cycle
+  of a cyclical learning rate), in memory or as `.weights.h5` files in a folder. It counts
+  optimizer updates (`optimizer.iterations`), so a resumed run neither repeats nor loses
+  samples.
+- `posterior_predictive`: the posterior predictive of a model over such samples: the mean
+  of the predicted class probabilities (classification), or the mean and variance of the
+  predictions (regression).
+
+A sampling run is QSGLD at a fixed temperature with the dithered rounding, whose rounding
+error is exactly SGLD's Langevin noise (see `keras_qsgld.Temperature`):
+
+```python
+n_train = 1437
+model.compile(
+    optimizer=keras_qsgld.QSGLD(0.05, resolution=keras_qsgld.Temperature(1 / n_train),
+                                rounding="dithered", seed=0),
+    loss="sparse_categorical_crossentropy",
+)
+sampler = keras_qsgld.sampling.PosteriorSampler(burn_in=5, thin=45, max_samples=50)
+model.fit(train, epochs=55, callbacks=[sampler])
+probs = keras_qsgld.sampling.posterior_predictive(model, sampler.samples, x_test)
+keras_qsgld.calibration.calibration_report(y_test, probs)
+```
+
+Only `keras.ops` and NumPy are used: it runs on every Keras backend. docs/sampling.md is
+the user guide (temperature, priors, burn-in, thinning, several chains, cyclical learning
+rates, calibration).
+"""
+
+import os
+import re
+import warnings
+
+import keras
+import numpy as np
+
+from keras_qsgld.calibration import check_probabilities
+from keras_qsgld.callbacks import unwrap_optimizer
+from keras_qsgld.optimizer import QuantizedOptimizer
+from keras_qsgld.schedules import Temperature
+from keras_qsgld.validation import check_bool, check_choice, check_integer
+
+BURN_IN_UNITS = ("epochs", "steps")
+TASKS = ("classification", "regression")
+SAMPLE_FILE = re.compile(r"^sample-(\d+)\.weights\.h5$")
+_TEMPORARY_FILE = re.compile(r"^\.tmp-sample-(\d+)\.weights\.h5$")
+
+
+def sample_file_name(update):
+    """The file name of the sample taken after optimizer update `update`."""
+    return f"sample-{update:09d}.weights.h5"
+
+
+def _scan(directory):
+    """`{update: path}` of the sample files in `directory` (empty if it does not exist)."""
+    found = {}
+    if directory is None or not os.path.isdir(directory):
+        return found
+    for name in os.listdir(directory):
+        match = SAMPLE_FILE.match(name)
+        if match:
+            found[int(match.group(1))] = os.path.join(directory, name)
+    return found
+
+
+def _to_int(value):
+    return int(keras.ops.convert_to_numpy(value))
+
+
+@keras.saving.register_keras_serializable(package="keras_qsgld")
+class PosteriorSampler(keras.callbacks.Callback):
+    """Keeps posterior samples (weight snapshots) of a Langevin run in `fit`.
+
+    **Which updates.** The sampler counts optimizer updates `u = optimizer.iterations`
+    after each update (1 after the first; with `gradient_accumulation_steps` an update is
+    one applied step). The first `B` updates are the burn-in (`burn_in` steps, or
+    `burn_in` epochs of the updates `fit` runs per epoch). After it, it keeps the weights
+    after updates
+
+    - `u = B + thin, B + 2 thin, B + 3 thin, ...` (default), or, with `cycle_length=C`,
+    - the last update of each cycle, `u = C, 2C, 3C, ...` and, with `samples_per_cycle=K`,
+      also the `K - 1` updates `thin, 2 thin, ...` before each of those, all after `B`,
+
+    until `max_samples` are kept. With `keras.optimizers.schedules.CosineDecayRestarts(
+    lr, first_decay_steps=C, t_mul=1.0)` (cycles of `C` updates), the end of a cycle is
+    where the learning rate is smallest (Zhang et al., 2020).
+
+    **Where.** With `directory=None` the samples are lists of NumPy arrays
+    (`model.get_weights()`: every weight, trainable or not) held in memory. With a
+    directory, each is a file `sample-<update>.weights.h5` there, written atomically
+    (to a temporary name, then renamed), with the model's weights but not the
+    optimizer's state; `model.load_weights(path, objects_to_skip=[model.optimizer])`
+    (or `posterior_predictive`) reads it back.
+
+    **Resuming.** The update index decides everything, so a run resumed from a backup
+    (`keras.callbacks.BackupAndRestore`, or a new process that reloads the model and
+    calls `fit` again) keeps exactly the samples of an uninterrupted run. At the first
+    epoch of each `fit`, the sampler reads the model's update count `u0` (after
+    `BackupAndRestore` has restored it, wherever it is in the callbacks list). With a
+    directory it scans the folder: samples at updates `<= u0` are kept and count towards
+    `max_samples`; files from updates after `u0` (a run that went further than the backup
+    it resumes from) are left out, with a warning, and overwritten when the run reaches
+    those updates again. In memory, samples after `u0` are dropped (with a warning).
+    Keep one directory per chain.
+
+    **Checks.** At the start of `fit` it warns once when the burn-in does not end before
+    the run's last update, or when `max_samples` cannot be reached in the run, naming
+    both numbers; and when the optimizer does not sample at a fixed temperature (anything
+    but `QSGLD(resolution=Temperature(T), rounding="dithered")`: then the snapshots are a
+    trajectory, e.g. a snapshot ensemble, not posterior samples).
+
+    Args:
+        burn_in: integer >= 0, the updates (or epochs, see `burn_in_unit`) discarded
+            before the first sample. Default 0.
+        burn_in_unit: `"epochs"` (default) or `"steps"` (optimizer updates). Epochs are
+            converted to updates with the number of updates `fit` runs per epoch (the
+            batches per epoch, divided by `gradient_accumulation_steps`).
+        thin: integer >= 1, the updates between two samples. Default 1 (every update).
+        max_samples: integer >= 1, or None (default: no limit): stop keeping samples once
+            this many are kept (training goes on).
+        directory: None (default: in memory), or a folder for `.weights.h5` files
+            (created if needed).
+        cycle_length: integer >= 1 or None (default): the updates per cycle of a
+            cyclical learning rate; then samples are kept at the end of each cycle.
+        samples_per_cycle: integer >= 1, with `cycle_length`: samples per cycle, `thin`
+            updates apart and ending with the cycle's last update. Default 1.
+            `(samples_per_cycle - 1) * thin` must be less than `cycle_length`.
+        verbose: 0 (silent) or 1 (default): one progress line per epoch, and one when a
+            run resumes with samples already kept.
+
+    Attributes:
+        samples: the samples kept, in update order: lists of NumPy arrays (in memory) or
+            file paths (with a directory; before any `fit`, the files in the folder).
+        sample_steps: the update index of each sample.
+
+    Raises:
+        ValueError: for an argument of the wrong type or out of its range (naming it);
+            at the start of `fit`, for a burn-in in epochs when `fit` does not know the
+            number of batches per epoch (a dataset of unknown length).
+
+    References:
+        - [Welling & Teh, 2011](https://www.stats.ox.ac.uk/~teh/research/compstats/WelTeh2011a.pdf),
+          Bayesian Learning via Stochastic Gradient Langevin Dynamics.
+        - [Zhang et al., 2020](https://arxiv.org/abs/1902.03932), Cyclical Stochastic
+          Gradient MCMC for Bayesian Deep Learning.
+        - [Seok & Cho, 2023](https://arxiv.org/abs/2305.18864), QSGLD.
+    """
+
+    def __init__(
+        self,
+        burn_in=0,
+        burn_in_unit="epochs",
+        thin=1,
+        max_samples=None,
+        directory=None,
+        cycle_length=None,
+        samples_per_cycle=1,
+        verbose=1,
+    ):
+        super().__init__()
+        self.burn_in = check_integer("burn_in", burn_in, minimum=0, description="a number of updates or epochs")
+        self.burn_in_unit = check_choice("burn_in_unit", burn_in_unit, BURN_IN_UNITS)
+        self.thin = check_integer("thin", thin, minimum=1, description="a number of updates")
+        self.max_samples = (
+            None if max_samples is None
+            else check_integer("max_samples", max_samples, minimum=1, description="a number of samples")
+        )
+        if directory is not None and not isinstance(directory, (str, os.PathLike)):
+            raise ValueError(f"Argument `directory` must be None or a folder path. Received: directory={directory!r}")
+        self.directory = None if directory is None else os.fspath(directory)
+        self.cycle_length = (
+            None if cycle_length is None
+            else check_integer("cycle_length", cycle_length, minimum=1, description="a number of updates")
+        )
+        self.samples_per_cycle = check_integer(
+            "samples_per_cycle", samples_per_cycle, minimum=1, description="a number of samples"
+        )
+        if self.cycle_length is None and self.samples_per_cycle != 1:
+            raise ValueError(
+                "Argument `samples_per_cycle` needs `cycle_length` (samples are kept per cycle of "
+                f"a cyclical learning rate). Received: samples_per_cycle={samples_per_cycle!r} "
+                "with cycle_length=None"
+            )
+        if self.cycle_length is not None and (self.samples_per_cycle - 1) * self.thin >= self.cycle_length:
+            raise ValueError(
+                f"Argument `samples_per_cycle` times `thin` must fit in a cycle: "
+                f"(samples_per_cycle - 1) * thin = {(self.samples_per_cycle - 1) * self.thin} must be "
+                f"less than cycle_length={self.cycle_length}. Received: "
+                f"samples_per_cycle={samples_per_cycle!r}"
+            )
+        if isinstance(verbose, (bool, np.bool_)) or verbose not in (0, 1):
+            raise ValueError(f"Argument `verbose` must be 0 or 1. Received: verbose={verbose!r}")
+        self.verbose = int(verbose)
+        self._kept = {}  # update -> list of arrays (in memory) or path
+        self._scanned = False
+        self._stale = {}  # update -> path: files from after the restored update
+        self._burn_in_steps = self.burn_in if self.burn_in_unit == "steps" else None
+        self._last = None  # the update count at the previous check; None: not started
+        self._warned = set()
+
+    # -- config -----------------------------------------------------------------------------
+    def get_config(self):
+        return {
+            "burn_in": self.burn_in,
+            "burn_in_unit": self.burn_in_unit,
+            "thin": self.thin,
+            "max_samples": self.max_samples,
+            "directory": self.directory,
+            "cycle_length": self.cycle_length,
+            "samples_per_cycle": self.samples_per_cycle,
+            "verbose": self.verbose,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    # -- the samples ------------------------------------------------------------------------
+    @property
+    def samples(self):
+        """The samples kept, in update order: weight lists (in memory) or file paths."""
+        self._scan_once()
+        return [self._kept[u] for u in sorted(self._kept)]
+
+    @property
+    def sample_steps(self):
+        """The optimizer update after which each sample of `samples` was taken."""
+        self._scan_once()
+        return sorted(self._kept)
+
+    def _scan_once(self):
+        if self.directory is not None and not self._scanned:
+            self._kept = _scan(self.directory)
+            self._scanned = True
+
+    # -- which updates ----------------------------------------------------------------------
+    def is_sample_step(self, update):
+        """True if the weights after optimizer update `update` (>= 1) are a sample.
+
+        `max_samples` is not taken into account. With `burn_in_unit="epochs"` the burn-in
+        is known once `fit` has started (before, this raises a `ValueError`).
+        """
+        update = check_integer("update", update, minimum=0, description="an update count")
+        burn_in = self._require_burn_in()
+        if update <= burn_in or update == 0:  # update 0: the initial weights
+            return False
+        if self.cycle_length is None:
+            return (update - burn_in) % self.thin == 0
+        before_end = (-update) % self.cycle_length  # updates until the end of the cycle
+        return before_end % self.thin == 0 and before_end // self.thin < self.samples_per_cycle
+
+    def _count_between(self, low, high):
+        """How many sample updates lie in `(low, high]` (ignoring `max_samples`)."""
+        burn_in = self._require_burn_in()
+        low = max(low, burn_in)
+        if high <= low:
+            return 0
+        if self.cycle_length is None:
+            return (high - burn_in) // self.thin - (low - burn_in) // self.thin
+        c = self.cycle_length
+        return sum((high + j * self.thin) // c - (low + j * self.thin) // c for j in range(self.samples_per_cycle))
+
+    def _require_burn_in(self):
+        if self._burn_in_steps is None:
+            raise ValueError(
+                f"PosteriorSampler: the burn-in is {self.burn_in} epochs, and the updates per "
+                "epoch are known only once `fit` has started. Received: burn_in_unit='epochs'"
+            )
+        return self._burn_in_steps
+
+    # -- warnings and messages ----------------------------------------------------------------
+    def _warn_once(self, key, message):
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, UserWarning, stacklevel=3)
+
+    def _say(self, message):
+        if self.verbose:
+            print(f"PosteriorSampler: {message}", flush=True)
+
+    def _check_optimizer(self, optimizer):
+        inner = unwrap_optimizer(optimizer)
+        if isinstance(inner, QuantizedOptimizer) and isinstance(inner.resolution, Temperature):
+            if inner.rounding == "dithered":
+                return
+            why = (
+                f'rounding={inner.rounding!r}: only rounding="dithered" adds noise of exactly the '
+                "temperature's variance at every update"
+            )
+        elif isinstance(inner, QuantizedOptimizer):
+            why = (
+                "its resolution is not a Temperature (an annealed or fixed Qp: the temperature "
+                "follows the schedule)"
+            )
+        else:
+            why = "it adds no Langevin noise"
+        self._warn_once(
+            "optimizer",
+            f"PosteriorSampler: the optimizer ({type(inner).__name__}) does not sample at a fixed "
+            f"temperature: {why}. The snapshots are a trajectory (e.g. a snapshot ensemble), not "
+            "posterior samples. For posterior samples use keras_qsgld.QSGLD(lr, "
+            'resolution=keras_qsgld.Temperature(T), rounding="dithered").',
+        )
+
+    def _updates_per_epoch(self, optimizer):
+        batches = (self.params or {}).get("steps")
+        if batches is None:
+            return None
+        accumulation = getattr(unwrap_optimizer(optimizer), "gradient_accumulation_steps", None) or 1
+        return batches // accumulation
+
+    def _resolve_burn_in(self, updates_per_epoch):
+        if self.burn_in_unit == "steps" or self.burn_in == 0:
+            self._burn_in_steps = self.burn_in
+            return
+        if updates_per_epoch is None:
+            raise ValueError(
+                f"PosteriorSampler: burn_in={self.burn_in} epochs, but fit does not know how many "
+                "batches an epoch has (a dataset of unknown length). Pass burn_in_unit='steps' "
+                "with the burn-in in optimizer updates, or give the data a known length "
+                "(fit(steps_per_epoch=...), or tf.data.experimental.assert_cardinality). "
+                "Received: burn_in_unit='epochs'"
+            )
+        self._burn_in_steps = self.burn_in * updates_per_epoch
+
+    def _check_run_length(self, start, end):
+        """Warnings when the run [start, end] of updates keeps fewer samples than asked."""
+        burn_in = self._burn_in_steps
+        unit = f"{self.burn_in} epochs = " if self.burn_in_unit == "epochs" else ""
+        if burn_in >= end:
+            self._warn_once(
+                "burn_in",
+                f"PosteriorSampler: the burn-in ({unit}{burn_in} updates) does not end before the "
+                f"run's last update ({end}): this fit keeps no samples. Shorten the burn-in or "
+                "train longer.",
+            )
+            return
+        if self.max_samples is None:
+            return
+        have = sum(1 for u in self._kept if u <= start)
+        expected = have + self._count_between(start, end)
+        if expected < self.max_samples:
+            how = (
+                f"every {self.thin} updates" if self.cycle_length is None
+                else f"{self.samples_per_cycle} per cycle of {self.cycle_length} updates"
+            )
+            self._warn_once(
+                "max_samples",
+                f"PosteriorSampler: max_samples={self.max_samples} cannot be reached: the run ends "
+                f"at update {end} and keeps {expected} samples ({have} already kept, burn-in "
+                f"{unit}{burn_in} updates, {how}). Lower max_samples or thin, or train longer.",
+            )
+
+    # -- resuming -------------------------------------------------------------------------------
+    def _start(self, model, epoch):
+        optimizer = model.optimizer
+        if optimizer is None:
+            raise ValueError("PosteriorSampler: the model has no optimizer; compile it before fit.")
+        self._check_optimizer(optimizer)
+        updates_per_epoch = self._updates_per_epoch(optimizer)
+        self._resolve_burn_in(updates_per_epoch)
+        start = _to_int(optimizer.iterations)
+        self._last = start
+        if self.directory is not None:
+            os.makedirs(self.directory, exist_ok=True)
+            for name in os.listdir(self.directory):  # leftovers of a write that was killed
+                if _TEMPORARY_FILE.match(name):
+                    os.remove(os.path.join(self.directory, name))
+            found = _scan(self.directory)
+            self._scanned = True
+            self._kept = {u: p for u, p in found.items() if u <= start}
+            self._stale = {u: p for u, p in found.items() if u > start}
+            if self._stale:
+                steps = sorted(self._stale)
+                self._warn_once(
+                    ("stale", start),
+                    f"PosteriorSampler: {self.directory} holds {len(steps)} samples from updates "
+                    f"after the model's current update {start} (updates {steps[0]}..{steps[-1]}): "
+                    "a run resumed from an earlier state, or a new run in an old folder. They are "
+                    "left out, and overwritten when this run reaches those updates.",
+                )
+        else:
+            later = sorted(u for u in self._kept if u > start)
+            if later:
+                self._warn_once(
+                    ("dropped", start),
+                    f"PosteriorSampler: {len(later)} samples in memory are from updates after the "
+                    f"model's current update {start} (updates {later[0]}..{later[-1]}): a run "
+                    "resumed from an earlier state, or a new optimizer. They are dropped.",
+                )
+                for u in later:
+                    del self._kept[u]
+        if self._kept and start > 0:
+            self._say(f"resuming at update {start} with {len(self._kept)} samples kept")
+        epochs = (self.params or {}).get("epochs")
+        if updates_per_epoch is not None and epochs is not None:
+            self._check_run_length(start, start + max(epochs - epoch, 0) * updates_per_epoch)
+
+    # -- callback hooks ---------------------------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        self._last = None  # the update count is read at the first epoch (after any restore)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._last is None:
+            self._start(self.model, epoch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._last is None or self._full():
+            return
+        model = self.model  # on JAX this syncs the weights from the training state
+        now = _to_int(model.optimizer.iterations)
+        if now <= self._last:
+            return
+        due = [u for u in range(self._last + 1, now + 1) if self.is_sample_step(u)]
+        self._last = now
+        if not due:
+            return
+        if due[-1] != now or len(due) > 1:
+            self._warn_once(
+                "skipped",
+                f"PosteriorSampler: updates {due} were due for samples, but the callback ran only "
+                f"after update {now} (steps_per_execution > 1?); the weights of update {now} are "
+                "kept instead. Use steps_per_execution=1, or a thin that is a multiple of it.",
+            )
+        self._keep(model, now)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._last is None or not self.verbose:
+            return
+        now = _to_int(self.model.optimizer.iterations)
+        burn_in = self._burn_in_steps
+        total = f"/{self.max_samples}" if self.max_samples is not None else ""
+        if now <= burn_in:
+            self._say(f"burn-in, update {now} of {burn_in}; {len(self._kept)}{total} samples")
+        else:
+            last = max(self._kept) if self._kept else None
+            where = f", last after update {last}" if last is not None else ""
+            self._say(f"{len(self._kept)}{total} samples{where} (update {now})")
+
+    def on_train_end(self, logs=None):
+        self._last = None
+
+    # -- keeping one sample -------------------------------------------------------------------------
+    def _full(self):
+        return self.max_samples is not None and len(self._kept) >= self.max_samples
+
+    def _keep(self, model, update):
+        if self.directory is None:
+            # Copies: on the torch backend get_weights() can share memory with the variables.
+            self._kept[update] = [np.array(w, copy=True) for w in model.get_weights()]
+            return
+        path = os.path.join(self.directory, sample_file_name(update))
+        temporary = os.path.join(self.directory, f".tmp-sample-{update:09d}.weights.h5")
+        skip = [model.optimizer] if model.optimizer is not None else None
+        keras.saving.save_weights(model, temporary, objects_to_skip=skip)
+        os.replace(temporary, path)
+        self._stale.pop(update, None)
+        self._kept[update] = path
+
+
+# -- the posterior predictive ---------------------------------------------------------------------
+def _softmax(logits):
+    shifted = logits - np.max(logits, axis=-1, keepdims=True)
+    e = np.exp(shifted)
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def _sigmoid(logits):
+    return np.where(logits >= 0, 1.0 / (1.0 + np.exp(-np.abs(logits))), np.exp(-np.abs(logits)) / (1.0 + np.exp(-np.abs(logits))))
+
+
+def _sample_list(samples):
+    if isinstance(samples, PosteriorSampler):
+        samples = samples.samples
+    if isinstance(samples, (str, os.PathLike, np.ndarray)) or not hasattr(samples, "__iter__"):
+        raise ValueError(
+            "Argument `samples` must be a list of samples (weight lists or .weights.h5 paths) "
+            f"or a PosteriorSampler. Received: samples of type {type(samples).__name__}"
+        )
+    samples = list(samples)
+    if not samples:
+        raise ValueError("Argument `samples` must hold at least one sample. Received: samples=[]")
+    return samples
+
+
+def _load_sample(model, sample, index, num_weights):
+    if isinstance(sample, (str, os.PathLike)):
+        path = os.fspath(sample)
+        if not path.endswith(".weights.h5"):
+            raise ValueError(
+                f"Argument `samples` holds a path that is not a .weights.h5 file. Received: "
+                f"samples[{index}]={path!r}"
+            )
+        if not os.path.isfile(path):
+            raise ValueError(f"Argument `samples` holds a path that does not exist. Received: samples[{index}]={path!r}")
+        skip = [model.optimizer] if getattr(model, "optimizer", None) is not None else None
+        model.load_weights(path, objects_to_skip=skip)
+        return
+    if not isinstance(sample, (list, tuple)) or len(sample) != num_weights:
+        what = f"a list of {len(sample)} arrays" if isinstance(sample, (list, tuple)) else type(sample).__name__
+        raise ValueError(
+            f"Argument `samples` must hold weight lists of the model's {num_weights} weights "
+            f"(model.get_weights()) or .weights.h5 paths. Received: samples[{index}] is {what}"
+        )
+    model.set_weights(list(sample))
+
+
+def _as_float64(outputs):
+    if isinstance(outputs, dict):
+        outputs = list(outputs.values())
+    if isinstance(outputs, (list, tuple)):
+        return [np.asarray(keras.ops.convert_to_numpy(o), dtype=np.float64) for o in outputs]
+    return np.asarray(keras.ops.convert_to_numpy(outputs), dtype=np.float64)
+
+
+def _predict(model, x, batch_size, verbose):
+    """`model.predict(x)` as float64 arrays.
+
+    A NumPy array is cut into batches for `predict_on_batch` here: `predict` sets up its
+    data pipeline at every call, which costs 0.1 s per sample on TensorFlow. The last
+    batch is padded (repeating its last row) to the size of the others, so the compiled
+    predict step is traced for one shape only; the padding rows are dropped.
+    """
+    if not isinstance(x, np.ndarray):
+        return _as_float64(model.predict(x, batch_size=batch_size, verbose=verbose))
+    n = len(x)
+    size = min(batch_size or 32, n)
+    parts = []
+    for start in range(0, n, size):
+        batch = x[start : start + size]
+        rows = len(batch)
+        if rows < size:
+            batch = np.concatenate([batch, np.repeat(batch[-1:], size - rows, axis=0)])
+        out = _as_float64(model.predict_on_batch(batch))
+        parts.append([o[:rows] for o in out] if isinstance(out, list) else out[:rows])
+    if isinstance(parts[0], list):
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+    return np.concatenate(parts)
+
+
+def posterior_predictive(
+    model,
+    samples,
+    x,
+    batch_size=None,
+    task="classification",
+    from_logits=False,
+    model_variance=False,
+    verbose=0,
+):
+    """The posterior predictive of `model` averaged over weight samples.
+
+    For each sample the model's weights are set to it and `model.predict(x)` runs (in
+    batches of `batch_size`); the model's own weights are restored afterwards, also when
+    an error interrupts. With `S` samples:
+
+    - classification: `p(y | x) = (1/S) sum_s p(y | x, w_s)`, the mean of the predicted
+      probabilities (never of the logits). With `from_logits=True` each sample's outputs
+      go through a softmax (a sigmoid for a single output unit) first.
+    - regression: the predictive mean `mu = (1/S) sum_s mu_s` and variance. Without
+      `model_variance` the model's output is the mean `mu_s` and the variance is the
+      spread of the means across samples, `(1/S) sum_s (mu_s - mu)**2` (the epistemic
+      part; add your likelihood's noise variance for a predictive of `y`). With
+      `model_variance=True` the model returns a pair `(mu_s, var_s)` (a Gaussian
+      likelihood per input), and the variance is the mixture's, by the law of total
+      variance: `(1/S) sum_s var_s + (1/S) sum_s (mu_s - mu)**2`.
+
+    Averages are accumulated in float64, one sample at a time (memory of one prediction).
+
+    Args:
+        model: a built `keras.Model` with the architecture of the samples.
+        samples: a list of samples, each a weight list (`model.get_weights()`, as
+            `PosteriorSampler` keeps in memory) or the path of a `.weights.h5` file (as it
+            writes to a directory); or a `PosteriorSampler` (its `samples`). Pool several
+            chains by concatenating their lists.
+        x: inputs, anything `model.predict` takes (NumPy arrays, a `tf.data.Dataset` of
+            `x` or `(x, y)`, ...). A dataset must give the same examples in the same
+            order on every pass (no shuffling).
+        batch_size: integer >= 1 or None (Keras' default, 32), for array inputs.
+        task: `"classification"` (default) or `"regression"`.
+        from_logits: bool, classification only: the model outputs logits. Default False
+            (the outputs must be probabilities, or a ValueError says so).
+        model_variance: bool, regression only: the model returns `(mean, variance)`.
+            Default False.
+        verbose: 0 (default), 1 or 2, `model.predict`'s progress display.
+
+    Returns:
+        Classification: the mean probabilities, a float64 array of the model's output
+        shape, `(n, K)` (or `(n, 1)` for one sigmoid unit: `p(class 1)`). Regression: a
+        tuple `(mean, variance)` of float64 arrays of the model's (mean) output shape.
+
+    Raises:
+        ValueError: for a bad argument (naming it), a sample that does not fit the model,
+            or, in classification with `from_logits=False`, outputs that are not
+            probabilities.
+
+    References:
+        - [Welling & Teh, 2011](https://www.stats.ox.ac.uk/~teh/research/compstats/WelTeh2011a.pdf),
+          Bayesian Learning via Stochastic Gradient Langevin Dynamics.
+        - [Wenzel et al., 2020](https://arxiv.org/abs/2002.02405), How Good is the Bayes
+          Posterior in Deep Neural Networks Really?
+    """
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"Argument `model` must be a keras.Model. Received: model of type {type(model).__name__}")
+    if not model.built:
+        raise ValueError("Argument `model` must be built (call it on data, or build it) before predicting.")
+    samples = _sample_list(samples)
+    if isinstance(x, np.ndarray) and (x.ndim == 0 or len(x) == 0):
+        raise ValueError(f"Argument `x` must hold at least one example. Received: x with shape {x.shape}")
+    if batch_size is not None:
+        batch_size = check_integer("batch_size", batch_size, minimum=1, description="a batch size")
+    task = check_choice("task", task, TASKS)
+    from_logits = check_bool("from_logits", from_logits)
+    model_variance = check_bool("model_variance", model_variance)
+    if isinstance(verbose, (bool, np.bool_)) or verbose not in (0, 1, 2):
+        raise ValueError(f"Argument `verbose` must be 0, 1 or 2. Received: verbose={verbose!r}")
+    if task == "regression" and from_logits:
+        raise ValueError("Argument `from_logits` applies to classification only. Received: from_logits=True with task='regression'")
+    if task == "classification" and model_variance:
+        raise ValueError("Argument `model_variance` applies to regression only. Received: model_variance=True with task='classification'")
+
+    original = [np.array(w, copy=True) for w in model.get_weights()]
+    num_weights = len(original)
+    total = mean = m2 = None
+    try:
+        for index, sample in enumerate(samples):
+            _load_sample(model, sample, index, num_weights)
+            outputs = _predict(model, x, batch_size, verbose)
+            if task == "classification":
+                if isinstance(outputs, list):
+                    raise ValueError(
+                        f"Argument `model` must have one output for classification. Received: a model with {len(outputs)} outputs"
+                    )
+                if from_logits:
+                    outputs = _sigmoid(outputs) if outputs.shape[-1] == 1 else _softmax(outputs)
+                else:
+                    check_probabilities(outputs.reshape(-1, outputs.shape[-1]) if outputs.ndim > 1 else outputs,
+                                        name="model outputs")
+                total = outputs if total is None else total + outputs
+                continue
+            if model_variance:
+                if not (isinstance(outputs, list) and len(outputs) == 2):
+                    raise ValueError(
+                        "Argument `model_variance=True` needs a model that returns two outputs "
+                        "(mean, variance). Received: a model with "
+                        f"{len(outputs) if isinstance(outputs, list) else 1} outputs"
+                    )
+                mu, var = outputs
+                if var.shape != mu.shape or np.any(var < 0):
+                    raise ValueError(
+                        "Argument `model_variance=True` needs the second output to be variances "
+                        f">= 0 of the mean's shape {mu.shape}. Received: shape {var.shape}, minimum "
+                        f"{float(np.min(var)):g}"
+                    )
+                total = var if total is None else total + var
+            else:
+                if isinstance(outputs, list):
+                    raise ValueError(
+                        f"Argument `model` must have one output for regression without model_variance. "
+                        f"Received: a model with {len(outputs)} outputs (pass model_variance=True for "
+                        "(mean, variance))"
+                    )
+                mu = outputs
+            # Welford's update: the spread of the means without cancellation.
+            if mean is None:
+                mean, m2 = mu.copy(), np.zeros_like(mu)
+            else:
+                delta = mu - mean
+                mean += delta / (index + 1)
+                m2 += delta * (mu - mean)
+    finally:
+        model.set_weights(original)
+    count = len(samples)
+    if task == "classification":
+        return total / count
+    variance = m2 / count
+    if model_variance:
+        variance = variance + total / count
+    return mean, variance
+
+
+__all__ = ["PosteriorSampler", "posterior_predictive", "sample_file_name", "BURN_IN_UNITS", "TASKS"]
