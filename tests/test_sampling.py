@@ -2,6 +2,7 @@
 in memory and in a folder, resuming (in the process and after a SIGKILL), the posterior
 predictive against NumPy, the example script and the user guide's code."""
 
+import json
 import os
 import pathlib
 import re
@@ -528,13 +529,21 @@ def guide_code():
     return blocks[0]
 
 
-def test_user_guide_snippet_runs(tmp_path, monkeypatch, capsys):
+def test_user_guide_snippet_runs(tmp_path):
+    """The guide's complete run, as a user would paste it: in a process of its own (its
+    data pipeline is tf.data, which a torch test process must not import)."""
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
-    monkeypatch.chdir(tmp_path)
-    namespace = {}
-    exec(compile(guide_code(), "docs/sampling.md", "exec"), namespace)
-    report = namespace["report"]
+    script = tmp_path / "snippet.py"
+    script.write_text(guide_code() + '\nimport json\nprint("REPORT=" + json.dumps(report))\n')
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=runner.script_env(KERAS_BACKEND=BACKEND),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PosteriorSampler" not in result.stderr  # no warning about the run's settings
+    report = json.loads(result.stdout.split("REPORT=")[1])
     assert set(report) == {"accuracy", "nll", "brier", "ece"}
     assert report["accuracy"] > 0.5
+    assert re.search(r"^9 samples: ", result.stdout, flags=re.M)  # 3 epochs of 23 updates, every 7th
     assert (tmp_path / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
