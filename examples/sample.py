@@ -28,14 +28,15 @@ import os
 import sys
 import time
 
-import keras
-import numpy as np
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ info logs
 
-import keras_qsgld
-from keras_qsgld.calibration import calibration_report, reliability_diagram
-from keras_qsgld.experiments.datasets import OFFLINE_DATASETS, DatasetUnavailableError, load_dataset
-from keras_qsgld.experiments.models import build_model
-from keras_qsgld.sampling import PosteriorSampler, posterior_predictive
+import numpy as np  # noqa: E402
+
+import keras_qsgld  # noqa: E402
+from keras_qsgld.calibration import calibration_report, reliability_diagram  # noqa: E402
+from keras_qsgld.experiments.datasets import OFFLINE_DATASETS, DatasetUnavailableError, load_dataset  # noqa: E402
+from keras_qsgld.experiments.models import build_model  # noqa: E402
+from keras_qsgld.sampling import PosteriorSampler, posterior_predictive  # noqa: E402
 
 MODEL = {"digits": "mlp", "mnist1d": "cnn1d"}
 QUICK = dict(train_epochs=2, sample_epochs=3, burn_in=1, thin=2, max_samples=10, max_examples=320)

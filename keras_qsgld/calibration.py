@@ -111,7 +111,9 @@ def check_labels(y_true, num_classes, num_examples, name="y_true"):
         )
     if labels.dtype.kind == "f":
         if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
-            raise ValueError(f"Argument `{name}` must hold integer labels. Received: {name} with non-integer values")
+            raise ValueError(
+                f"Argument `{name}` must hold integer labels. Received: {name} with non-integer values"
+            )
     labels = labels.astype(np.int64)
     if labels.shape[0] != num_examples:
         raise ValueError(
@@ -350,9 +352,13 @@ def gaussian_negative_log_likelihood(y_true, mean, variance):
         ) from None
     for name, array in (("y_true", y), ("mean", mu), ("variance", var)):
         if array.size == 0 or not np.all(np.isfinite(array)):
-            raise ValueError(f"Argument `{name}` must be non-empty and finite. Received: {name} with shape {array.shape}")
+            raise ValueError(
+                f"Argument `{name}` must be non-empty and finite. Received: {name} with shape {array.shape}"
+            )
     if np.any(var <= 0):
-        raise ValueError(f"Argument `variance` must be > 0. Received: variance with minimum {float(var.min()):g}")
+        raise ValueError(
+            f"Argument `variance` must be > 0. Received: variance with minimum {float(var.min()):g}"
+        )
     return float(np.mean(0.5 * np.log(2.0 * math.pi * var) + (y - mu) ** 2 / (2.0 * var)))
 
 

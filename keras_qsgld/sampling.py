@@ -46,7 +46,7 @@ from keras_qsgld.validation import check_bool, check_choice, check_integer
 BURN_IN_UNITS = ("epochs", "steps")
 TASKS = ("classification", "regression")
 SAMPLE_FILE = re.compile(r"^sample-(\d+)\.weights\.h5$")
-_TEMPORARY_FILE = re.compile(r"^\.tmp-sample-(\d+)\.weights\.h5$")
+_TEMPORARY_FILE = re.compile(r"^\.tmp-sample-(\d+)-(\d+)\.weights\.h5$")
 
 
 def sample_file_name(update):
@@ -128,8 +128,9 @@ class PosteriorSampler(keras.callbacks.Callback):
         samples_per_cycle: integer >= 1, with `cycle_length`: samples per cycle, `thin`
             updates apart and ending with the cycle's last update. Default 1.
             `(samples_per_cycle - 1) * thin` must be less than `cycle_length`.
-        verbose: 0 (silent) or 1 (default): one progress line per epoch, and one when a
-            run resumes with samples already kept.
+        verbose: 0 (silent) or 1 (default): one progress line per epoch
+            (`PosteriorSampler, epoch 7: 12/50 samples, last after update 585 (update 585)`),
+            and one when a run resumes with samples already kept.
 
     Attributes:
         samples: the samples kept, in update order: lists of NumPy arrays (in memory) or
@@ -161,7 +162,9 @@ class PosteriorSampler(keras.callbacks.Callback):
         verbose=1,
     ):
         super().__init__()
-        self.burn_in = check_integer("burn_in", burn_in, minimum=0, description="a number of updates or epochs")
+        self.burn_in = check_integer(
+            "burn_in", burn_in, minimum=0, description="a number of updates or epochs"
+        )
         self.burn_in_unit = check_choice("burn_in_unit", burn_in_unit, BURN_IN_UNITS)
         self.thin = check_integer("thin", thin, minimum=1, description="a number of updates")
         self.max_samples = (
@@ -169,7 +172,9 @@ class PosteriorSampler(keras.callbacks.Callback):
             else check_integer("max_samples", max_samples, minimum=1, description="a number of samples")
         )
         if directory is not None and not isinstance(directory, (str, os.PathLike)):
-            raise ValueError(f"Argument `directory` must be None or a folder path. Received: directory={directory!r}")
+            raise ValueError(
+                f"Argument `directory` must be None or a folder path. Received: directory={directory!r}"
+            )
         self.directory = None if directory is None else os.fspath(directory)
         self.cycle_length = (
             None if cycle_length is None
@@ -261,7 +266,9 @@ class PosteriorSampler(keras.callbacks.Callback):
         if self.cycle_length is None:
             return (high - burn_in) // self.thin - (low - burn_in) // self.thin
         c = self.cycle_length
-        return sum((high + j * self.thin) // c - (low + j * self.thin) // c for j in range(self.samples_per_cycle))
+        # per sample slot j of a cycle: the updates u = -j * thin (mod c) in (low, high]
+        offsets = (j * self.thin for j in range(self.samples_per_cycle))
+        return sum((high + d) // c - (low + d) // c for d in offsets)
 
     def _require_burn_in(self):
         if self._burn_in_steps is None:
@@ -277,9 +284,10 @@ class PosteriorSampler(keras.callbacks.Callback):
             self._warned.add(key)
             warnings.warn(message, UserWarning, stacklevel=3)
 
-    def _say(self, message):
+    def _say(self, message, epoch=None):
         if self.verbose:
-            print(f"PosteriorSampler: {message}", flush=True)
+            where = "" if epoch is None else f", epoch {epoch + 1}"
+            print(f"PosteriorSampler{where}: {message}", flush=True)
 
     def _check_optimizer(self, optimizer):
         inner = unwrap_optimizer(optimizer)
@@ -305,18 +313,22 @@ class PosteriorSampler(keras.callbacks.Callback):
             'resolution=keras_qsgld.Temperature(T), rounding="dithered").',
         )
 
-    def _updates_per_epoch(self, optimizer):
+    def _updates_after(self, optimizer, epochs):
+        """Optimizer updates after `epochs` epochs of `fit`'s batches, or None if `fit` does
+        not know its batches per epoch. With gradient accumulation, `iterations` counts
+        `batches // gradient_accumulation_steps`."""
         batches = (self.params or {}).get("steps")
         if batches is None:
             return None
         accumulation = getattr(unwrap_optimizer(optimizer), "gradient_accumulation_steps", None) or 1
-        return batches // accumulation
+        return (epochs * batches) // accumulation
 
-    def _resolve_burn_in(self, updates_per_epoch):
+    def _resolve_burn_in(self, optimizer):
         if self.burn_in_unit == "steps" or self.burn_in == 0:
             self._burn_in_steps = self.burn_in
             return
-        if updates_per_epoch is None:
+        updates = self._updates_after(optimizer, self.burn_in)
+        if updates is None:
             raise ValueError(
                 f"PosteriorSampler: burn_in={self.burn_in} epochs, but fit does not know how many "
                 "batches an epoch has (a dataset of unknown length). Pass burn_in_unit='steps' "
@@ -324,7 +336,7 @@ class PosteriorSampler(keras.callbacks.Callback):
                 "(fit(steps_per_epoch=...), or tf.data.experimental.assert_cardinality). "
                 "Received: burn_in_unit='epochs'"
             )
-        self._burn_in_steps = self.burn_in * updates_per_epoch
+        self._burn_in_steps = updates
 
     def _check_run_length(self, start, end):
         """Warnings when the run [start, end] of updates keeps fewer samples than asked."""
@@ -360,8 +372,7 @@ class PosteriorSampler(keras.callbacks.Callback):
         if optimizer is None:
             raise ValueError("PosteriorSampler: the model has no optimizer; compile it before fit.")
         self._check_optimizer(optimizer)
-        updates_per_epoch = self._updates_per_epoch(optimizer)
-        self._resolve_burn_in(updates_per_epoch)
+        self._resolve_burn_in(optimizer)
         start = _to_int(optimizer.iterations)
         self._last = start
         if self.directory is not None:
@@ -396,8 +407,9 @@ class PosteriorSampler(keras.callbacks.Callback):
         if self._kept and start > 0:
             self._say(f"resuming at update {start} with {len(self._kept)} samples kept")
         epochs = (self.params or {}).get("epochs")
-        if updates_per_epoch is not None and epochs is not None:
-            self._check_run_length(start, start + max(epochs - epoch, 0) * updates_per_epoch)
+        remaining = None if epochs is None else self._updates_after(optimizer, max(epochs - epoch, 0))
+        if remaining is not None:
+            self._check_run_length(start, start + remaining)
 
     # -- callback hooks ---------------------------------------------------------------------------
     def on_train_begin(self, logs=None):
@@ -434,11 +446,11 @@ class PosteriorSampler(keras.callbacks.Callback):
         burn_in = self._burn_in_steps
         total = f"/{self.max_samples}" if self.max_samples is not None else ""
         if now <= burn_in:
-            self._say(f"burn-in, update {now} of {burn_in}; {len(self._kept)}{total} samples")
+            self._say(f"burn-in, update {now} of {burn_in}; {len(self._kept)}{total} samples", epoch)
         else:
             last = max(self._kept) if self._kept else None
             where = f", last after update {last}" if last is not None else ""
-            self._say(f"{len(self._kept)}{total} samples{where} (update {now})")
+            self._say(f"{len(self._kept)}{total} samples{where} (update {now})", epoch)
 
     def on_train_end(self, logs=None):
         self._last = None
@@ -453,7 +465,9 @@ class PosteriorSampler(keras.callbacks.Callback):
             self._kept[update] = [np.array(w, copy=True) for w in model.get_weights()]
             return
         path = os.path.join(self.directory, sample_file_name(update))
-        temporary = os.path.join(self.directory, f".tmp-sample-{update:09d}.weights.h5")
+        # A name of this process's own (several workers may write the same sample), then an
+        # atomic rename: a killed write never leaves a truncated sample file.
+        temporary = os.path.join(self.directory, f".tmp-sample-{update:09d}-{os.getpid()}.weights.h5")
         skip = [model.optimizer] if model.optimizer is not None else None
         keras.saving.save_weights(model, temporary, objects_to_skip=skip)
         os.replace(temporary, path)
@@ -469,7 +483,8 @@ def _softmax(logits):
 
 
 def _sigmoid(logits):
-    return np.where(logits >= 0, 1.0 / (1.0 + np.exp(-np.abs(logits))), np.exp(-np.abs(logits)) / (1.0 + np.exp(-np.abs(logits))))
+    e = np.exp(-np.abs(logits))  # never overflows
+    return np.where(logits >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def _sample_list(samples):
@@ -495,12 +510,17 @@ def _load_sample(model, sample, index, num_weights):
                 f"samples[{index}]={path!r}"
             )
         if not os.path.isfile(path):
-            raise ValueError(f"Argument `samples` holds a path that does not exist. Received: samples[{index}]={path!r}")
+            raise ValueError(
+                f"Argument `samples` holds a path that does not exist. Received: samples[{index}]={path!r}"
+            )
         skip = [model.optimizer] if getattr(model, "optimizer", None) is not None else None
         model.load_weights(path, objects_to_skip=skip)
         return
     if not isinstance(sample, (list, tuple)) or len(sample) != num_weights:
-        what = f"a list of {len(sample)} arrays" if isinstance(sample, (list, tuple)) else type(sample).__name__
+        if isinstance(sample, (list, tuple)):
+            what = f"a list of {len(sample)} arrays"
+        else:
+            what = type(sample).__name__
         raise ValueError(
             f"Argument `samples` must hold weight lists of the model's {num_weights} weights "
             f"(model.get_weights()) or .weights.h5 paths. Received: samples[{index}] is {what}"
@@ -604,7 +624,9 @@ def posterior_predictive(
           Posterior in Deep Neural Networks Really?
     """
     if not isinstance(model, keras.Model):
-        raise ValueError(f"Argument `model` must be a keras.Model. Received: model of type {type(model).__name__}")
+        raise ValueError(
+            f"Argument `model` must be a keras.Model. Received: model of type {type(model).__name__}"
+        )
     if not model.built:
         raise ValueError("Argument `model` must be built (call it on data, or build it) before predicting.")
     samples = _sample_list(samples)
@@ -618,9 +640,15 @@ def posterior_predictive(
     if isinstance(verbose, (bool, np.bool_)) or verbose not in (0, 1, 2):
         raise ValueError(f"Argument `verbose` must be 0, 1 or 2. Received: verbose={verbose!r}")
     if task == "regression" and from_logits:
-        raise ValueError("Argument `from_logits` applies to classification only. Received: from_logits=True with task='regression'")
+        raise ValueError(
+            "Argument `from_logits` applies to classification only. "
+            "Received: from_logits=True with task='regression'"
+        )
     if task == "classification" and model_variance:
-        raise ValueError("Argument `model_variance` applies to regression only. Received: model_variance=True with task='classification'")
+        raise ValueError(
+            "Argument `model_variance` applies to regression only. "
+            "Received: model_variance=True with task='classification'"
+        )
 
     original = [np.array(w, copy=True) for w in model.get_weights()]
     num_weights = len(original)
@@ -632,13 +660,14 @@ def posterior_predictive(
             if task == "classification":
                 if isinstance(outputs, list):
                     raise ValueError(
-                        f"Argument `model` must have one output for classification. Received: a model with {len(outputs)} outputs"
+                        "Argument `model` must have one output for classification. "
+                        f"Received: a model with {len(outputs)} outputs"
                     )
                 if from_logits:
                     outputs = _sigmoid(outputs) if outputs.shape[-1] == 1 else _softmax(outputs)
                 else:
-                    check_probabilities(outputs.reshape(-1, outputs.shape[-1]) if outputs.ndim > 1 else outputs,
-                                        name="model outputs")
+                    rows = outputs.reshape(-1, outputs.shape[-1]) if outputs.ndim > 1 else outputs
+                    check_probabilities(rows, name="model outputs")
                 total = outputs if total is None else total + outputs
                 continue
             if model_variance:

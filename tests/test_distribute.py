@@ -15,6 +15,8 @@ import pytest
 
 from tests.scripts import runner
 
+pytestmark = pytest.mark.backends("tensorflow")  # tf.distribute: TensorFlow's own machinery
+
 OPTIMIZERS = ("qsgld", "qadam")
 QP = 2.0**19  # ResolutionSchedule(eta=2**19) over 2 epochs stays at 2**19 after epoch 0.718
 # Float summation order may flip the rounding of a coordinate that sits within ~1e-7 of a

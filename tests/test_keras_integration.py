@@ -135,7 +135,7 @@ def test_eager_apply_runs_the_xla_compiled_update(cls):
             assert opt._xla_update_step is not None
             assert opt._xla_update_step.experimental_get_tracing_count() == 1
         else:
-            assert opt.__dict__.get("_xla_update_step") is None
+            assert opt._xla_update_step is None
     assert_same_arrays(results[True][0], results[False][0])
     # XLA contracts `momentum * m - lr * g` (and Adam's moments) into fused multiply-adds, so
     # the slots may differ in their last bits; the rounded increments did not.
@@ -149,7 +149,7 @@ def test_eager_xla_is_skipped_inside_tf_function():
     opt = keras_qsgld.QSGLD(0.1, resolution=1024.0)
     f = tf.function(lambda g: opt.apply([g], [v]))
     f(tf.ones(4))
-    assert opt.__dict__.get("_xla_update_step") is None  # the enclosing function decides about XLA
+    assert opt._xla_update_step is None  # the enclosing function decides about XLA
     np.testing.assert_array_equal(v.numpy(), ref.increment(-0.1 * np.ones(4), 1024.0))
 
 
@@ -707,7 +707,7 @@ def test_loss_scale_optimizer_skips_non_finite_steps(cls, jit_compile):
     assert int(lso.inner_optimizer.iterations) == 1
     assert np.all(np.isfinite(v.numpy())) and not np.array_equal(v.numpy(), np.ones((2, 2)))
     if BACKEND == "tensorflow":  # eager: the XLA update ran
-        assert (inner.__dict__.get("_xla_update_step") is not None) == jit_compile
+        assert (inner._xla_update_step is not None) == jit_compile
 
 
 @pytest.mark.backends("tensorflow")

@@ -12,6 +12,8 @@ import pytest
 
 from tests.scripts import runner
 
+pytestmark = pytest.mark.backends("tensorflow")  # tf.distribute: TensorFlow's own machinery
+
 EXAMPLE = "examples/distributed.py"
 ARGS = ["--dataset", "digits", "--epochs", "2", "--batch-size", "128", "--verbose", "0"]
 TIMEOUT = 300

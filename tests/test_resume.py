@@ -77,7 +77,7 @@ def test_resume_after_sigkill_is_bitwise_identical(killed_backup):
     full, resumed = _load(tmp / "full.npz"), _load(tmp / "resumed.npz")
     assert int(full["resumed_from"]) == 0
     assert int(resumed["resumed_from"]) == 12
-    # Weights, iterations, momentum slots and the noise statistics: bit for bit.
+    # Weights, iterations, learning rate, generator state and momentum slots: bit for bit.
     _assert_bitwise_equal(full, resumed)
     assert not backup.exists()  # BackupAndRestore deletes its backup after a finished fit
 

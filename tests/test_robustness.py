@@ -8,28 +8,34 @@ import numpy as np
 import pytest
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 import keras_qsgld
 from keras_qsgld import CompensationSchedule, QAdam, QSGLD, ResolutionSchedule
 from tests import reference
+from tests.backends import CompiledApply
 
 W0 = np.array([0.3, -1.2, 2.0, 0.0], dtype=np.float32)
 G = np.array([0.5, -0.25, 1e-3, 2.0], dtype=np.float32)
 F32_MAX = float(np.finfo(np.float32).max)
 
 
+def in_steps(**kwargs):
+    """The resolution schedule counted in optimizer steps (one step per "epoch")."""
+    return ResolutionSchedule(steps_per_epoch=1, **kwargs)
+
+
 def _apply(optimizer, gradient, w0=W0, steps=1):
     variable = keras.Variable(np.array(w0, dtype=np.float32))
     for _ in range(steps):
-        optimizer.apply_gradients([(tf.constant(np.asarray(gradient, np.float32)), variable)])
+        optimizer.apply_gradients([(ops.convert_to_tensor(np.asarray(gradient, np.float32)), variable)])
     return variable.numpy()
 
 
 def _small_model(optimizer=None, seed=0):
     keras.utils.set_random_seed(seed)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    model.compile(optimizer or QSGLD(0.1, momentum=0.9), "mse", jit_compile=False)
+    model.compile(optimizer or QSGLD(0.1, resolution=in_steps(), momentum=0.9), "mse", jit_compile=False)
     return model
 
 
@@ -166,7 +172,7 @@ class _StepAtTrainBegin(keras.callbacks.Callback):
 @pytest.mark.parametrize("learning_rate", [1e-12, 1e-6, 1e-2])
 def test_eta_2_pow_40_is_finite_and_matches_reference(learning_rate, rounding):
     """eta = 2**40: the grid 2**-40 is finer than float32 weights resolve."""
-    optimizer = QSGLD(learning_rate, resolution=ResolutionSchedule(eta=2.0**40), rounding=rounding,
+    optimizer = QSGLD(learning_rate, resolution=in_steps(eta=2.0**40), rounding=rounding,
                       jit_compile=False)
     w = _apply(optimizer, G)
     qp = reference.resolution(0, eta=2.0**40)
@@ -178,14 +184,18 @@ def test_eta_2_pow_40_is_finite_and_matches_reference(learning_rate, rounding):
 
 
 def test_eta_2_pow_40_with_compensation_and_huge_step_counts_is_finite():
-    optimizer = QSGLD(0.1, resolution=ResolutionSchedule(eta=2.0**40),
-                      compensation=CompensationSchedule(), momentum=0.9, jit_compile=False)
+    optimizer = QSGLD(0.1, resolution=in_steps(eta=2.0**40),
+                      compensation=CompensationSchedule(steps_per_epoch=1), momentum=0.9, jit_compile=False)
     variable = keras.Variable(W0)
     optimizer.build([variable])
-    for step in (2**31, 2**53, 2**62):  # far beyond any run: Qp = 2**40 * 2**5, then * 2**5
+    # Far beyond any run (the counter is int32 on JAX and torch, int64 on TensorFlow).
+    top = np.iinfo(keras.backend.standardize_dtype(optimizer.iterations.dtype)).max
+    for step in (2**31 - 2, 2**53, 2**62):
+        if step >= top:
+            continue
         optimizer.iterations.assign(step)
         assert np.isfinite(float(optimizer.resolution_at(optimizer.iterations)))
-        optimizer.apply_gradients([(tf.constant(G), variable)])
+        optimizer.apply_gradients([(ops.convert_to_tensor(G), variable)])
         assert np.all(np.isfinite(variable.numpy()))
 
 
@@ -195,7 +205,7 @@ def test_huge_learning_rate_is_exactly_sgd(learning_rate, eta):
     """Where |Qp * h| >= 2**24 the float32 step is already on the grid: rounding is a no-op
     and, Qp being a power of 2, Q(Qp h) / Qp == h: QSGLD gives keras SGD's update bit for bit."""
     assert np.min(np.abs(learning_rate * G)) * eta / 2 >= 2**24  # Qp(0) = eta / 2
-    w = _apply(QSGLD(learning_rate, resolution=ResolutionSchedule(eta=eta), jit_compile=False), G)
+    w = _apply(QSGLD(learning_rate, resolution=in_steps(eta=eta), jit_compile=False), G)
     sgd = _apply(keras.optimizers.SGD(learning_rate), G)
     assert np.all(np.isfinite(w))
     np.testing.assert_array_equal(w, sgd)
@@ -204,7 +214,7 @@ def test_huge_learning_rate_is_exactly_sgd(learning_rate, eta):
 def test_learning_rate_whose_scaled_step_overflows_float32_stays_finite():
     learning_rate = 1e30
     assert learning_rate * 0.5 * 2.0**39 > F32_MAX  # Qp(0) = 2**39
-    w = _apply(QSGLD(learning_rate, resolution=ResolutionSchedule(eta=2.0**40), jit_compile=False), G)
+    w = _apply(QSGLD(learning_rate, resolution=in_steps(eta=2.0**40), jit_compile=False), G)
     np.testing.assert_array_equal(w, _apply(keras.optimizers.SGD(learning_rate), G))
 
 
@@ -215,36 +225,52 @@ def test_tiny_learning_rate_nearest_freezes_floor_drifts():
     lr = 1e-12
     qp = reference.resolution(0)
     h = -np.float32(lr) * G.astype(np.float64)
-    nearest = _apply(QSGLD(lr, jit_compile=False), G, steps=3)
+    nearest = _apply(QSGLD(lr, resolution=in_steps(), jit_compile=False), G, steps=3)
     np.testing.assert_array_equal(nearest, W0)
-    floor = _apply(QSGLD(lr, rounding="floor", jit_compile=False), G)
+    floor = _apply(QSGLD(lr, resolution=in_steps(), rounding="floor", jit_compile=False), G)
     expected = W0.astype(np.float64) + reference.increment(h, qp, rounding="floor")
     np.testing.assert_allclose(floor, expected, rtol=0, atol=1e-7)
     assert np.array_equal(floor != W0, h < 0)
 
 
 def test_zero_learning_rate_never_moves():
-    for optimizer in (QSGLD(0.0, compensation=1.0, rounding="floor", jit_compile=False),
-                      QAdam(0.0, compensation=1.0, jit_compile=False)):
+    for optimizer in (QSGLD(0.0, resolution=in_steps(), compensation=1.0, rounding="floor", jit_compile=False),
+                      QAdam(0.0, resolution=in_steps(), compensation=1.0, jit_compile=False)):
         np.testing.assert_array_equal(_apply(optimizer, G, steps=3), W0)
+
+
+@pytest.mark.parametrize("rounding", ["stochastic", "dithered"])
+def test_zero_learning_rate_freezes_the_random_roundings_too(rounding):
+    """The dither's noise does not depend on the step; a learning rate of 0 still freezes
+    the weights (documented), as Keras users expect of `lr = 0`."""
+    for optimizer in (QSGLD(0.0, resolution=64.0, compensation=1.0, rounding=rounding, seed=1),
+                      QAdam(0.0, resolution=64.0, rounding=rounding, seed=1)):
+        np.testing.assert_array_equal(_apply(optimizer, G, steps=3), W0)
+
+
+def test_dithered_rounding_moves_weights_whose_gradient_is_exactly_zero():
+    """Langevin noise is independent of the gradient (documented): a zero gradient with a
+    positive learning rate still moves the weights, by less than half a cell per step."""
+    w = _apply(QSGLD(0.1, resolution=64.0, rounding="dithered", seed=1), np.zeros_like(G))
+    assert np.all(w != W0) and np.all(np.abs(w - W0) <= 0.5 / 64.0)
 
 
 # -- a zero gradient for ever --------------------------------------------------------------
 @pytest.mark.parametrize("make", [
-    lambda: QSGLD(0.1, jit_compile=False),
-    lambda: QSGLD(0.1, rounding="floor", jit_compile=False),
-    lambda: QSGLD(0.1, momentum=0.9, nesterov=True, compensation=CompensationSchedule(), jit_compile=False),
-    lambda: QAdam(0.1, compensation=1.0, jit_compile=False),
-    lambda: QAdam(0.1, rounding="floor", jit_compile=False),
+    lambda: QSGLD(0.1, resolution=in_steps(), jit_compile=False),
+    lambda: QSGLD(0.1, resolution=in_steps(), rounding="floor", jit_compile=False),
+    lambda: QSGLD(0.1, resolution=in_steps(), momentum=0.9, nesterov=True, compensation=CompensationSchedule(steps_per_epoch=1), jit_compile=False),
+    lambda: QAdam(0.1, resolution=in_steps(), compensation=1.0, jit_compile=False),
+    lambda: QAdam(0.1, resolution=in_steps(), rounding="floor", jit_compile=False),
 ], ids=["qsgld", "qsgld-floor", "qsgld-nesterov-compensation", "qadam-compensation", "qadam-floor"])
 def test_zero_gradient_for_ever_keeps_the_weights(make):
     """h = 0: the compensation's norm is 0 (r = 0, no 0/0) and Q(0) = 0 for every rounding."""
     optimizer = make()
     variable = keras.Variable(W0)
-    step = tf.function(lambda g: optimizer.apply_gradients([(g, variable)]))
-    zero = tf.zeros_like(W0)
+    step = CompiledApply(optimizer, [variable])
+    zero = np.zeros_like(W0)
     for _ in range(200):
-        step(zero)
+        step([zero])
     assert int(optimizer.iterations.numpy()) == 200
     np.testing.assert_array_equal(variable.numpy(), W0)
 
@@ -252,7 +278,7 @@ def test_zero_gradient_for_ever_keeps_the_weights(make):
 def test_qadam_zero_epsilon_zero_gradient_is_nan_like_keras_adam():
     """epsilon = 0 and g = 0 gives m / sqrt(v) = 0 / 0: NaN weights, as keras Adam does."""
     zero = np.zeros_like(W0)
-    qadam = _apply(QAdam(0.1, epsilon=0.0, jit_compile=False), zero)
+    qadam = _apply(QAdam(0.1, resolution=in_steps(), epsilon=0.0, jit_compile=False), zero)
     adam = _apply(keras.optimizers.Adam(0.1, epsilon=0.0), zero)
     assert np.all(np.isnan(adam)) and np.all(np.isnan(qadam))
 
@@ -268,8 +294,8 @@ def _nan_data():
 
 OPTIMIZERS = {
     "sgd": lambda: keras.optimizers.SGD(0.01),
-    "qsgld": lambda: QSGLD(0.01, compensation=1.0, jit_compile=False),
-    "qadam": lambda: QAdam(0.01, jit_compile=False),
+    "qsgld": lambda: QSGLD(0.01, resolution=in_steps(), compensation=1.0, jit_compile=False),
+    "qadam": lambda: QAdam(0.01, resolution=in_steps(), jit_compile=False),
 }
 
 

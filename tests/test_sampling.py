@@ -99,19 +99,19 @@ def test_max_samples_stops_collecting(capsys):
     sampler = PosteriorSampler(thin=2, max_samples=3, verbose=1)
     fit(compiled_model(), sampler, epochs=3)
     assert sampler.sample_steps == [2, 4, 6]
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("PosteriorSampler:")]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("PosteriorSampler")]
     assert lines == [
-        "PosteriorSampler: 2/3 samples, last after update 4 (update 4)",
-        "PosteriorSampler: 3/3 samples, last after update 6 (update 8)",
-        "PosteriorSampler: 3/3 samples, last after update 6 (update 12)",
+        "PosteriorSampler, epoch 1: 2/3 samples, last after update 4 (update 4)",
+        "PosteriorSampler, epoch 2: 3/3 samples, last after update 6 (update 8)",
+        "PosteriorSampler, epoch 3: 3/3 samples, last after update 6 (update 12)",
     ]
 
 
 def test_progress_line_during_burn_in(capsys):
     fit(compiled_model(), PosteriorSampler(burn_in=6, burn_in_unit="steps", verbose=1), epochs=2)
     out = capsys.readouterr().out
-    assert "PosteriorSampler: burn-in, update 4 of 6; 0 samples" in out
-    assert "PosteriorSampler: 2 samples, last after update 8 (update 8)" in out
+    assert "PosteriorSampler, epoch 1: burn-in, update 4 of 6; 0 samples" in out
+    assert "PosteriorSampler, epoch 2: 2 samples, last after update 8 (update 8)" in out
 
 
 def test_cycle_mode_keeps_the_ends_of_the_cycles():
@@ -171,11 +171,14 @@ def test_samples_in_memory_are_copies():
 # -- in a folder ---------------------------------------------------------------------------------
 def test_directory_holds_one_weights_file_per_sample(tmp_path):
     folder = tmp_path / "chain"
+    folder.mkdir()
+    (folder / ".tmp-sample-000000005-4242.weights.h5").write_bytes(b"half a file")  # a killed write
+    (folder / "notes.txt").write_text("not ours")
     sampler, recorder = PosteriorSampler(burn_in=5, burn_in_unit="steps", thin=3, directory=folder, verbose=0), Recorder()
     model = compiled_model()
     fit(model, sampler, epochs=4, recorder=recorder)
     names = ["sample-000000008.weights.h5", "sample-000000011.weights.h5", "sample-000000014.weights.h5"]
-    assert sorted(os.listdir(folder)) == names
+    assert sorted(os.listdir(folder)) == ["notes.txt"] + names
     assert sampler.samples == [str(folder / n) for n in names]
     assert sampler.sample_steps == [8, 11, 14]
     # each file holds the weights of its update, and no optimizer state
@@ -529,21 +532,32 @@ def guide_code():
     return blocks[0]
 
 
-def test_user_guide_snippet_runs(tmp_path):
-    """The guide's complete run, as a user would paste it: in a process of its own (its
-    data pipeline is tf.data, which a torch test process must not import)."""
+def test_user_guide_snippet_runs(tmp_path, monkeypatch, capsys):
+    """The guide's complete run as a user would paste it. Its data pipeline is tf.data,
+    which a torch test process must not import: there it runs in a process of its own."""
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
-    script = tmp_path / "snippet.py"
-    script.write_text(guide_code() + '\nimport json\nprint("REPORT=" + json.dumps(report))\n')
-    result = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=runner.script_env(KERAS_BACKEND=BACKEND),
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "PosteriorSampler" not in result.stderr  # no warning about the run's settings
-    report = json.loads(result.stdout.split("REPORT=")[1])
+    code = guide_code()
+    if BACKEND == "torch":
+        script = tmp_path / "snippet.py"
+        script.write_text(code + '\nimport json\nprint("REPORT=" + json.dumps(report))\n')
+        result = subprocess.run(
+            [sys.executable, str(script)], cwd=tmp_path, env=runner.script_env(KERAS_BACKEND=BACKEND),
+            capture_output=True, text=True, timeout=300,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        out, err = result.stdout, result.stderr
+        report = json.loads(out.split("REPORT=")[1])
+    else:
+        monkeypatch.chdir(tmp_path)
+        namespace = {}
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            exec(compile(code, "docs/sampling.md", "exec"), namespace)
+        out, err = capsys.readouterr().out, "\n".join(sampler_warnings(record))
+        report = namespace["report"]
+    assert "PosteriorSampler" not in err  # no warning about the run's settings
     assert set(report) == {"accuracy", "nll", "brier", "ece"}
     assert report["accuracy"] > 0.5
-    assert re.search(r"^9 samples: ", result.stdout, flags=re.M)  # 3 epochs of 23 updates, every 7th
+    assert re.search(r"^9 samples: ", out, flags=re.M)  # 3 epochs of 23 updates, every 7th
     assert (tmp_path / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

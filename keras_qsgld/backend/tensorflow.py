@@ -20,6 +20,8 @@ class TFQuantizedOptimizer(QuantizedOptimizer):
       Inside `fit` or a `tf.function` the update follows that function's own setting.
     """
 
+    _xla_update_step = None  # the compiled update, made on the first eager apply
+
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         if self.jit_compile and tf.executing_eagerly() and not tf.distribute.has_strategy():
@@ -32,7 +34,7 @@ class TFQuantizedOptimizer(QuantizedOptimizer):
         return super()._backend_update_step(grads, trainable_variables, learning_rate)
 
     def _compiled_update_step(self):
-        compiled = self.__dict__.get("_xla_update_step")
+        compiled = self._xla_update_step
         if compiled is None:
             # A partial, not a bound method: TensorFlow's retracing detector keys functions by
             # their code object, which every instance's bound method shares, and warned when

@@ -234,8 +234,8 @@ def main(argv=None):
             meta[name]["single_noise"] = single_model.optimizer.noise_statistics(reset=False)
             meta[name]["mirrored_noise"] = opt.noise_statistics(reset=False)
             # The raw count (weighted by 1 / number of weights): one per step, not per replica.
-            meta[name]["single_noise_count"] = float(single_model.optimizer._noise_stats[0].numpy())
-            meta[name]["mirrored_noise_count"] = float(opt._noise_stats[0].numpy())
+            meta[name]["single_noise_count"] = float(single_model.optimizer._noise.variables[0].numpy())
+            meta[name]["mirrored_noise_count"] = float(opt._noise.variables[0].numpy())
     meta["jit_probe"] = jit_probe(mirrored, init, x, y, args.batch_size)
     meta["custom_loop"], custom = custom_loop(mirrored, init, x, y, args.batch_size)
     out.update(custom)

@@ -13,8 +13,9 @@ exactly, because QSGLD draws no random numbers and its schedules read only
 `optimizer.iterations`:
 
 1. the data is a deterministic stream with batch `t` at optimizer step `t` (here a
-   per-epoch permutation drawn from the seed; with tf.data, `dataset.repeat()` of a seeded
-   shuffle), and the restarted process skips the `done` steps the backup holds;
+   generator over a per-epoch permutation drawn from the seed, on every backend; with
+   tf.data, `dataset.repeat()` of a seeded shuffle), and the restarted process skips the
+   `done` steps the backup holds;
 2. `ExactResume`, placed after `BackupAndRestore`, starts the epoch loop at `done // S`
    and stops training after exactly `epochs * S` optimizer steps.
 
@@ -103,11 +104,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import keras
-    import tensorflow as tf
 
     import keras_qsgld
 
-    tf.config.experimental.enable_op_determinism()
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(args.seed)
     x, y = make_data(args.seed)
     steps = N_EXAMPLES // args.batch_size
@@ -148,15 +151,18 @@ def main(argv=None):
         callbacks = [backup]
     if args.kill_at_step is not None:
         callbacks.append(make_killable(args.kill_at_step, args.marker))
-    xs, ys = tf.constant(x), tf.constant(y)
-    data = tf.data.Dataset.from_tensor_slices(indices[done:]).map(
-        lambda i: (tf.gather(xs, i), tf.gather(ys, i))
-    )
-    model.fit(data, epochs=args.epochs, steps_per_epoch=steps, verbose=0, shuffle=False,
+
+    def batches():  # batch t at optimizer step t, on every backend
+        for rows in indices[done:]:
+            yield x[rows], y[rows]
+
+    model.fit(batches(), epochs=args.epochs, steps_per_epoch=steps, verbose=0, shuffle=False,
               callbacks=callbacks)
 
     arrays = {f"weight/{i}": w for i, w in enumerate(model.get_weights())}
-    arrays.update({f"optimizer/{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)})
+    # The saved state: iterations, learning rate, generator state, slots (the noise statistics
+    # are diagnostics, not state: they are not saved and restart on resume).
+    arrays.update({f"optimizer/{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer._state_variables())})
     arrays["resumed_from"] = np.asarray(done)
     np.savez(args.out, **arrays)
     return 0

@@ -1,8 +1,9 @@
 """Starting the helper scripts of `tests/scripts/` as subprocesses, bounded in time.
 
-Every test that needs its own TensorFlow process (logical devices, `TF_CONFIG`, a process
-to SIGKILL) goes through here, so each child gets the same quiet, single-threaded,
-reproducible environment and is always killed, whatever happens to the test.
+Every test that needs a process of its own (logical devices, `TF_CONFIG`, a process to
+SIGKILL) goes through here, so each child gets the same quiet, single-threaded,
+reproducible environment and is always killed, whatever happens to the test. The child
+runs the Keras backend of the tests (`KERAS_BACKEND`), TensorFlow when none is set.
 """
 
 import os
@@ -18,11 +19,12 @@ SCRIPTS = ROOT / "tests" / "scripts"
 
 
 def script_env(**extra):
-    """The environment of a child process: the repository importable, TF quiet and single-threaded."""
+    """The environment of a child process: the repository importable, the tests' Keras
+    backend, TensorFlow quiet and single-threaded."""
     env = dict(os.environ)
     env.pop("TF_CONFIG", None)
+    env.setdefault("KERAS_BACKEND", "tensorflow")
     env.update(
-        KERAS_BACKEND="tensorflow",
         TF_CPP_MIN_LOG_LEVEL="2",
         TF_NUM_INTRAOP_THREADS="1",
         TF_NUM_INTEROP_THREADS="1",
