@@ -129,7 +129,7 @@ class PosteriorSampler(keras.callbacks.Callback):
             updates apart and ending with the cycle's last update. Default 1.
             `(samples_per_cycle - 1) * thin` must be less than `cycle_length`.
         verbose: 0 (silent) or 1 (default): one progress line per epoch
-            (`PosteriorSampler, epoch 7: 12/50 samples, last after update 585 (update 585)`),
+            (`PosteriorSampler, epoch 13: 12/50 samples, last after update 585 (update 585)`),
             and one when a run resumes with samples already kept.
 
     Attributes:

@@ -239,28 +239,3 @@ def test_cifar_quick_and_report(tmp_path):
         md = f.read()
     assert "Short run of the paper's CIFAR protocol" in md
     assert "speed/apply" in missing and "gpu/speed/apply" in missing and "gpu/cifar/cifar" not in missing
-
-
-def test_lean_qsgld_prototype_matches_qsgld():
-    """The benchmark-only lean update (scalar * g, schedules once) gives QSGLD's increments."""
-    import tensorflow as tf
-
-    rng = np.random.default_rng(5)
-    shapes = [(40, 30), (17,), (3, 3, 2, 4)]
-    values = [rng.normal(0, 0.1, s).astype("float32") for s in shapes]
-    grads = [tf.constant(rng.normal(0, 1e-3, s).astype("float32")) for s in shapes]
-    grads[1] = tf.zeros((17,))  # a zero gradient: no compensation, no increment
-    results = []
-    for name in ("qsgld", "qsgld_lean"):
-        variables = [tf.Variable(v) for v in values]
-        opt = bopt.build(name, 0.01, steps_per_epoch=10, epochs=5)
-        step = tf.function(lambda opt=opt, variables=variables: opt.apply(grads, variables), autograph=False)
-        for _ in range(3):
-            step()
-        results.append([v.numpy() for v in variables])
-    for a, b in zip(*results):
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(results[1][1], values[1])
-    with pytest.raises(ValueError, match="momentum"):
-        bopt.LeanQSGLD(momentum=0.9)
-    assert "qsgld_lean" not in bopt.available()
