@@ -15,6 +15,8 @@ from keras_qsgld.quantization import (
     scaled_step,
 )
 from keras_qsgld.schedules import CompensationSchedule, Constant, ResolutionSchedule, Temperature
+from keras_qsgld import calibration, sampling  # noqa: F401
+from keras_qsgld.sampling import PosteriorSampler, posterior_predictive
 
 __version__ = "0.2.0"
 
@@ -34,4 +36,6 @@ __all__ = [
     "ROUNDING_MODES",
     "RANDOM_ROUNDING_MODES",
     "QSGLDMonitor",
+    "PosteriorSampler",
+    "posterior_predictive",
 ]
