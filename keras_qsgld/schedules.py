@@ -347,8 +347,9 @@ class Temperature:
     **Which temperature.** With the usual mean loss over `N` training examples,
     `L(w) = -(1/N) sum_i log p(y_i | x_i, w)`, the Bayesian posterior
     `p(w | data) ~ exp(-N L(w))` is sampled at `T = 1 / N`. Weight decay `wd` (Keras'
-    decoupled `w -= lr * wd * w`) adds the Gaussian prior `N(0, T / wd)` per weight at that
-    temperature (prior variance `1 / (N wd)` at `T = 1/N`). `T < 1/N` samples a "cold"
+    decoupled `w -= lr * wd * w`, applied outside the momentum) adds the Gaussian prior
+    `N(0, T / ((1 - momentum) wd))` per weight (variance `1 / (N wd)` at `T = 1/N` without
+    momentum). `T < 1/N` samples a "cold"
     posterior, sharper than Bayes' rule (Wenzel et al., 2020); `T -> 0` is training.
 
     With the deterministic roundings (`"nearest"`, `"floor"`) the same `Qp` gives no noise
