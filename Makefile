@@ -9,9 +9,12 @@ export KERAS_BACKEND := tensorflow
 
 .PHONY: venv demo test test-fast clean
 
+# torch==2.13.0 first: on these machines pip takes its CPU build from the local wheel folder
+# (seconds), where an open range would pull a CUDA build of several GB.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "torch==2.13.0"
 	$(PY) -m pip install --quiet -e ".[all]"
 	touch $(STAMP)
 
@@ -20,8 +23,22 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py --output-dir results/demo
 
+# Every backend in a process of its own. TensorFlow runs the whole suite; JAX and PyTorch
+# run everything but the TensorFlow-only tests (marked) and the TensorFlow script suites;
+# JAX again with x64 mode for the float64 maths.
+BACKEND_SUITES := tests/test_quantize.py tests/test_schedules.py tests/test_validation.py \
+	tests/test_qsgld.py tests/test_qadam.py tests/test_golden.py tests/test_random_rounding.py \
+	tests/test_callbacks.py tests/test_keras_integration.py tests/test_robustness.py \
+	tests/test_resume.py tests/test_sampling.py tests/test_calibration.py tests/test_examples.py \
+	tests/test_benchmarks.py
+X64_SUITES := tests/test_quantize.py tests/test_schedules.py tests/test_golden.py \
+	tests/test_keras_integration.py::test_float64_variables_keep_float64_maths
+
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile -q
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -n 2 --dist loadfile -q
+	KERAS_BACKEND=jax $(PY) -m pytest -n 2 --dist loadfile -q $(BACKEND_SUITES)
+	KERAS_BACKEND=jax JAX_ENABLE_X64=1 $(PY) -m pytest -n 2 --dist loadfile -q $(X64_SUITES)
+	KERAS_BACKEND=torch $(PY) -m pytest -n 2 --dist loadfile -q $(BACKEND_SUITES)
 
 clean:
 	rm -rf $(VENV) results .keras_home .pytest_cache

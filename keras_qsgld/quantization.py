@@ -15,10 +15,11 @@ RANDOM_ROUNDING_MODES = ("stochastic", "dithered")
 def floor(y):
     """`ops.floor`, in the dtype of `y`.
 
-    Keras 3.15's torch backend computes `ops.floor` of float64 in float32, which loses every
-    integer beyond 2**24; there the floor is built from `ops.trunc`, which keeps the dtype.
+    Keras 3.15 computes `ops.floor` of float64 in float32 on JAX (x64 mode) and torch, which
+    loses every integer beyond 2**24; for float64 the floor is built from `ops.trunc`, which
+    keeps the dtype on every backend.
     """
-    if keras.backend.backend() == "torch" and keras.backend.standardize_dtype(y.dtype) == "float64":
+    if keras.backend.standardize_dtype(y.dtype) == "float64":
         t = ops.trunc(y)
         return ops.where(ops.less(y, t), ops.subtract(t, 1.0), t)
     return ops.floor(y)

@@ -287,7 +287,7 @@ class CompensationSchedule(EpochSchedule):
         with keras.name_scope(self.name):
             x = ops.multiply(-self.kappa, ops.subtract(self.epochs(step), self.tau0))
             if self.gate == "tanh":
-                s = ops.divide(ops.add(ops.tanh(x), 1.0), 2.0)
+                s = ops.divide(ops.add(_tanh(x), 1.0), 2.0)
             else:
                 s = ops.sigmoid(x)
             return ops.cast(s, "float32")
@@ -300,6 +300,15 @@ class CompensationSchedule(EpochSchedule):
             "gate": self.gate,
             "name": self.name,
         }
+
+
+def _tanh(x):
+    """`ops.tanh` in the dtype of `x` (Keras 3.15 on JAX computes it in float32 for float64)."""
+    t = ops.tanh(x)
+    if keras.backend.standardize_dtype(t.dtype) == keras.backend.standardize_dtype(x.dtype):
+        return t
+    e = ops.exp(ops.multiply(-2.0, ops.abs(x)))
+    return ops.multiply(ops.sign(x), ops.divide(ops.subtract(1.0, e), ops.add(1.0, e)))
 
 
 @keras.saving.register_keras_serializable(package="keras_qsgld")

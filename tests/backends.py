@@ -109,7 +109,17 @@ def tensor(x):
     return keras.ops.convert_to_tensor(x, dtype=x.dtype.name)
 
 
-requires_float64 = pytest.mark.skipif(
-    not float64_available(), reason="float64 on JAX needs x64 mode (JAX_ENABLE_X64=1)"
-)
-FLOAT_DTYPES = ["float32", pytest.param("float64", marks=requires_float64)]
+_FLOAT64_MARKS = [
+    pytest.mark.float64,  # `pytest -m float64` selects them for the JAX x64 run
+    pytest.mark.skipif(not float64_available(), reason="float64 on JAX needs x64 mode (JAX_ENABLE_X64=1)"),
+]
+
+
+def requires_float64(test):
+    """Marks a test that needs float64 maths (skipped on JAX without x64 mode)."""
+    for mark in _FLOAT64_MARKS:
+        test = mark(test)
+    return test
+
+
+FLOAT_DTYPES = ["float32", pytest.param("float64", marks=_FLOAT64_MARKS)]

@@ -29,6 +29,7 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "backends(*names): run only on these Keras backends (skipped on the others)"
     )
+    config.addinivalue_line("markers", "float64: needs float64 maths (JAX: only with JAX_ENABLE_X64=1)")
 
 
 def pytest_collection_modifyitems(config, items):
