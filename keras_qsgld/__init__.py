@@ -13,6 +13,7 @@ from keras_qsgld.quantization import (
     quantize,
     quantized_increment,
     scaled_step,
+    sum_of_squares,
 )
 from keras_qsgld.schedules import CompensationSchedule, Constant, ResolutionSchedule, Temperature
 from keras_qsgld import calibration, sampling  # noqa: F401
@@ -33,6 +34,7 @@ __all__ = [
     "scaled_step",
     "compensated_step",
     "increment_and_error",
+    "sum_of_squares",
     "ROUNDING_MODES",
     "RANDOM_ROUNDING_MODES",
     "QSGLDMonitor",

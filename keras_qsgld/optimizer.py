@@ -21,6 +21,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_qsgld.backend.ops import optimization_barrier, under_xla
 from keras_qsgld.noise import NoiseStatistics
 from keras_qsgld.quantization import RANDOM_ROUNDING_MODES, ROUNDING_MODES, increment_and_error
 from keras_qsgld.random import uniform_from_seed
@@ -179,8 +180,12 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
         """Updates one variable; `scalars` is this update's `UpdateScalars`."""
         raise NotImplementedError
 
-    def _apply_increment(self, variable, h, step_size, scalars):
-        """`variable += Q(Qp (h + r)) / Qp` with `r = s * step_size * h / ||h||`."""
+    def _apply_increment(self, variable, h, step_size, scalars, step_fn=None, step_inputs=()):
+        """`variable += Q(Qp (h + r)) / Qp` with `r = s * step_size * h / ||h||`.
+
+        `h == step_fn(*step_inputs)`: under XLA the norm is taken of `h` computed again from
+        the inputs behind an optimization barrier (`increment_and_error`'s `norm_source`).
+        """
         dtype = h.dtype
         qp = ops.cast(scalars.resolution, dtype)
         gate = None if self.compensation is None else ops.cast(scalars.gate, dtype)
@@ -189,7 +194,10 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
             # Not keras.random (100x slower under XLA on CPU, another stream per backend):
             # a counter-based hash, identical compiled or not and on every backend.
             noise = uniform_from_seed(ops.shape(h), self._seed_generator.next(), dtype)
-        delta, error = increment_and_error(h, qp, step_size, gate, self.rounding, noise)
+        norm_source = None
+        if gate is not None and step_fn is not None and under_xla(h):
+            norm_source = step_fn(*optimization_barrier(*step_inputs))
+        delta, error = increment_and_error(h, qp, step_size, gate, self.rounding, noise, norm_source)
         self.assign_add(variable, ops.cast(delta, variable.dtype))
         if self._noise is not None:
             self._noise.accumulate(self, delta, error)

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_qsgld.backend import BackendQuantizedOptimizer
+from keras_qsgld.backend.optimizer import BackendQuantizedOptimizer
 from keras_qsgld.optimizer import increment_dtype, with_base_keyword_args
 from keras_qsgld.validation import check_real
 
@@ -145,13 +145,19 @@ class QAdam(BackendQuantizedOptimizer):
             ops.multiply(lr, ops.sqrt(1 - ops.power(beta_2, local_step))),
             1 - ops.power(beta_1, local_step),
         )
-        h = ops.negative(ops.divide(ops.multiply(alpha, m), ops.add(ops.sqrt(v), self.epsilon)))
-        self._apply_increment(variable, h, alpha, scalars)
+        inputs = (m, v, alpha, ops.convert_to_tensor(self.epsilon, dtype))
+        h = _adam_step(*inputs)
+        self._apply_increment(variable, h, alpha, scalars, step_fn=_adam_step, step_inputs=inputs)
 
     def get_config(self):
         config = super().get_config()
         config.update(beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon)
         return config
+
+
+def _adam_step(m, v, alpha, epsilon):
+    """`h = -alpha m / (sqrt(v) + epsilon)`, Adam's bias-corrected step."""
+    return ops.negative(ops.divide(ops.multiply(alpha, m), ops.add(ops.sqrt(v), epsilon)))
 
 
 QAdam.__doc__ = with_base_keyword_args(QAdam.__doc__)

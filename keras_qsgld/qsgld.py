@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_qsgld.backend import BackendQuantizedOptimizer
+from keras_qsgld.backend.optimizer import BackendQuantizedOptimizer
 from keras_qsgld.optimizer import increment_dtype, with_base_keyword_args
 from keras_qsgld.validation import check_bool, check_real
 
@@ -164,25 +164,40 @@ class QSGLD(BackendQuantizedOptimizer):
     def update_step(self, gradient, variable, scalars):
         dtype = increment_dtype(variable)
         lr = ops.cast(scalars.learning_rate, dtype)
-        lr_g = ops.multiply(ops.cast(gradient, dtype), lr)
-        if self.momentum != 0:
+        g = ops.cast(gradient, dtype)
+        if self.momentum == 0:
+            inputs = (g, lr)
+            h = _sgd_step(*inputs)
+        else:
             m = self.momentums[self._get_variable_index(variable)]
             # convert_to_tensor, not cast: casting a Python float goes through float32.
             momentum = ops.convert_to_tensor(self.momentum, dtype)
-            velocity = ops.subtract(ops.multiply(ops.cast(m, dtype), momentum), lr_g)
+            inputs = (g, lr, ops.cast(m, dtype), momentum)
+            h, velocity = self._momentum_step(*inputs)
             self.assign(m, ops.cast(velocity, m.dtype))
-            if self.nesterov:
-                h = ops.subtract(ops.multiply(velocity, momentum), lr_g)
-            else:
-                h = velocity
-        else:
-            h = ops.negative(lr_g)
-        self._apply_increment(variable, h, lr, scalars)
+        self._apply_increment(variable, h, lr, scalars, step_fn=self._step_only, step_inputs=inputs)
+
+    def _momentum_step(self, g, lr, m, momentum):
+        """`(h, new m)` as `keras.optimizers.SGD`: `m = momentum m - lr g`, `h = m` or Nesterov's."""
+        lr_g = ops.multiply(g, lr)
+        velocity = ops.subtract(ops.multiply(m, momentum), lr_g)
+        if self.nesterov:
+            return ops.subtract(ops.multiply(velocity, momentum), lr_g), velocity
+        return velocity, velocity
+
+    def _step_only(self, *inputs):
+        """`h` alone, from the inputs of `update_step`."""
+        return _sgd_step(*inputs) if self.momentum == 0 else self._momentum_step(*inputs)[0]
 
     def get_config(self):
         config = super().get_config()
         config.update(momentum=self.momentum, nesterov=self.nesterov)
         return config
+
+
+def _sgd_step(g, lr):
+    """`h = -lr g`, the paper's step."""
+    return ops.negative(ops.multiply(g, lr))
 
 
 QSGLD.__doc__ = with_base_keyword_args(QSGLD.__doc__)

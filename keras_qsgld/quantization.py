@@ -7,6 +7,8 @@ formula can be tested on its own against a NumPy reference.
 import keras
 from keras import ops
 
+from keras_qsgld.backend.ops import optimization_barrier
+
 ROUNDING_MODES = ("nearest", "floor", "stochastic", "dithered")
 # Modes that need a uniform draw `noise ~ U[0, 1)` of the shape of `y`.
 RANDOM_ROUNDING_MODES = ("stochastic", "dithered")
@@ -64,22 +66,54 @@ def quantize(y, rounding="nearest", noise=None):
     )
 
 
-def compensation_term(h, step_size, gate):
+ROW = 32  # terms of the first-level sums: XLA's CPU backend leaves reductions this short alone
+_PAD_RANK = 7  # leading 1-dims: a rank-9 reduction, which XLA does not hand to a library (rank <= 8)
+
+
+def sum_of_squares(h):
+    """`sum(h**2)` over the whole tensor, summed in two levels: rows of 32, then the rows.
+
+    The summation order of a norm is free; this one is fast under XLA on the CPU, where one
+    large reduction becomes a serial chain of scalar adds with the square unfused, or (JAX)
+    a library call that first writes `h**2` out. The rows are a rank-9 view (so XLA keeps
+    them in its own vectorized loop, with `h` and the square fused in) and an optimization
+    barrier separates the levels (so XLA does not merge them back). Elsewhere it is two
+    ordinary reductions. The last `size % 32` elements are summed on their own.
+    """
+    n = 1
+    for dim in h.shape:
+        n *= dim
+    flat = ops.reshape(h, (n,))
+    m = n // ROW * ROW
+    if m == 0:
+        return ops.sum(ops.square(flat))
+    head = flat if m == n else flat[:m]
+    rows = ops.sum(ops.square(ops.reshape(head, (1,) * _PAD_RANK + (m // ROW, ROW))), axis=-1)
+    (rows,) = optimization_barrier(rows)
+    total = ops.sum(rows)
+    if m < n:
+        total = ops.add(total, ops.sum(ops.square(flat[m:])))
+    return total
+
+
+def compensation_term(h, step_size, gate, norm_source=None):
     """`r = gate * step_size * h / ||h||_F`, and 0 where `||h|| = 0`.
 
     The norm is the Frobenius norm of this one tensor, as in the authors' code.
+    `norm_source`, if given, is `h` computed a second time (see `increment_and_error`); the
+    norm is taken of it.
     """
-    norm = ops.sqrt(ops.sum(ops.square(h)))
+    norm = ops.sqrt(sum_of_squares(h if norm_source is None else norm_source))
     positive = ops.greater(norm, 0)
     scale = ops.where(positive, gate * step_size / ops.where(positive, norm, 1), 0)
     return ops.multiply(scale, h)
 
 
-def compensated_step(h, step_size=None, gate=None):
+def compensated_step(h, step_size=None, gate=None, norm_source=None):
     """`h + r`, the step before quantization; `gate=None` means `r = 0` (no norm computed)."""
     if gate is None:
         return h
-    return ops.add(h, compensation_term(h, step_size, gate))
+    return ops.add(h, compensation_term(h, step_size, gate, norm_source))
 
 
 def scaled_step(h, qp, step_size=None, gate=None):
@@ -92,7 +126,7 @@ def exact_integer_limit(dtype):
     return 2.0**53 if keras.backend.standardize_dtype(dtype) == "float64" else 2.0**24
 
 
-def increment_and_error(h, qp, step_size=None, gate=None, rounding="nearest", noise=None):
+def increment_and_error(h, qp, step_size=None, gate=None, rounding="nearest", noise=None, norm_source=None):
     """The QSGLD increment and its rounding error in grid units.
 
     `delta = Q(y) / qp` with `y = qp * (h + r)`, and `error = Q(y) - y`. Where `|y|` reaches
@@ -103,8 +137,13 @@ def increment_and_error(h, qp, step_size=None, gate=None, rounding="nearest", no
     noise does not depend on the step, so it would otherwise move frozen weights): with a
     learning rate of 0 the weights stay put, as with Keras' SGD (whose momentum, like
     QSGLD's, still carries earlier steps).
+
+    `norm_source`: under XLA, the optimizers pass `h` computed a second time from inputs
+    behind an optimization barrier, and the compensation's norm is taken of that copy: XLA
+    then fuses each use of `h` with its own consumer instead of writing one `h` out for both
+    (the same values; only the work is laid out differently).
     """
-    x = compensated_step(h, step_size, gate)
+    x = compensated_step(h, step_size, gate, norm_source)
     y = ops.multiply(qp, x)
     q = quantize(y, rounding, noise)
     in_range = ops.less(ops.abs(y), exact_integer_limit(y.dtype))

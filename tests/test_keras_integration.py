@@ -144,13 +144,20 @@ def test_eager_apply_runs_the_xla_compiled_update(cls):
 
 
 @pytest.mark.backends("tensorflow")
-def test_eager_xla_is_skipped_inside_tf_function():
+@pytest.mark.parametrize("outer_xla", [False, True])
+def test_xla_update_inside_tf_function_only_where_xla_is_off(outer_xla):
+    """In a tf.function without XLA the update runs as its own XLA function (op by op it
+    costs several times SGD); inside an XLA function the enclosing compilation covers it."""
     v = keras.Variable(np.zeros(4, np.float32))
-    opt = keras_qsgld.QSGLD(0.1, resolution=1024.0)
-    f = tf.function(lambda g: opt.apply([g], [v]))
+    opt = keras_qsgld.QSGLD(0.1, resolution=1024.0, compensation=0.5)
+    f = tf.function(lambda g: opt.apply([g], [v]), jit_compile=outer_xla)
     f(tf.ones(4))
-    assert opt._xla_update_step is None  # the enclosing function decides about XLA
-    np.testing.assert_array_equal(v.numpy(), ref.increment(-0.1 * np.ones(4), 1024.0))
+    f(tf.ones(4))
+    assert (opt._xla_update_step is None) == outer_xla
+    if not outer_xla:
+        assert opt._xla_update_step.experimental_get_tracing_count() == 1
+    expected = 2 * ref.increment(-0.1 * np.ones(4), 1024.0, 0.1, 0.5)
+    np.testing.assert_array_equal(v.numpy(), expected)
 
 
 # -- mixed precision and dtypes --------------------------------------------------------------

@@ -1,17 +1,8 @@
-"""The optimizer base class for the Keras backend in use, picked at import as Keras picks its own.
+"""What differs between the Keras backends, picked at import as Keras picks its own.
 
-`BackendQuantizedOptimizer` is `QuantizedOptimizer` with what one backend needs on top:
-TensorFlow compiles eager updates with XLA and densifies sparse gradients
-(`keras_qsgld.backend.tensorflow`). JAX and PyTorch need nothing beyond `keras.ops`: their
-compiled paths (`jax.jit` in `fit` and of `stateless_apply`, `torch.compile`) come from
-Keras' trainers.
+- `keras_qsgld.backend.optimizer.BackendQuantizedOptimizer`: `QuantizedOptimizer` with what
+  one backend needs on top (`backend/tensorflow.py`: the XLA-compiled update outside XLA
+  functions, sparse gradients). JAX and PyTorch need nothing beyond `keras.ops`: their
+  compiled paths come from Keras' trainers.
+- `keras_qsgld.backend.ops`: XLA's optimization barrier, for the fast norm.
 """
-
-import keras
-
-if keras.backend.backend() == "tensorflow":
-    from keras_qsgld.backend.tensorflow import TFQuantizedOptimizer as BackendQuantizedOptimizer
-else:
-    from keras_qsgld.optimizer import QuantizedOptimizer as BackendQuantizedOptimizer
-
-__all__ = ["BackendQuantizedOptimizer"]

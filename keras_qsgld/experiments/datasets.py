@@ -20,28 +20,34 @@ optional augmentation, batch, scale, prefetch. The images are cached as `uint8` 
 per batch, which keeps CIFAR's cache at 150 MB instead of 600 MB; the result equals scaling
 first.
 
-tensorflow-datasets, scikit-learn and mnist1d are imported only when a loader needs them.
+`repeat_from_epoch(train, first_epoch)` is the training stream of a run that resumes after
+`first_epoch` finished epochs (it sees the shuffle orders of an uninterrupted run), and
+`hold_out(bundle, fraction)` splits validation data off the training set.
+
+TensorFlow is imported when a pipeline is built, not with this module: a PyTorch-backend
+process may import it (for `DATASETS`, or through a script) before it decides to load data,
+and TensorFlow must come after torch in a process, if at all. tensorflow-datasets,
+scikit-learn and mnist1d are imported only by the loader that needs them (each is needed
+by some data sets only).
 """
 
 import dataclasses
 import functools
+import logging
 import math
+import random
 import socket
 import threading
+import urllib.parse
+import urllib.request
+
+import numpy as np
 
 DATASETS = ("fashion_mnist", "cifar10", "cifar100", "digits", "mnist1d")
 TFDS_DATASETS = ("fashion_mnist", "cifar10", "cifar100")
 OFFLINE_DATASETS = ("digits", "mnist1d")
 
-# Sizes of the full splits, used when tensorflow-datasets can't say (under
-# `tfds.testing.mock_data`, `info.splits` is empty: then the examples are counted).
-KNOWN_SIZES = {
-    "fashion_mnist": (60000, 10000),
-    "cifar10": (50000, 10000),
-    "cifar100": (50000, 10000),
-    "digits": (1437, 360),
-    "mnist1d": (4000, 1000),
-}
+DIGITS_TEST_SIZE = 360  # of scikit-learn's 1797 digits: 1437 train / 360 test
 NUM_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "digits": 10, "mnist1d": 10}
 INPUT_SHAPES = {
     "fashion_mnist": (28, 28, 1),
@@ -181,6 +187,94 @@ def load_dataset(
     )
 
 
+def repeat_from_epoch(train, first_epoch=0):
+    """`train` repeated without end, starting with its pass number `first_epoch`.
+
+    For `model.fit(repeat_from_epoch(bundle.train, k), steps_per_epoch=bundle.steps_per_epoch)`
+    in a run that resumes after `k` finished epochs. A seeded `tf.data` shuffle (and the
+    augmentation's random stream) draws a new order each time the dataset is iterated, in a
+    fixed sequence: pass `e` of `train` is the same in every process. A restarted process
+    builds the pipeline anew, so without this its first epoch would replay pass 0. This
+    draws (and drops) `first_epoch` passes' seeds, by starting as many iterators, which
+    reads no data beyond a prefetch, and then repeats: epoch `k + i` of the resumed run
+    gets pass `k + i`, as in the uninterrupted run.
+
+    One repeated stream (not `fit(train, epochs=...)`) keeps that independent of how often
+    a Keras backend iterates the data per epoch: Keras 3.15's epoch iterator starts two
+    iterators of a finite dataset per epoch on TensorFlow (one used, one started at the
+    epoch's end and dropped) and one on JAX and PyTorch, whose iterators are lazy, plus
+    one at the start of `fit` for the model's symbolic build. With a repeated stream and
+    `steps_per_epoch`, `fit` iterates it once (JAX, PyTorch: twice, the first time for one
+    batch), so epoch `e` of the run is pass `e` of `train` (JAX, PyTorch: `e + 1`) in an
+    uninterrupted and in a resumed run alike.
+
+    Args:
+        train: a `tf.data.Dataset`, one epoch of batches.
+        first_epoch: int >= 0, the number of finished epochs.
+
+    Returns:
+        `train.repeat()` after `first_epoch` passes' seeds have been drawn.
+    """
+    if isinstance(first_epoch, bool) or not isinstance(first_epoch, int) or first_epoch < 0:
+        raise ValueError(
+            f"Argument `first_epoch` must be an int >= 0. Received: first_epoch={first_epoch!r}"
+        )
+    for _ in range(first_epoch):
+        iter(train)
+    return train.repeat()
+
+
+def hold_out(bundle, fraction, seed=0):
+    """Splits validation data off the training set of `bundle`.
+
+    The first `round(fraction * num_train)` examples of `bundle.train` (at least one) are
+    the validation data, the same ones in every process and every epoch; the rest are the
+    training data, reshuffled each epoch with `seed`. Load `bundle` with `shuffle=False` and
+    `augment=False`, so that its first examples are always the same.
+
+    Args:
+        bundle: a `DatasetBundle` from `load_dataset(..., shuffle=False, augment=False)`.
+        fraction: real number in (0, 1), the share of the training examples held out.
+        seed: int, seed of the training data's shuffling. Default 0.
+
+    Returns:
+        `(train, validation, num_train, steps_per_epoch)`: two batched `tf.data.Dataset`s
+        of known length, the number of examples trained on, and batches per epoch of `train`.
+
+    Raises:
+        ValueError: if `fraction` is out of range or leaves no training examples.
+    """
+    import tensorflow as tf
+
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ValueError(f"Argument `fraction` must be a number in (0, 1). Received: fraction={fraction!r}")
+    num_val = max(1, int(round(fraction * bundle.num_train)))
+    num_train = bundle.num_train - num_val
+    if num_train < 1:
+        raise ValueError(
+            f"Argument `fraction` leaves no training data: {num_val} of {bundle.num_train} "
+            f"examples held out. Received: fraction={fraction!r}"
+        )
+    # `unbatch` loses the length, and with an unknown length Keras 3 counts one optimizer
+    # step too many per epoch (the step that finds the data exhausted), which would shift
+    # QSGLD's schedules: state the sizes.
+    examples = bundle.train.unbatch()
+    validation = (
+        examples.take(num_val)
+        .apply(tf.data.experimental.assert_cardinality(num_val))
+        .batch(bundle.batch_size)
+        .cache()
+    )
+    train = (
+        examples.skip(num_val)
+        .apply(tf.data.experimental.assert_cardinality(num_train))
+        .shuffle(min(num_train, SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
+        .batch(bundle.batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    return train, validation, num_train, math.ceil(num_train / bundle.batch_size)
+
+
 # -- tensorflow-datasets ---------------------------------------------------------------
 def _import_tfds():
     try:
@@ -218,9 +312,6 @@ def host_reachable(host, port, timeout=CONNECT_TIMEOUT_S):
 
 def download_endpoint(name):
     """(host, port) to check before downloading `name`: its server, or the proxy for it."""
-    import urllib.parse
-    import urllib.request
-
     host, port = DOWNLOAD_HOSTS[name]
     proxy = urllib.request.getproxies().get("https" if port == 443 else "http")
     if proxy and not urllib.request.proxy_bypass(host):
@@ -241,12 +332,24 @@ def _unavailable(name, data_dir, reason):
     )
 
 
+def _is_prepared(builder):
+    """`builder.is_prepared()` without TFDS' warning that the data's folder "has no
+    dataset_info.json" (absl logs it when the folder is absent; what follows says more)."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        return builder.is_prepared()
+    finally:
+        logger.setLevel(level)
+
+
 def _tfds_splits(name, data_dir, max_examples, download):
     tfds = _import_tfds()
     import tensorflow as tf
 
     builder = tfds.builder(name, data_dir=data_dir)
-    if not _tfds_is_mocked(tfds) and not builder.is_prepared():
+    if not _tfds_is_mocked(tfds) and not _is_prepared(builder):
         if not download:
             raise _unavailable(name, data_dir, "download=False")
         host, port = download_endpoint(name)
@@ -283,13 +386,11 @@ def _digits_arrays():
         from sklearn.model_selection import train_test_split
     except ImportError as error:
         raise ImportError("scikit-learn is needed for 'digits': pip install scikit-learn") from error
-    import numpy as np
-
     digits = load_digits()
     x = (digits.images / 16.0).astype("float32")[..., None]  # (1797, 8, 8, 1) in [0, 1]
     y = digits.target.astype("int64")
     x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=KNOWN_SIZES["digits"][1], stratify=y, random_state=0
+        x, y, test_size=DIGITS_TEST_SIZE, stratify=y, random_state=0
     )
     arrays = tuple(np.ascontiguousarray(a) for a in (x_train, y_train, x_test, y_test))
     for a in arrays:
@@ -304,9 +405,6 @@ def _mnist1d_arrays():
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as error:
         raise ImportError("mnist1d is needed for 'mnist1d': pip install mnist1d") from error
-    import random
-
-    import numpy as np
 
     # make_dataset seeds NumPy's and Python's global generators: restore them afterwards.
     np_state, py_state = np.random.get_state(), random.getstate()

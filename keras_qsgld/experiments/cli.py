@@ -1,0 +1,110 @@
+"""How the scripts under `examples/` and `tuning/` end: one line on stderr, a plain exit code.
+
+A user's mistake (bad arguments, a data set that is not there, settings that conflict
+with a saved run) ends the script with `PROG: error: MESSAGE` on one line of stderr and
+exit code 2, not a traceback. Ctrl-C ends it with `PROG: interrupted` (and, where the
+script can resume, how to resume) and exit code 130. Anything else is a bug and keeps its
+traceback.
+
+    def main(argv=None):
+        args = build_parser().parse_args(argv)          # a cli.ArgumentParser
+        return cli.run_script(lambda: run(args), prog="fit.py",
+                              interrupted="rerun the same command to resume")
+
+    if __name__ == "__main__":
+        sys.exit(main())
+"""
+
+import argparse
+import contextlib
+import math
+import sys
+
+from keras_qsgld.experiments.datasets import DatasetUnavailableError
+
+EXIT_USER_ERROR = 2  # argparse's own code for a bad command line
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+
+
+class UserError(Exception):
+    """A mistake the user can fix: the script prints its message on one line and exits with 2."""
+
+
+# What `run_script` reports in one line: `UserError`, a data set that can't be had, and a
+# missing optional package (the loaders' ImportErrors say what to `pip install`).
+USER_ERRORS = (UserError, DatasetUnavailableError, ImportError)
+
+
+def one_line(text):
+    """`text` with its line breaks and runs of spaces turned into single spaces."""
+    return " ".join(str(text).split())
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """`argparse.ArgumentParser` whose errors are one line, `PROG: error: MESSAGE`, exit code 2
+    (argparse prints the whole usage block first)."""
+
+    def error(self, message):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {one_line(message)}\n")
+
+
+def _number(kind, convert, minimum, exclusive):
+    """An argparse `type` that accepts finite numbers above a bound."""
+    wanted = f"{kind} {'>' if exclusive else '>='} {minimum:g}"
+
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < minimum or (exclusive and value == minimum):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, received {text!r}")
+        return value
+
+    parse.__name__ = wanted  # argparse names the type in some messages
+    return parse
+
+
+# argparse `type`s for the usual ranges: `add_argument("--epochs", type=positive_int)`.
+positive_int = _number("an integer", int, 1, exclusive=False)
+non_negative_int = _number("an integer", int, 0, exclusive=False)
+positive_float = _number("a finite number", float, 0, exclusive=True)
+non_negative_float = _number("a finite number", float, 0, exclusive=False)
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Turns the `ValueError`s raised in the block into `UserError`s.
+
+    For the part of a script that builds things from the user's settings (data, model,
+    optimizer): there a `ValueError` ("Argument `depth` must be 6n + 2 ...") is a bad
+    setting. Outside such a block a `ValueError` is a bug and keeps its traceback.
+    """
+    try:
+        yield
+    except ValueError as error:
+        raise UserError(one_line(error)) from error
+
+
+def run_script(run, prog, interrupted=None):
+    """Calls `run()` and returns the script's exit code.
+
+    Args:
+        run: a function of no arguments, the script's work (its return value is ignored).
+        prog: the script's name, the first word of the messages (e.g. `"fit.py"`).
+        interrupted: what to add to `PROG: interrupted` on Ctrl-C, e.g. how to resume.
+
+    Returns:
+        0 when `run()` returns; 2 after printing `PROG: error: MESSAGE` for one of
+        `USER_ERRORS`; 130 after printing `PROG: interrupted[; INTERRUPTED]` for a
+        `KeyboardInterrupt`. Other exceptions propagate.
+    """
+    try:
+        run()
+    except USER_ERRORS as error:
+        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted" + (f"; {interrupted}" if interrupted else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
