@@ -832,3 +832,47 @@ def test_state_saved_by_version_0_1_loads(rounding, track_noise):
     np.testing.assert_array_equal(opt.momentums[0].numpy(), momentum)
     if rounding == "dithered":
         np.testing.assert_array_equal(ops.convert_to_numpy(opt._seed_generator.state), [1, 9])
+
+
+# -- .keras files between backends -------------------------------------------------------------
+OTHER_BACKEND = {"tensorflow": "jax", "jax": "torch", "torch": "jax"}
+
+LOAD_ELSEWHERE = """
+import sys, numpy as np, keras, keras_qsgld
+model = keras.saving.load_model(sys.argv[1])
+opt = model.optimizer
+print("backend", keras.backend.backend(), "class", type(opt).__name__, "iterations", int(opt.iterations))
+print("qp", float(opt.resolution_at(opt.schedule_step)), "seed", [int(s) for s in np.asarray(opt._seed_generator.state.numpy())])
+x = np.random.default_rng(0).normal(size=(16, 8)).astype("float32")
+model.fit(x, x[:, :1], batch_size=8, epochs=1, verbose=0)
+print("after", int(opt.iterations), bool(np.all([np.all(np.isfinite(w)) for w in model.get_weights()])))
+"""
+
+
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+def test_keras_file_moves_to_another_backend(cls, tmp_path):
+    """A run saved on this backend resumes on another: class, schedules, step count and the
+    random generator's state come back (the arithmetic then is the other backend's)."""
+    import subprocess
+    import sys
+
+    from tests.scripts import runner
+
+    x, y = data()
+    model = make_model()
+    model.compile(make_optimizer(cls, rounding="dithered", seed=7), "mse")
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    path = tmp_path / "run.keras"
+    model.save(path)
+    opt = model.optimizer
+    other = OTHER_BACKEND[BACKEND]
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_ELSEWHERE, str(path)], env=runner.script_env(KERAS_BACKEND=other),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert f"backend {other} class {cls.__name__} iterations 8" in out
+    assert f"qp {float(opt.resolution_at(opt.schedule_step))} " in out
+    seed = [int(s) for s in np.asarray(opt._seed_generator.state.numpy())]
+    assert f"seed {seed}" in out and "after 10 True" in out  # 16 examples in batches of 8
