@@ -1,7 +1,8 @@
 """What every benchmark shares: arguments, progress, resumable results, timing and tables.
 
-* `parse_args` gives each script the same flags: `--quick`, `--seeds`, `--output-dir`,
-  `--tables` (run only some tables), `--force` (recompute cached results) and `--machine`.
+* `parser` and `finish_args` give each script the same flags: `--quick`, `--seeds`,
+  `--output-dir`, `--tables` (run only some tables), `--force` (recompute cached results)
+  and `--machine`.
 * `ResultStore` keeps one JSON-lines file per table in the output directory, keyed by the
   run (optimizer, seed, ...): an interrupted run resumes where it stopped, and a table can be
   rerun alone with `--tables NAME --force`.
@@ -9,29 +10,148 @@
   round, so that a noisy machine slows every candidate alike; report medians.
 * `write_table` writes `NAME.md` (title, the exact command, the machine, the table, notes)
   and `NAME.csv`. `benchmarks/report.py` assembles the `.md` files into `BENCHMARKS.md`.
+* `run_script(main)` runs a script as a command: a user error (`UsageError`: bad arguments,
+  data not available) ends with one line on stderr and exit code 2, Ctrl-C with one line
+  that says how to resume and exit code 130.
+
+This module imports neither Keras nor a backend: `benchmarks.speed` picks the Keras backend
+after parsing its arguments, and runs each backend in a process of its own.
 """
 
 import argparse
 import csv
 import datetime
+import importlib
+import importlib.metadata
 import json
 import math
 import os
 import platform
 import random
 import shlex
+import shutil
+import subprocess
 import sys
 import time
 
 DEFAULT_SEEDS = 5
+# The Keras backends and the package each one is.
+BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+BACKEND_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
+
+
+class UsageError(ValueError):
+    """A user error (bad arguments, data not available): `run_script` ends the command with
+    one line on stderr and exit code 2 instead of a traceback."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default, unless it is None or a flag's False (the help says it)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An `argparse.ArgumentParser` whose errors raise `UsageError` (one line from
+    `run_script`; an exception a test can catch) instead of printing usage and exiting."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+# -- running a script as a command -------------------------------------------------------
+_INTERRUPT = {"quiet": False}
+
+
+def quiet_interrupt():
+    """Ctrl-C ends this process silently (exit 130): for a child process whose parent says
+    how to resume."""
+    _INTERRUPT["quiet"] = True
+
+
+def run_script(main, user_errors=(), resumable=True):
+    """Runs `main()` as a command-line program and exits with its status.
+
+    Args:
+        main: the script's `main(argv=None)`.
+        user_errors: exception classes besides `UsageError` that are the user's to fix
+            (e.g. `DatasetUnavailableError`): one line on stderr, exit code 2.
+        resumable: whether the script keeps finished results (a `ResultStore`): the
+            Ctrl-C line then says that rerunning the command resumes.
+    """
+    name = script_name()
+    try:
+        main()
+    except (UsageError, *user_errors) as err:
+        print(f"{name}: error: {one_line(err)}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        if not _INTERRUPT["quiet"]:
+            rerun = resume_command()
+            if resumable:
+                print(f"{name}: interrupted; finished results are kept: rerun `{rerun}` to resume", file=sys.stderr)
+            else:
+                print(f"{name}: interrupted; nothing was saved: rerun `{rerun}` to start again", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(0)
+
+
+def one_line(err):
+    """An exception's message on one line."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def script_name():
+    """`benchmarks.speed` for `python -m benchmarks.speed`, else the script's file name."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        return spec.name
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "benchmark"
+
+
+def resume_command():
+    """The running command without `--force` (which would recompute what is already done)."""
+    return command_line(drop=("--force",))
+
+
+def use_tensorflow_backend(script):
+    """For the scripts that run TensorFlow code (`tf.function`, `tf.GradientTape`, `tf.data`):
+    call before Keras is imported. Sets `KERAS_BACKEND=tensorflow` whatever it said (raises
+    `ImportError` if this process already runs Keras on another backend; `script`: the
+    module's name, for the message) and imports TensorFlow.
+
+    With `TF_CPP_MIN_LOG_LEVEL` >= 1 (2 by default here) the import runs with stderr closed:
+    TensorFlow 2.21 prints its start-up lines (oneDNN, CUDA probe) before it reads that
+    setting, and they would precede a script's one-line error message.
+    """
+    keras = sys.modules.get("keras")
+    if keras is not None and keras.backend.backend() != "tensorflow":
+        raise ImportError(
+            f"{script} runs TensorFlow code and needs the TensorFlow backend, but this process "
+            f"already runs Keras on {keras.backend.backend()!r}: run it in a process of its own."
+        )
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] in ("", "0"):
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            importlib.import_module("tensorflow")
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 # -- arguments -------------------------------------------------------------------------
 def parser(description, tables, default_output):
     """An `ArgumentParser` with the shared flags; scripts add their own before `parse_args`."""
-    p = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = ArgumentParser(description=description, formatter_class=HelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny sizes: proves the script works (CI)")
     p.add_argument(
         "--seeds",
@@ -50,8 +170,9 @@ def parser(description, tables, default_output):
     return p
 
 
-def finish_args(args):
-    """Validates and normalises the shared flags (seeds list, table subset)."""
+def finish_args(args, backends=None):
+    """Validates and normalises the shared flags (seeds list, table subset); `backends`: the
+    Keras backends the run uses, for the machine description (default: `KERAS_BACKEND`)."""
     args.seed_list = parse_seeds(args.seeds)
     if args.tables == "all":
         args.table_list = list(args._all_tables)
@@ -59,12 +180,12 @@ def finish_args(args):
         args.table_list = [t.strip() for t in args.tables.split(",") if t.strip()]
         unknown = [t for t in args.table_list if t not in args._all_tables]
         if unknown:
-            raise ValueError(
+            raise UsageError(
                 f"Argument `--tables` must name tables among {args._all_tables}. "
                 f"Received: --tables={args.tables!r}"
             )
     if args.machine is None:
-        args.machine = machine_description()
+        args.machine = machine_description(backends)
     args.command = command_line()
     os.makedirs(args.output_dir, exist_ok=True)
     return args
@@ -81,27 +202,49 @@ def parse_seeds(text):
     except ValueError:
         seeds = []
     if not seeds:
-        raise ValueError(
+        raise UsageError(
             "Argument `--seeds` must be a positive count or a comma-separated list of integers. "
             f"Received: --seeds={text!r}"
         )
     return seeds
 
 
-def command_line():
-    """The command that is running, as a user would type it from the repository root."""
-    argv = list(sys.argv)
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if spec is not None and spec.name:
-        head = ["python", "-m", spec.name]
-    else:
-        head = ["python", os.path.relpath(argv[0]) if argv and argv[0] else "?"]
-    return " ".join(shlex.quote(a) for a in head + argv[1:])
+def command_line(drop=()):
+    """The command that is running, as a user types it from the repository root
+    (`python -m benchmarks.NAME ...`), without the arguments in `drop`."""
+    name = script_name()
+    head = ["python", "-m", name] if "." in name else ["python", name]
+    return " ".join(shlex.quote(a) for a in head + [a for a in sys.argv[1:] if a not in drop])
 
 
-def machine_description():
-    """CPU model and count, GPUs, and library versions: the "named machine" of every table."""
+def positive_int(text):
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, not {text!r}")
+    return value
+
+
+def positive_float(text):
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {text!r}")
+    return value
+
+
+def machine_description(backends=None):
+    """CPU model and count, GPUs, and library versions: the "named machine" of every table.
+
+    It imports no backend (a process must not hold TensorFlow and PyTorch both): versions
+    come from the installed packages' metadata, GPUs from `nvidia-smi`.
+    """
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -111,25 +254,37 @@ def machine_description():
                     break
     except OSError:
         pass
-    parts = [f"{cpu}, {os.cpu_count()} logical CPUs"]
-    try:
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-        names = []
-        for gpu in gpus:
-            details = tf.config.experimental.get_device_details(gpu)
-            names.append(details.get("device_name", gpu.name))
-        parts.append("GPU: " + (", ".join(names) if names else "none"))
-        import keras
-
-        parts.append(f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
-    except Exception:  # pragma: no cover - reporting only
-        pass
-    threads = os.environ.get("TF_NUM_INTRAOP_THREADS")
-    if threads:
-        parts.append(f"TF_NUM_INTRAOP_THREADS={threads}")
+    parts = [f"{cpu}, {os.cpu_count()} logical CPUs", f"GPU: {gpu_names()}"]
+    if backends is None:
+        backends = [os.environ.get("KERAS_BACKEND", "tensorflow")]
+    versions = [f"{BACKEND_NAMES.get(b, b)} {package_version(BACKEND_PACKAGES.get(b, b))}" for b in backends]
+    parts.append(", ".join(versions + [f"Keras {package_version('keras')}"]))
+    for variable in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):  # thread limits, where set
+        if os.environ.get(variable):
+            parts.append(f"{variable}={os.environ[variable]}")
     return "; ".join(parts)
+
+
+def package_version(package):
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def gpu_names():
+    """The GPUs `nvidia-smi` lists, or "none"."""
+    if shutil.which("nvidia-smi") is None:
+        return "none (no nvidia-smi)"
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "none (nvidia-smi failed)"
+    names = [line.strip() for line in out.splitlines() if line.strip()]
+    return ", ".join(names) if names else "none"
 
 
 # -- progress ----------------------------------------------------------------------------
@@ -184,7 +339,7 @@ class ResultStore:
 
 
 # -- timing ------------------------------------------------------------------------------
-def time_interleaved(functions, repeats, warmup=1, seed=0, progress=None):
+def time_interleaved(functions, repeats, warmup=1, seed=0, progress=None, first_calls=None):
     """Times each callable `repeats` times, round-robin in a fresh random order each round.
 
     Args:
@@ -192,6 +347,8 @@ def time_interleaved(functions, repeats, warmup=1, seed=0, progress=None):
         repeats: timed calls per callable.
         warmup: untimed calls per callable first (compilation, allocation).
         progress: optional callable(message) for progress lines.
+        first_calls: optional dict, filled with name -> seconds of the first warm-up call
+            (where compilation happens).
 
     Returns:
         dict name -> list of seconds, one per timed call.
@@ -200,8 +357,11 @@ def time_interleaved(functions, repeats, warmup=1, seed=0, progress=None):
         raise ValueError(f"Argument `repeats` must be >= 1. Received: repeats={repeats!r}")
     names = list(functions)
     for name in names:
-        for _ in range(warmup):
+        for i in range(warmup):
+            t0 = time.perf_counter()
             functions[name]()
+            if i == 0 and first_calls is not None:
+                first_calls[name] = time.perf_counter() - t0
         if progress:
             progress(f"warmed up {name}")
     times = {name: [] for name in names}
@@ -295,16 +455,3 @@ def write_table(args, name, title, headers, rows, notes=(), extra_markdown=""):
             writer.writerow(row)
     log(f"wrote {path}")
     return path
-
-
-def setup_environment():
-    """Quiet TensorFlow and the TF backend, set before keras is imported."""
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def quiet_tensorflow():
-    """Silences TensorFlow's Python logger (retracing warnings of the per-optimizer functions)."""
-    import tensorflow as tf
-
-    tf.get_logger().setLevel("ERROR")

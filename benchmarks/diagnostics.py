@@ -16,71 +16,105 @@ Tables (`--tables`):
   `(lr^2 s_g^2 + Qp^-2 / 12) / (2 lr a - lr^2 a^2)` (`s_g` the std of added gradient noise,
   0 for the exact gradient: then the formula is `Qp^-2 / (12 (2 lr a - lr^2 a^2))`), and
   the floor's bias `-1/2 Qp^-1 / (lr a)` on the mean.
+
+A TensorFlow-backend script (`tf.function`, `tf.GradientTape`, `tf.data`): it sets
+`KERAS_BACKEND=tensorflow` itself. Run from the repository root:
+`python -m benchmarks.diagnostics --quick`.
 """
 
 import math
-import os
-import sys
-
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common
 
-common.setup_environment()
+# tf.function, tf.GradientTape and tf.data below: this script runs on the TensorFlow backend
+# whatever KERAS_BACKEND says, set before Keras is imported.
+common.use_tensorflow_backend(__name__)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from scipy import stats  # noqa: E402
+
+import keras_qsgld  # noqa: E402
+from benchmarks import optimizers as bopt  # noqa: E402
+from keras_qsgld.experiments.datasets import DatasetUnavailableError, load_dataset  # noqa: E402
+from keras_qsgld.experiments.defaults import DEFAULT_MODEL  # noqa: E402
+from keras_qsgld.experiments.models import build_model  # noqa: E402
+from keras_qsgld.quantization import ROUNDING_MODES, scaled_step  # noqa: E402
+from keras_qsgld.schedules import DEFAULT_ETA, DEFAULT_KAPPA, DEFAULT_WARMUP_FRACTION  # noqa: E402
 
 TABLES = ("whitenoise", "stationary")
+DATASETS = ("digits", "mnist1d")
+BATCH_SIZE = 32  # whitenoise table
+QUICK_EXAMPLES = 300  # --quick: training examples
 
 
 def build_parser():
     p = common.parser(__doc__.split("\n\n")[0], TABLES, "results/benchmarks/diagnostics")
-    p.add_argument("--dataset", default="digits", help="digits (MLP) or mnist1d (1-D CNN)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs of the whitenoise table")
-    p.add_argument("--lr", type=float, default=0.1, help="QSGLD learning rate of the whitenoise table")
+    p.add_argument("--dataset", default="digits", choices=DATASETS, help="digits (MLP) or mnist1d (1-D CNN)")
+    p.add_argument("--epochs", type=common.positive_int, default=None, help="training epochs of the whitenoise table")
+    p.add_argument("--lr", type=common.positive_float, default=0.1, help="QSGLD learning rate of the whitenoise table")
     p.add_argument("--roundings", default="nearest,floor,dithered")
-    p.add_argument("--coords", type=int, default=256, help="sampled coordinates per layer")
-    p.add_argument("--chains", type=int, default=None, help="stationary table: independent chains")
+    p.add_argument("--coords", type=common.positive_int, default=256, help="sampled coordinates per layer")
+    p.add_argument("--chains", type=common.positive_int, default=None, help="stationary table: independent chains")
     return p
 
 
 # -- white noise in real training ------------------------------------------------------------
 def whitenoise_run(args, rounding, seed, epochs):
     """Trains once with QSGLD(rounding); returns per (epoch, layer) summary numbers."""
-    import numpy as np
-    import tensorflow as tf
-    import keras
-    from scipy import stats
-
-    import keras_qsgld
-    from keras_qsgld.experiments.datasets import load_dataset
-    from keras_qsgld.experiments.models import build_model
-    from keras_qsgld.quantization import scaled_step
-
-    from benchmarks.optimizers import qsgld_schedules
-
-    model_name = {"digits": "mlp", "mnist1d": "cnn1d"}[args.dataset]
     keras.backend.clear_session()
-    bundle = load_dataset(args.dataset, batch_size=32, seed=seed, max_examples=300 if args.quick else None)
-    model = build_model(model_name, bundle.input_shape, bundle.num_classes, seed=seed)
-    resolution, comp = qsgld_schedules(bundle.steps_per_epoch, epochs)
-    kwargs = {"seed": seed} if rounding not in ("nearest", "floor") else {}
-    opt = keras_qsgld.QSGLD(args.lr, resolution=resolution, compensation=comp, rounding=rounding, **kwargs)
+    max_examples = QUICK_EXAMPLES if args.quick else None
+    bundle = load_dataset(args.dataset, batch_size=BATCH_SIZE, seed=seed, max_examples=max_examples)
+    model = build_model(DEFAULT_MODEL[args.dataset], bundle.input_shape, bundle.num_classes, seed=seed)
+    opt = bopt.paper_qsgld(args.lr, bundle.steps_per_epoch, epochs, seed, rounding=rounding)
     variables = model.trainable_variables
     opt.build(variables)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy()
     rng = np.random.default_rng(seed)
-    idxs = [
-        tf.constant(rng.choice(int(np.prod(v.shape)), min(args.coords, int(np.prod(v.shape))), replace=False))
-        for v in variables
-    ]
-    lr = float(args.lr)
+    sizes = [int(np.prod(v.shape)) for v in variables]
+    coords = [tf.constant(rng.choice(n, min(args.coords, n), replace=False)) for n in sizes]
+    step = error_sampling_step(model, opt, coords, args.lr)
+    records = []
+    drift = np.zeros(len(variables))
+    floor_drift = 0.0
+    for epoch in range(epochs):
+        samples = [{"e": [], "y": [], "zeros": [], "y_zero": []} for _ in variables]
+        for x, y_true in bundle.train:
+            out, qp = step(x, y_true)
+            qp = float(qp)
+            floor_drift += -0.5 / qp
+            for i, (e, y, zeros, y_zero) in enumerate(out):
+                e = e.numpy().astype("float64")
+                samples[i]["e"].append(e)
+                samples[i]["y"].append(y.numpy())
+                samples[i]["zeros"].append(float(zeros))
+                samples[i]["y_zero"].append(float(y_zero))
+                drift[i] += e.mean() / qp
+        common.log(f"whitenoise: {args.dataset} rounding={rounding} seed {seed} epoch {epoch + 1}/{epochs}")
+        gate = float(opt.gate_at(opt.schedule_step))
+        for i, v in enumerate(variables):
+            record = layer_summary(rounding, samples[i])
+            record.update(
+                epoch=epoch + 1, layer=v.path, size=sizes[i], drift=float(drift[i]),
+                floor_drift=float(floor_drift), gate=gate,
+            )
+            records.append(record)
+    return records
+
+
+def error_sampling_step(model, opt, coords, lr):
+    """A training step (`tf.function`) that also returns, per variable, the realised rounding
+    error `e = Qp * (w_after - w_before) - y` and the scaled step `y` on the coordinates
+    `coords`, the share of exactly-zero increments and of exactly-zero `y`, and `Qp`."""
+    variables = model.trainable_variables
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
 
     @tf.function(autograph=False)
     def step(x, y_true):
         with tf.GradientTape() as tape:
             loss = loss_fn(y_true, model(x, training=True))
         grads = tape.gradient(loss, variables)
-        k = opt.iterations
+        k = opt.schedule_step  # where this update evaluates the schedules
         qp = opt.resolution_at(k)
         gate = opt.gate_at(k)
         ys = [scaled_step(-lr * g, qp, lr, gate) for g in grads]  # the optimizer's y, in cells
@@ -88,75 +122,59 @@ def whitenoise_run(args, rounding, seed, epochs):
         with tf.control_dependencies(ys + before):
             opt.apply(grads, variables)
         out = []
-        for v, b, yv, idx in zip(variables, before, ys, idxs):
+        for v, b, y, idx in zip(variables, before, ys, coords):
             delta = tf.reshape(v - b, [-1])
-            e = tf.gather(delta, idx) * qp - tf.gather(tf.reshape(yv, [-1]), idx)
+            y_sample = tf.gather(tf.reshape(y, [-1]), idx)
+            e = tf.gather(delta, idx) * qp - y_sample
             zeros = tf.reduce_mean(tf.cast(tf.equal(delta, 0.0), tf.float32))
-            y_zero = tf.reduce_mean(tf.cast(tf.equal(yv, 0.0), tf.float32))
-            out.append((e, tf.gather(tf.reshape(yv, [-1]), idx), zeros, y_zero))
+            y_zero = tf.reduce_mean(tf.cast(tf.equal(y, 0.0), tf.float32))
+            out.append((e, y_sample, zeros, y_zero))
         return out, qp
 
-    records = []
-    drift = np.zeros(len(variables))
-    floor_drift = 0.0
-    for epoch in range(epochs):
-        es = [[] for _ in variables]
-        ys = [[] for _ in variables]
-        zs = [[] for _ in variables]
-        y0 = [[] for _ in variables]
-        for x, y_true in bundle.train:
-            out, qp = step(x, y_true)
-            qp = float(qp)
-            floor_drift += -0.5 / qp
-            for i, (e, yv, z, yz) in enumerate(out):
-                y0[i].append(float(yz))
-                e = e.numpy().astype("float64")
-                es[i].append(e)
-                ys[i].append(yv.numpy())
-                zs[i].append(float(z))
-                drift[i] += e.mean() / qp
-        common.log(f"whitenoise: {args.dataset} rounding={rounding} seed {seed} epoch {epoch + 1}/{epochs}")
-        for i, v in enumerate(variables):
-            e = np.stack(es[i])  # (steps, coords)
-            flat = e.ravel()
-            if rounding == "floor":
-                ks = stats.kstest(flat, "uniform", args=(-1.0, 1.0))
-            else:
-                ks = stats.kstest(flat, "uniform", args=(-0.5, 1.0))
-            nonzero = np.stack(ys[i]).ravel() != 0  # leave out exact zeros of y (zero gradient)
-            rest = flat[nonzero]
-            if rest.size > 1:
-                ks_nz = stats.kstest(rest, "uniform", args=(-1.0, 1.0) if rounding == "floor" else (-0.5, 1.0))
-                ks_nz_d, var_nz = float(ks_nz.statistic), float(rest.var() * 12.0)
-            else:
-                ks_nz_d, var_nz = float("nan"), float("nan")
-            a, b = e[:-1].ravel(), e[1:].ravel()
-            lag1 = float(np.corrcoef(a, b)[0, 1]) if a.size > 2 and a.std() > 0 and b.std() > 0 else float("nan")
-            records.append({
-                "epoch": epoch + 1,
-                "layer": v.path if hasattr(v, "path") else v.name,
-                "size": int(np.prod(v.shape)),
-                "ks": float(ks.statistic),
-                "ks_p": float(ks.pvalue),
-                "mean": float(flat.mean()),
-                "var_ratio": float(flat.var() * 12.0),
-                "ks_nonzero": ks_nz_d,
-                "var_ratio_nonzero": var_nz,
-                "lag1": lag1,
-                "zeros": float(np.mean(zs[i])),
-                "y_zero": float(np.mean(y0[i])),
-                "median_abs_y": float(np.median(np.abs(np.stack(ys[i])))),
-                "drift": float(drift[i]),
-                "floor_drift": float(floor_drift),
-                "gate": float(opt.gate_at(opt.iterations)),
-            })
-    return records
+    return step
+
+
+def uniform_ks(values, rounding):
+    """KS test against the uniform law of the rounding error: U(-1, 0] for floor, else
+    U[-1/2, 1/2)."""
+    return stats.kstest(values, "uniform", args=(-1.0, 1.0) if rounding == "floor" else (-0.5, 1.0))
+
+
+def layer_summary(rounding, samples):
+    """One layer's error statistics over an epoch (`samples`: per step, the sampled errors
+    `e`, scaled steps `y`, and the shares of zero increments and zero `y`)."""
+    e = np.stack(samples["e"])  # (steps, coords)
+    flat = e.ravel()
+    ks = uniform_ks(flat, rounding)
+    rest = flat[np.stack(samples["y"]).ravel() != 0]  # leave out exact zeros of y (zero gradient)
+    if rest.size > 1:
+        ks_nonzero, var_nonzero = float(uniform_ks(rest, rounding).statistic), float(rest.var() * 12.0)
+    else:
+        ks_nonzero, var_nonzero = float("nan"), float("nan")
+    a, b = e[:-1].ravel(), e[1:].ravel()
+    lag1 = float(np.corrcoef(a, b)[0, 1]) if a.size > 2 and a.std() > 0 and b.std() > 0 else float("nan")
+    return {
+        "ks": float(ks.statistic),
+        "ks_p": float(ks.pvalue),
+        "mean": float(flat.mean()),
+        "var_ratio": float(flat.var() * 12.0),
+        "ks_nonzero": ks_nonzero,
+        "var_ratio_nonzero": var_nonzero,
+        "lag1": lag1,
+        "zeros": float(np.mean(samples["zeros"])),
+        "y_zero": float(np.mean(samples["y_zero"])),
+        "median_abs_y": float(np.median(np.abs(np.stack(samples["y"])))),
+    }
 
 
 def run_whitenoise(args):
     store = common.ResultStore(args.output_dir, "whitenoise", args.force)
     epochs = args.epochs or (1 if args.quick else 5)
     roundings = [r.strip() for r in args.roundings.split(",") if r.strip()]
+    if not roundings or any(r not in ROUNDING_MODES for r in roundings):
+        raise common.UsageError(
+            f"Argument `--roundings` must name modes among {ROUNDING_MODES}. Received: {args.roundings!r}"
+        )
     seed = args.seed_list[0]
     rows = []
     for rounding in roundings:
@@ -178,8 +196,9 @@ def run_whitenoise(args):
                "lag-1 autocorr.", "zero increments", "y exactly 0",
                "accumulated drift / (-1/2 sum 1/Qp)"]
     notes = [
-        f"{args.dataset}, QSGLD lr {args.lr}, batch 32, paper's schedules (eta 2^19, tau0 = 0.2 x {epochs} epochs, "
-        f"kappa 2, logistic); seed {seed}; {args.coords} sampled coordinates per layer (fixed), every step.",
+        f"{args.dataset}, QSGLD lr {args.lr}, batch {BATCH_SIZE}, paper's schedules (eta 2^{math.log2(DEFAULT_ETA):g}, "
+        f"tau0 = {DEFAULT_WARMUP_FRACTION:g} x {epochs} epochs, kappa {DEFAULT_KAPPA:g}, logistic); seed {seed}; "
+        f"{args.coords} sampled coordinates per layer (fixed), every step.",
         "The error is the realised one: Qp * (w_after - w_before) - y, with y recomputed from the same formula; "
         "float32 rounding of w + delta adds at most half an ulp of w (about 0.004 cells for |w| ~ 0.1).",
         "The hypothesis predicts KS D near 0, variance ratio 1, lag-1 autocorrelation 0 and, for floor, mean -1/2 and "
@@ -197,13 +216,7 @@ def run_whitenoise(args):
 # -- stationary variance on a quadratic ---------------------------------------------------------
 def stationary_run(rounding, lr, a, qp, grad_noise_cells, chains, burn, steps, seed):
     """Simulates `chains` independent QSGLD chains on f = a x^2 / 2; returns summary numbers."""
-    import numpy as np
-    import tensorflow as tf
-
-    import keras_qsgld
-
-    kwargs = {"seed": seed} if rounding not in ("nearest", "floor") else {}
-    opt = keras_qsgld.QSGLD(lr, resolution=float(qp), compensation=None, rounding=rounding, **kwargs)
+    opt = keras_qsgld.QSGLD(lr, resolution=float(qp), compensation=None, rounding=rounding, seed=seed)
     sigma_g = grad_noise_cells / (lr * qp)  # gradient noise whose step lr * s_g is this many cells
     var_formula = (lr**2 * sigma_g**2 + qp**-2 / 12.0) / (2 * lr * a - lr**2 * a**2)
     # Start wider than both the formula's spread and the dead zone |x| < 1 / (2 lr a Qp), so
@@ -244,13 +257,11 @@ def stationary_run(rounding, lr, a, qp, grad_noise_cells, chains, burn, steps, s
 
 def run_stationary(args):
     store = common.ResultStore(args.output_dir, "stationary", args.force)
-    from benchmarks.optimizers import extra_rounding_modes
-
     chains = args.chains or (256 if args.quick else 4096)
     qp = 2.0**10
     lr = 0.01
     burn, steps = (50, 50) if args.quick else (3000, 3000)
-    roundings = ["nearest", "floor"] + extra_rounding_modes()
+    roundings = ["nearest", "floor", *bopt.EXTRA_ROUNDINGS]
     configs = [(la, noise) for la in ((0.1,) if args.quick else (0.05, 0.5)) for noise in (0.0, 2.0)]
     rows = []
     for rounding in roundings:
@@ -284,9 +295,7 @@ def run_stationary(args):
 
 def main(argv=None):
     args = common.finish_args(build_parser().parse_args(argv))
-    common.quiet_tensorflow()
-    if args.dataset not in ("digits", "mnist1d"):
-        raise ValueError(f"Argument `--dataset` must be 'digits' or 'mnist1d'. Received: {args.dataset!r}")
+    tf.get_logger().setLevel("ERROR")
     outputs = []
     if "whitenoise" in args.table_list:
         outputs.append(run_whitenoise(args))
@@ -296,4 +305,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script(main, user_errors=(DatasetUnavailableError,))

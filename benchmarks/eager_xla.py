@@ -13,31 +13,58 @@ between rounds (interleaved, so that load changes on the machine hit all configu
 alike). The table gives the median over rounds of the time per call, the spread (min and
 max over rounds), and the speed-up of XLA over the eager op-by-op update.
 
-Run: `python benchmarks/eager_xla.py` (see `--help`); output is plain text.
+The `jit_compile` flag is TensorFlow's (the eager XLA update of
+`keras_qsgld.backend.tensorflow`): this script sets `KERAS_BACKEND=tensorflow` itself. Run
+from the repository root: `python -m benchmarks.eager_xla` (see `--help`); output is plain
+text (quoted in `docs/eager_xla.md`).
 """
 
-import argparse
 import os
 import platform
 import statistics
-import sys
 import time
+
+from benchmarks import common
+
+# It times TensorFlow's eager XLA update: this script runs on the TensorFlow backend whatever
+# KERAS_BACKEND says, set before Keras is imported.
+common.use_tensorflow_backend(__name__)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_qsgld  # noqa: E402
+from keras_qsgld.experiments.defaults import DEFAULT_LEARNING_RATE  # noqa: E402
+from keras_qsgld.experiments.models import MODELS, build_model  # noqa: E402
+
+STEPS_PER_EPOCH = 100  # the schedules' clock (their values do not change the cost)
+TAU0 = 2.0  # the compensation's switch-off, in epochs
+QSGLD_LR, MOMENTUM = 0.05, 0.9
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = common.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="cnn,cifar_resnet", help="comma-separated keras_qsgld.experiments.models names")
-    parser.add_argument("--depth", type=int, default=20, help="depth of cifar_resnet (6n+2)")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=10, help="timed calls per configuration and round")
+    parser.add_argument("--depth", type=common.positive_int, default=20, help="depth of cifar_resnet (6n+2)")
+    parser.add_argument("--rounds", type=common.positive_int, default=5)
+    parser.add_argument("--steps", type=common.positive_int, default=10, help="timed calls per configuration and round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls after the first one")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="TF intra/inter-op threads (0: TF's default)")
     parser.add_argument("--no-baselines", action="store_true", help="skip Keras' SGD and Adam")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.model_list = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not args.model_list or any(m not in MODELS for m in args.model_list):
+        raise common.UsageError(f"Argument `--models` must name models among {MODELS}. Received: {args.models!r}")
+    if args.warmup < 0 or args.threads < 0:
+        raise common.UsageError(
+            f"Arguments `--warmup` and `--threads` must be >= 0. Received: {args.warmup}, {args.threads}"
+        )
+    return args
 
 
-def machine_lines(tf, keras):
+def machine_lines():
     lines = [
         f"python {platform.python_version()}, tensorflow {tf.__version__}, keras {keras.__version__}, "
         f"backend {keras.backend.backend()}",
@@ -63,26 +90,19 @@ def load_average():
 
 
 def configurations(include_baselines):
-    import keras
+    """(title, callable(steps_per_epoch) -> optimizer) of each configuration."""
 
-    import keras_qsgld
+    def schedules(spe):
+        return dict(
+            resolution=keras_qsgld.ResolutionSchedule(steps_per_epoch=spe),
+            compensation=keras_qsgld.CompensationSchedule(tau0=TAU0, steps_per_epoch=spe),
+        )
 
     def qsgld(jit):
-        return lambda spe: keras_qsgld.QSGLD(
-            0.05,
-            momentum=0.9,
-            resolution=keras_qsgld.ResolutionSchedule(steps_per_epoch=spe),
-            compensation=keras_qsgld.CompensationSchedule(tau0=2.0, steps_per_epoch=spe),
-            jit_compile=jit,
-        )
+        return lambda spe: keras_qsgld.QSGLD(QSGLD_LR, momentum=MOMENTUM, jit_compile=jit, **schedules(spe))
 
     def qadam(jit):
-        return lambda spe: keras_qsgld.QAdam(
-            0.001,
-            resolution=keras_qsgld.ResolutionSchedule(steps_per_epoch=spe),
-            compensation=keras_qsgld.CompensationSchedule(tau0=2.0, steps_per_epoch=spe),
-            jit_compile=jit,
-        )
+        return lambda spe: keras_qsgld.QAdam(DEFAULT_LEARNING_RATE["qadam"], jit_compile=jit, **schedules(spe))
 
     configs = [
         ("QSGLD(momentum=0.9) jit_compile=True", qsgld(True)),
@@ -92,17 +112,13 @@ def configurations(include_baselines):
     ]
     if include_baselines:
         configs += [
-            ("keras SGD(momentum=0.9) (eager)", lambda spe: keras.optimizers.SGD(0.05, momentum=0.9)),
-            ("keras Adam (eager)", lambda spe: keras.optimizers.Adam(0.001)),
+            ("keras SGD(momentum=0.9) (eager)", lambda spe: keras.optimizers.SGD(QSGLD_LR, momentum=MOMENTUM)),
+            ("keras Adam (eager)", lambda spe: keras.optimizers.Adam(DEFAULT_LEARNING_RATE["adam"])),
         ]
     return configs
 
 
-def bench_model(name, args, tf, keras):
-    import numpy as np
-
-    from keras_qsgld.experiments.models import build_model
-
+def bench_model(name, args):
     kwargs = {"depth": args.depth} if name == "cifar_resnet" else {}
     shape = (28, 28, 1) if name == "cnn" else (32, 32, 3)
     model = build_model(name, shape, 10, seed=args.seed, **kwargs)
@@ -116,7 +132,7 @@ def bench_model(name, args, tf, keras):
     configs = configurations(not args.no_baselines)
     optimizers, first_call = {}, {}
     for title, make in configs:
-        opt = make(100)
+        opt = make(STEPS_PER_EPOCH)
         opt.build(variables)
         start = time.perf_counter()
         opt.apply(grads, variables)
@@ -163,28 +179,22 @@ def bench_model(name, args, tf, keras):
 
 def main(argv=None):
     args = parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    import tensorflow as tf
-
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    import keras
-
     keras.utils.set_random_seed(args.seed)
     print("# Eager optimizer.apply: jit_compile=True vs False")
-    print("command: python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]))
-    for line in machine_lines(tf, keras):
+    print(f"command: {common.command_line()}")
+    for line in machine_lines():
         print(line)
     print(
         f"seed {args.seed}; TF threads intra {tf.config.threading.get_intra_op_parallelism_threads()} "
         f"inter {tf.config.threading.get_inter_op_parallelism_threads()} (0 = TF default); {load_average()} at start"
     )
-    for name in args.models.split(","):
-        bench_model(name.strip(), args, tf, keras)
+    for name in args.model_list:
+        bench_model(name, args)
     print(f"\n{load_average()} at the end")
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script(main, resumable=False)

@@ -18,18 +18,26 @@ coordinates that end in their global basin, the share of runs whose every coordi
 (meaningful in 2-D), and the share of increments that were exactly zero. The basins are
 per coordinate: |x_i| < 1/2 for Rastrigin and Ackley, x_i < 0.15673 (the 1-D barrier) for
 Styblinski-Tang.
+
+A TensorFlow-backend script (`tf.function`, `tf.GradientTape`): it sets
+`KERAS_BACKEND=tensorflow` itself. Run from the repository root:
+`python -m benchmarks.global_opt --quick`.
 """
 
 import math
-import os
-import sys
-
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common
 
-common.setup_environment()
+# tf.function and tf.GradientTape below: this script runs on the TensorFlow backend whatever
+# KERAS_BACKEND says, set before Keras is imported.
+common.use_tensorflow_backend(__name__)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_qsgld  # noqa: E402
+from benchmarks import optimizers as bopt  # noqa: E402
 
 TABLES = ("global",)
 FUNCTIONS = ("rastrigin", "ackley", "styblinski_tang")
@@ -46,8 +54,6 @@ def f_star(name, dim):
 
 def value(name, x):
     """f(x) for a batch `x` of shape (..., d), as a TensorFlow tensor."""
-    import tensorflow as tf
-
     if name == "rastrigin":
         return 10.0 * x.shape[-1] + tf.reduce_sum(x * x - 10.0 * tf.cos(2 * math.pi * x), -1)
     if name == "ackley":
@@ -60,8 +66,6 @@ def value(name, x):
 
 def gradient(name, x):
     """The exact gradient, by automatic differentiation of `value` (per row)."""
-    import tensorflow as tf
-
     with tf.GradientTape() as tape:
         tape.watch(x)
         y = tf.reduce_sum(value(name, x))
@@ -70,16 +74,12 @@ def gradient(name, x):
 
 def in_basin(name, x):
     """Per coordinate: does it lie in the global minimum's basin?"""
-    import numpy as np
-
     if name == "styblinski_tang":
         return x < ST_BARRIER
     return np.abs(x) < 0.5
 
 
-def methods(args):
-    from benchmarks import optimizers as bopt
-
+def methods():
     names = [
         "gd",
         "adam",
@@ -89,17 +89,12 @@ def methods(args):
         "sgld_fixed",
         "sgld_anneal",
     ]
-    names += [f"qsgld_{m}_anneal" for m in bopt.extra_rounding_modes()]
+    names += [f"qsgld_{m}_anneal" for m in bopt.EXTRA_ROUNDINGS]
     return names
 
 
 def build_method(name, args, steps, seed, eta):
     """(optimizer, needs_one_variable_per_start)."""
-    import keras
-
-    import keras_qsgld
-    from benchmarks.optimizers import GaussianSGLD
-
     lr = args.lr
     spe = steps / args.epochs_per_run  # the run spans `epochs_per_run` schedule epochs
     if name == "gd":
@@ -115,9 +110,9 @@ def build_method(name, args, steps, seed, eta):
         comp = keras_qsgld.CompensationSchedule.from_budget(args.epochs_per_run, steps_per_epoch=spe)
         return keras_qsgld.QSGLD(lr, resolution=anneal, compensation=comp, track_noise=True), True
     if name == "sgld_fixed":
-        return GaussianSGLD(lr, resolution=eta, seed=seed), False
+        return bopt.GaussianSGLD(lr, resolution=eta, seed=seed), False
     if name == "sgld_anneal":
-        return GaussianSGLD(lr, resolution=anneal, seed=seed), False
+        return bopt.GaussianSGLD(lr, resolution=anneal, seed=seed), False
     if name.startswith("qsgld_") and name.endswith("_anneal"):
         mode = name[len("qsgld_"):-len("_anneal")]
         return keras_qsgld.QSGLD(lr, resolution=anneal, rounding=mode, seed=seed, track_noise=True), False
@@ -126,9 +121,6 @@ def build_method(name, args, steps, seed, eta):
 
 def run_one(fname, dim, method, args, seed, steps, starts, eta):
     """Runs one method from the shared starts; returns a dict of summary numbers."""
-    import numpy as np
-    import tensorflow as tf
-
     rng = np.random.default_rng(10_000 + seed * 101 + dim)
     x0 = rng.uniform(-DOMAINS[fname], DOMAINS[fname], (starts, dim)).astype("float32")
     opt, split = build_method(method, args, steps, seed, eta)
@@ -177,39 +169,53 @@ def build_parser():
     p = common.parser(__doc__.split("\n\n")[0], TABLES, "results/benchmarks/global_opt")
     p.add_argument("--functions", default=",".join(FUNCTIONS))
     p.add_argument("--dims", default="2,10,100")
-    p.add_argument("--starts", type=int, default=None, help="random starts per seed (shared by all methods)")
-    p.add_argument("--steps", type=int, default=None, help="steps per run")
-    p.add_argument("--lr", type=float, default=0.002, help="learning rate of GD, QSGLD and SGLD")
-    p.add_argument("--adam-lr", type=float, default=0.01, help="learning rate of Adam")
+    p.add_argument("--starts", type=common.positive_int, default=None, help="random starts per seed (shared by all methods)")
+    p.add_argument("--steps", type=common.positive_int, default=None, help="steps per run")
+    p.add_argument("--lr", type=common.positive_float, default=0.002, help="learning rate of GD, QSGLD and SGLD")
+    p.add_argument("--adam-lr", type=common.positive_float, default=0.01, help="learning rate of Adam")
     p.add_argument(
         "--etas", default="2,32",
         help="QSGLD etas (fixed Qp = eta; the schedule's eta), one row per eta: a hot, coarse grid and a cold, fine one",
     )
     p.add_argument(
-        "--epochs-per-run", type=float, default=100.0,
+        "--epochs-per-run", type=common.positive_float, default=100.0,
         help="schedule epochs the run spans (Qp: eta/2 until 0.72, eta until 5.4, 2 eta until 52.6, then 4 eta)",
     )
     p.add_argument("--methods", default="all", help="'all' or a comma-separated subset")
     return p
 
 
+def number_list(text, kind, flag):
+    """`"2,10"` -> [2, 10] (positive numbers of `kind`), or a `UsageError` naming `flag`."""
+    try:
+        values = [kind(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
+        raise common.UsageError(f"Argument `{flag}` must be a comma-separated list of positive numbers. Received: {text!r}")
+    return values
+
+
 def main(argv=None):
     args = common.finish_args(build_parser().parse_args(argv))
-    common.quiet_tensorflow()
+    tf.get_logger().setLevel("ERROR")
     steps = args.steps or (60 if args.quick else 2000)
     starts = args.starts or (4 if args.quick else 20)
     funcs = [f.strip() for f in args.functions.split(",") if f.strip()]
-    etas = [float(e) for e in args.etas.split(",") if e.strip()]
+    etas = number_list(args.etas, float, "--etas")
     if args.quick:
         etas = etas[:1]
-    dims = [int(d) for d in args.dims.split(",")]
+    dims = number_list(args.dims, int, "--dims")
     if args.quick:
         dims = [d for d in dims if d <= 10] or [2]
-    all_methods = methods(args)
+    all_methods = methods()
     chosen = all_methods if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
     bad = [m for m in chosen if m not in all_methods] + [f for f in funcs if f not in FUNCTIONS]
-    if bad:
-        raise ValueError(f"Unknown --methods/--functions entries: {bad}. Methods: {all_methods}; functions: {FUNCTIONS}")
+    if bad or not funcs:
+        raise common.UsageError(
+            f"Arguments `--methods` and `--functions` must name methods among {all_methods} and functions among "
+            f"{FUNCTIONS}. Received: {bad or args.functions}"
+        )
     store = common.ResultStore(args.output_dir, "global", args.force)
     rows = []
     for fname in funcs:
@@ -256,4 +262,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script(main)

@@ -9,18 +9,27 @@ which couples coordinates through a norm, is off). After a burn-in, snapshots of
 are pooled and compared with the Gibbs density: total-variation distance on bins, the KS
 statistic against the Gibbs CDF, the mass in the left (deeper) well, and the share of
 increments that were exactly zero.
+
+A TensorFlow-backend script (the chains run in `tf.function(jit_compile=True)` loops): it
+sets `KERAS_BACKEND=tensorflow` itself. Run from the repository root:
+`python -m benchmarks.langevin_double_well --quick`.
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import common
 
-from benchmarks import common  # noqa: E402
+# The chains run in tf.function(jit_compile=True) loops: this script runs on the TensorFlow
+# backend whatever KERAS_BACKEND says, set before Keras is imported.
+common.use_tensorflow_backend(__name__)
 
-common.setup_environment()
-
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+import keras_qsgld  # noqa: E402
+from benchmarks.optimizers import GaussianSGLD  # noqa: E402
 
 TABLES = ("double_well",)
 METHODS = ("gd", "nearest", "floor", "stochastic", "dithered", "gaussian_sgld")
@@ -65,26 +74,15 @@ def distances(samples, tilt, temperature, bin_width=0.05):
 
 
 def build_optimizer(method, lr, qp, seed):
-    import keras
-
-    import keras_qsgld
-    from benchmarks.optimizers import GaussianSGLD
-
     if method == "gd":
         return keras.optimizers.SGD(lr)
     if method == "gaussian_sgld":
         return GaussianSGLD(learning_rate=lr, resolution=qp, seed=seed)
-    kwargs = {"seed": seed} if method in ("stochastic", "dithered") else {}
-    return keras_qsgld.QSGLD(
-        learning_rate=lr, resolution=qp, compensation=None, rounding=method, **kwargs
-    )
+    return keras_qsgld.QSGLD(learning_rate=lr, resolution=qp, compensation=None, rounding=method, seed=seed)
 
 
 def run_chains(method, chains, steps, burn_in, every, lr, qp, tilt, seed):
     """Runs `chains` independent chains; returns pooled snapshots and the zero-increment share."""
-    import keras
-    import tensorflow as tf
-
     opt = build_optimizer(method, lr, qp, seed)
     x = keras.Variable(np.ones(chains, "float32"), name="x")
     opt.build([x])
@@ -108,14 +106,11 @@ def run_chains(method, chains, steps, burn_in, every, lr, qp, tilt, seed):
 
 
 def plot(path, results, tilt, temperature):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     x, p, _ = gibbs_grid(tilt, temperature)
     methods = [m for m in METHODS if m in results]
-    fig, axes = plt.subplots(2, (len(methods) + 1) // 2, figsize=(4 * ((len(methods) + 1) // 2), 6.5))
+    columns = (len(methods) + 1) // 2
+    fig = Figure(figsize=(4 * columns, 6.5))
+    axes = fig.subplots(2, columns, squeeze=False)
     for ax, method in zip(axes.ravel(), methods):
         samples = results[method]
         ax.hist(np.clip(samples, -2.5, 2.5), bins=np.arange(-2.5, 2.55, 0.05), density=True,
@@ -130,18 +125,17 @@ def plot(path, results, tilt, temperature):
     fig.suptitle(f"Tilted double well, fixed Qp, T_eff = Qp^-2/(24 lr) = {temperature:.3f}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def build_parser():
     p = common.parser(__doc__.split("\n\n")[0], TABLES, "results/benchmarks/double_well")
-    p.add_argument("--lr", type=float, default=0.01, help="learning rate (the SDE time step)")
-    p.add_argument("--qp", type=float, default=4.0, help="fixed resolution Qp")
+    p.add_argument("--lr", type=common.positive_float, default=0.01, help="learning rate (the SDE time step)")
+    p.add_argument("--qp", type=common.positive_float, default=4.0, help="fixed resolution Qp")
     p.add_argument("--tilt", type=float, default=0.3, help="tilt of the double well")
-    p.add_argument("--chains", type=int, default=4000)
-    p.add_argument("--steps", type=int, default=30000)
-    p.add_argument("--burn-in", type=int, default=10000)
-    p.add_argument("--every", type=int, default=200, help="steps between snapshots")
+    p.add_argument("--chains", type=common.positive_int, default=4000)
+    p.add_argument("--steps", type=common.positive_int, default=30000)
+    p.add_argument("--burn-in", type=common.positive_int, default=10000)
+    p.add_argument("--every", type=common.positive_int, default=200, help="steps between snapshots")
     return p
 
 
@@ -149,6 +143,11 @@ def main(argv=None):
     args = common.finish_args(build_parser().parse_args(argv))
     if args.quick:
         args.chains, args.steps, args.burn_in, args.every = 200, 600, 200, 100
+    if args.burn_in + args.every > args.steps:
+        raise common.UsageError(
+            "Arguments `--burn-in` + `--every` must not exceed `--steps` (no snapshot would be taken). "
+            f"Received: --burn-in={args.burn_in}, --every={args.every}, --steps={args.steps}"
+        )
     temperature = args.qp**-2 / (24.0 * args.lr)
     store = common.ResultStore(args.output_dir, "double_well", force=args.force)
     rows, samples_by_method = [], {}
@@ -190,4 +189,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script(main)

@@ -1,9 +1,10 @@
 """The optimizers the benchmarks compare, and the Gaussian-noise SGLD baseline.
 
-`OPTIMIZERS` maps a name to an `OptimizerSpec`; `available()` lists those this install can
-build. The list is data-driven: the QSGLD rounding modes beyond `"nearest"` (`"stochastic"`,
-`"dithered"`, ...) are added for every mode that `keras_qsgld.quantization.ROUNDING_MODES`
-offers and that `QSGLD(rounding=mode, seed=...)` accepts.
+`OPTIMIZERS` maps a name to an `OptimizerSpec`; `available()` lists them in table order.
+Besides the paper's deterministic roundings, one `qsgld_<mode>` is listed for every random
+rounding mode of `keras_qsgld.quantization.RANDOM_ROUNDING_MODES` (`EXTRA_ROUNDINGS`).
+`paper_qsgld` builds QSGLD with the paper's schedules for a run of a given length (the
+quality ablations and the noise diagnostics vary its arguments).
 """
 
 import dataclasses
@@ -13,11 +14,14 @@ import keras
 from keras import ops
 
 import keras_qsgld
-
-from keras_qsgld.backend import BackendQuantizedOptimizer
+from benchmarks.common import UsageError
+from keras_qsgld.backend.optimizer import BackendQuantizedOptimizer
+from keras_qsgld.experiments.defaults import DEFAULT_LEARNING_RATE
 from keras_qsgld.optimizer import increment_dtype
-from keras_qsgld.quantization import ROUNDING_MODES
+from keras_qsgld.quantization import RANDOM_ROUNDING_MODES
 from keras_qsgld.schedules import DEFAULT_ETA, DEFAULT_KAPPA, DEFAULT_WARMUP_FRACTION
+
+EXTRA_ROUNDINGS = tuple(RANDOM_ROUNDING_MODES)  # listed as qsgld_<mode>, besides "nearest"
 
 
 class GaussianSGLD(BackendQuantizedOptimizer):
@@ -70,13 +74,12 @@ class OptimizerSpec:
     build: object  # callable(lr, steps_per_epoch, epochs, seed) -> optimizer
     tie_lr_to: str = None
     quantized: bool = False
-    benchmark_only: bool = False  # a prototype: built by name, not in the default lists
 
 
 def qsgld_schedules(
     steps_per_epoch, epochs, eta=DEFAULT_ETA, kappa=DEFAULT_KAPPA, warmup_fraction=DEFAULT_WARMUP_FRACTION, gate="logistic"
 ):
-    """The paper's schedules for a run of `epochs` epochs (tau0 = 0.2 * epochs)."""
+    """The paper's schedules for a run of `epochs` epochs (tau0 = warmup_fraction * epochs)."""
     resolution = keras_qsgld.ResolutionSchedule(eta=eta, steps_per_epoch=steps_per_epoch)
     compensation = keras_qsgld.CompensationSchedule.from_budget(
         epochs, warmup_fraction=warmup_fraction, kappa=kappa, steps_per_epoch=steps_per_epoch, gate=gate
@@ -84,19 +87,23 @@ def qsgld_schedules(
     return resolution, compensation
 
 
-def _qsgld(compensation=True, rounding="nearest", **extra):
+def paper_qsgld(lr, steps_per_epoch, epochs, seed, compensation=True, rounding="nearest", **schedule_kwargs):
+    """QSGLD with the paper's schedules (`qsgld_schedules(**schedule_kwargs)`) for a run of
+    `epochs` epochs; `compensation=False` leaves the compensation term out. `seed` seeds the
+    random roundings (the deterministic ones draw nothing)."""
+    resolution, comp = qsgld_schedules(steps_per_epoch, epochs, **schedule_kwargs)
+    return keras_qsgld.QSGLD(
+        learning_rate=lr,
+        resolution=resolution,
+        compensation=comp if compensation else None,
+        rounding=rounding,
+        seed=seed,
+    )
+
+
+def _qsgld(compensation=True, rounding="nearest"):
     def build(lr, steps_per_epoch, epochs, seed):
-        resolution, comp = qsgld_schedules(steps_per_epoch, epochs)
-        kwargs = dict(extra)
-        if rounding not in ("nearest", "floor"):
-            kwargs["seed"] = seed
-        return keras_qsgld.QSGLD(
-            learning_rate=lr,
-            resolution=resolution,
-            compensation=comp if compensation else None,
-            rounding=rounding,
-            **kwargs,
-        )
+        return paper_qsgld(lr, steps_per_epoch, epochs, seed, compensation=compensation, rounding=rounding)
 
     return build
 
@@ -131,7 +138,7 @@ def _base_specs():
         OptimizerSpec("qadam", "QAdam", "adam", _qadam, quantized=True),
         OptimizerSpec("sgld", "Gaussian SGLD (same variance)", "sgd", _sgld, tie_lr_to="sgd"),
     ]
-    for mode in extra_rounding_modes():
+    for mode in EXTRA_ROUNDINGS:
         specs.append(
             OptimizerSpec(
                 f"qsgld_{mode}",
@@ -145,28 +152,20 @@ def _base_specs():
     return specs
 
 
-def extra_rounding_modes():
-    """Rounding modes beyond nearest/floor that this install's QSGLD accepts (with `seed=`)."""
-    modes = []
-    for mode in ROUNDING_MODES:
-        if mode in ("nearest", "floor"):
-            continue
-        try:
-            keras_qsgld.QSGLD(rounding=mode, seed=0)
-        except (TypeError, ValueError):
-            continue
-        modes.append(mode)
-    return modes
-
-
 OPTIMIZERS = {spec.name: spec for spec in _base_specs()}
 
 LR_GRIDS = {"sgd": (0.03, 0.1, 0.3, 1.0), "adam": (3e-4, 1e-3, 3e-3, 1e-2)}
 
 
 def available():
-    """Names of the optimizers this install can build, in table order (prototypes excluded)."""
-    return [name for name, spec in OPTIMIZERS.items() if not spec.benchmark_only]
+    """Names of the optimizers, in table order."""
+    return list(OPTIMIZERS)
+
+
+def default_learning_rate(name):
+    """The optimizer's default learning rate (`keras_qsgld.experiments.defaults`), or that of
+    its family (`"sgd"`, `"adam"`) for the variants the table does not list."""
+    return DEFAULT_LEARNING_RATE.get(name, DEFAULT_LEARNING_RATE[OPTIMIZERS[name].family])
 
 
 def build(name, lr, steps_per_epoch=1, epochs=1, seed=0):
@@ -187,7 +186,7 @@ def parse_optimizers(text, default):
                 names.append(name)
     unknown = [n for n in names if n not in OPTIMIZERS]
     if unknown or not names:
-        raise ValueError(
+        raise UsageError(
             f"Argument `--optimizers` must be 'all' or names among {list(OPTIMIZERS)}. Received: {text!r}"
         )
     return names

@@ -19,72 +19,83 @@ Tables (`--tables`):
 
 Data: scikit-learn digits (MLP) and MNIST-1D (1-D CNN), both offline, through
 `keras_qsgld.experiments.datasets` and `keras_qsgld.experiments.models`.
+
+A TensorFlow-backend script (its data are `tf.data` pipelines, its published results
+TensorFlow's): it sets `KERAS_BACKEND=tensorflow` itself. Run from the repository root:
+`python -m benchmarks.quality --quick`.
 """
 
 import math
 import os
-import sys
-
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import warnings
 
 from benchmarks import common
 
-common.setup_environment()
+# The data are tf.data pipelines and the published results TensorFlow's: this script runs on
+# the TensorFlow backend whatever KERAS_BACKEND says, set before Keras is imported.
+common.use_tensorflow_backend(__name__)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from benchmarks import optimizers as bopt  # noqa: E402
+from keras_qsgld.experiments.datasets import DatasetUnavailableError, load_dataset  # noqa: E402
+from keras_qsgld.experiments.defaults import DEFAULT_MODEL  # noqa: E402
+from keras_qsgld.experiments.models import build_model  # noqa: E402
+from keras_qsgld.schedules import DEFAULT_ETA, DEFAULT_KAPPA, DEFAULT_WARMUP_FRACTION  # noqa: E402
 
 TABLES = ("lr", "quality", "ingredients", "ablation")
 SETUPS = {
-    # dataset: (model, batch size, full epochs, quick epochs)
-    "digits": ("mlp", 32, 15, 2),
-    "mnist1d": ("cnn1d", 64, 12, 1),
+    # dataset: (batch size, full epochs, quick epochs); the model is DEFAULT_MODEL's.
+    "digits": (32, 15, 2),
+    "mnist1d": (64, 12, 1),
 }
-QUALITY_DEFAULT = ("sgd", "sgd_momentum", "adam", "adamw", "qsgld", "qsgd", "qadam", "sgld")
 TUNING_SEED = 1000
+QUICK_EXAMPLES = 300  # --quick: training examples per data set
+PAPER_SETTINGS = (
+    f"eta 2^{math.log2(DEFAULT_ETA):g}, kappa {DEFAULT_KAPPA:g}, tau0 {DEFAULT_WARMUP_FRACTION:g} x budget, logistic gate"
+)
 
 
 def build_parser():
     p = common.parser(__doc__.split("\n\n")[0], TABLES, "results/benchmarks/quality")
     p.add_argument("--datasets", default="digits,mnist1d")
     p.add_argument("--optimizers", default="all", help="'all' or names among benchmarks.optimizers")
-    p.add_argument("--epochs", type=int, default=None, help="epoch budget (default per data set)")
-    p.add_argument("--ablation-seeds", type=int, default=3, help="seeds per ablation variant")
+    p.add_argument("--epochs", type=common.positive_int, default=None, help="epoch budget (default per data set)")
+    p.add_argument("--ablation-seeds", type=common.positive_int, default=3, help="seeds per ablation variant")
     return p
 
 
 # -- one training run ----------------------------------------------------------------------
-class _Progress:
-    """A Keras callback that prints data set, optimizer, seed and epoch."""
+class Progress(keras.callbacks.Callback):
+    """Prints data set, optimizer, seed and epoch at the end of each epoch."""
 
-    def __new__(cls, label, epochs):
-        import keras
+    def __init__(self, label, epochs):
+        super().__init__()
+        self.label, self.epochs = label, epochs
 
-        class Progress(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                logs = logs or {}
-                common.log(
-                    f"{label} epoch {epoch + 1}/{epochs}: loss {logs.get('loss', float('nan')):.4f} "
-                    f"acc {logs.get('accuracy', float('nan')):.4f}"
-                )
-
-        return Progress()
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        common.log(
+            f"{self.label} epoch {epoch + 1}/{self.epochs}: loss {logs.get('loss', float('nan')):.4f} "
+            f"acc {logs.get('accuracy', float('nan')):.4f}"
+        )
 
 
 def train(dataset, make_optimizer, seed, epochs, label, max_examples=None):
     """Trains the data set's model once; returns test/train accuracy and loss and the loss curve."""
-    import keras
-
-    from keras_qsgld.experiments.datasets import load_dataset
-    from keras_qsgld.experiments.models import build_model
-
-    model_name, batch_size, _, _ = SETUPS[dataset]
+    batch_size = SETUPS[dataset][0]
     keras.backend.clear_session()
     bundle = load_dataset(dataset, batch_size=batch_size, seed=seed, max_examples=max_examples)
-    model = build_model(model_name, bundle.input_shape, bundle.num_classes, seed=seed)
+    model = build_model(DEFAULT_MODEL[dataset], bundle.input_shape, bundle.num_classes, seed=seed)
     optimizer = make_optimizer(bundle.steps_per_epoch, epochs)
     model.compile(
         optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=False
     )
-    history = model.fit(bundle.train, epochs=epochs, verbose=0, callbacks=[_Progress(label, epochs)])
+    history = model.fit(bundle.train, epochs=epochs, verbose=0, callbacks=[Progress(label, epochs)])
     train_loss, train_acc = model.evaluate(bundle.train, verbose=0)
     test_loss, test_acc = model.evaluate(bundle.test, verbose=0)
     return {
@@ -103,22 +114,18 @@ def cached_train(store, dataset, opt_key, make_optimizer, seed, epochs, args, ta
         label = f"{table}: {dataset} {opt_key} seed {seed}"
         record = store.put(
             key,
-            train(dataset, make_optimizer, seed, epochs, label, max_examples=300 if args.quick else None),
+            train(dataset, make_optimizer, seed, epochs, label, max_examples=QUICK_EXAMPLES if args.quick else None),
         )
     return record
 
 
 def _builder(name, lr, seed):
-    from benchmarks import optimizers as bopt
-
     return lambda spe, epochs: bopt.build(name, lr, steps_per_epoch=spe, epochs=epochs, seed=seed)
 
 
 # -- tables ----------------------------------------------------------------------------------
 def tune_lrs(args, datasets, names, epochs_of):
     """{dataset: {optimizer: lr}}, and writes the `lr` table (only when asked)."""
-    from benchmarks import optimizers as bopt
-
     store = common.ResultStore(args.output_dir, "runs")
     chosen, rows = {}, []
     tuned = [n for n in names if bopt.OPTIMIZERS[n].tie_lr_to is None]
@@ -159,8 +166,6 @@ def tune_lrs(args, datasets, names, epochs_of):
 
 def welch(a, b):
     """Two-sided Welch t-test p-value (nan with fewer than 2 values a side or no spread)."""
-    from scipy import stats
-
     if len(a) < 2 or len(b) < 2:
         return float("nan")
     res = stats.ttest_ind(a, b, equal_var=False)
@@ -168,8 +173,6 @@ def welch(a, b):
 
 
 def run_quality(args, datasets, names, lrs, epochs_of):
-    from benchmarks import optimizers as bopt
-
     store = common.ResultStore(args.output_dir, "runs")
     rows, plots = [], []
     for dataset in datasets:
@@ -195,9 +198,9 @@ def run_quality(args, datasets, names, lrs, epochs_of):
     headers = ["data set", "optimizer", "lr", "test accuracy % (mean ± std)", "final train loss", "Welch p vs QSGLD"]
     notes = [
         f"Seeds {args.seed_list}; epochs: {epochs_of}; models: "
-        + ", ".join(f"{d}: {SETUPS[d][0]} (batch {SETUPS[d][1]})" for d in datasets) + ".",
-        "QSGLD/QAdam use the paper's schedules: ResolutionSchedule(eta=2^19) and "
-        "CompensationSchedule.from_budget(epochs) (tau0 = 0.2 x budget, kappa 2, logistic), per epoch of this data set. "
+        + ", ".join(f"{d}: {DEFAULT_MODEL[d]} (batch {SETUPS[d][0]})" for d in datasets) + ".",
+        f"QSGLD/QAdam use the paper's schedules ({PAPER_SETTINGS}): ResolutionSchedule(eta) and "
+        "CompensationSchedule.from_budget(epochs), per epoch of this data set. "
         "Gaussian SGLD draws N(0, Qp^-2/12) with the same Qp schedule.",
         "Final train loss: the loss of the trained model on the whole training set. "
         "Welch p: two-sided Welch t-test of test accuracy, QSGLD against that optimizer; with this few seeds "
@@ -208,15 +211,8 @@ def run_quality(args, datasets, names, lrs, epochs_of):
 
 
 def plot_quality(args, dataset, names, results):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import numpy as np
-    except ImportError:
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     acc = [np.array([r["test_acc"] for r in results[n]]) * 100 for n in names]
     axes[0].bar(range(len(names)), [a.mean() for a in acc], yerr=[a.std(ddof=1) if len(a) > 1 else 0 for a in acc],
                 color=["C3" if n.startswith("q") else "C0" for n in names], capsize=3)
@@ -237,7 +233,6 @@ def plot_quality(args, dataset, names, results):
     fig.tight_layout()
     path = os.path.join(args.output_dir, f"quality_{dataset}.png")
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     return path
 
 
@@ -273,16 +268,14 @@ def run_ingredients(args, datasets, lrs, epochs_of):
 
 
 def ablation_variants(quick):
-    """name -> QSGLD keyword overrides (on top of the paper's defaults)."""
-    from benchmarks.optimizers import extra_rounding_modes
-
+    """name -> `benchmarks.optimizers.paper_qsgld` keyword overrides."""
     variants = {
         "compensation off": dict(compensation=False),
         "compensation logistic (paper)": dict(),
         "compensation tanh (authors' code)": dict(gate="tanh"),
         "rounding floor": dict(rounding="floor"),
     }
-    for mode in extra_rounding_modes():
+    for mode in bopt.EXTRA_ROUNDINGS:
         variants[f"rounding {mode}"] = dict(rounding=mode)
     if quick:  # two variants prove the table; the full list runs in full mode
         return {"compensation off": dict(compensation=False), "eta 2^10": dict(eta=2.0**10)}
@@ -296,18 +289,8 @@ def ablation_variants(quick):
     return variants
 
 
-def _ablation_builder(lr, seed, compensation=True, rounding="nearest", eta=2.0**19, kappa=2.0,
-                      warmup_fraction=0.2, gate="logistic"):
-    import keras_qsgld
-    from benchmarks.optimizers import qsgld_schedules
-
-    def make(spe, epochs):
-        resolution, comp = qsgld_schedules(spe, epochs, eta=eta, kappa=kappa, warmup_fraction=warmup_fraction, gate=gate)
-        kwargs = {"seed": seed} if rounding not in ("nearest", "floor") else {}
-        return keras_qsgld.QSGLD(lr, resolution=resolution, compensation=comp if compensation else None,
-                                 rounding=rounding, track_noise=False, **kwargs)
-
-    return make
+def _ablation_builder(lr, seed, **overrides):
+    return lambda spe, epochs: bopt.paper_qsgld(lr, spe, epochs, seed, **overrides)
 
 
 def run_ablation(args, lrs, epochs_of):
@@ -325,26 +308,22 @@ def run_ablation(args, lrs, epochs_of):
         rows.append([variant, common.fmt_pm([r["test_acc"] * 100 for r in recs]),
                      common.fmt_pm([r["train_loss"] for r in recs])])
     headers = ["QSGLD variant", "test accuracy %", "final train loss"]
-    notes = [f"digits, MLP, {epochs_of[dataset]} epochs, QSGLD's chosen lr {lr:g}, seeds {seeds}; "
-             "everything else as the paper's defaults (eta 2^19, kappa 2, tau0 0.2 x budget, logistic gate, nearest)."]
+    notes = [f"digits, {DEFAULT_MODEL[dataset]}, {epochs_of[dataset]} epochs, QSGLD's chosen lr {lr:g}, seeds {seeds}; "
+             f"everything else as the paper's defaults ({PAPER_SETTINGS}, nearest rounding)."]
     return common.write_table(args, "ablation", "QSGLD ablations", headers, rows, notes)
 
 
 def main(argv=None):
     args = common.finish_args(build_parser().parse_args(argv))
-    common.quiet_tensorflow()
-    import warnings
-
+    tf.get_logger().setLevel("ERROR")
     warnings.filterwarnings("ignore", message=".*shuffle=True.*")
-    from benchmarks import optimizers as bopt
-
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     bad = [d for d in datasets if d not in SETUPS]
-    if bad:
-        raise ValueError(f"Argument `--datasets` must name data sets among {tuple(SETUPS)}. Received: {args.datasets!r}")
+    if bad or not datasets:
+        raise common.UsageError(
+            f"Argument `--datasets` must name data sets among {tuple(SETUPS)}. Received: {args.datasets!r}"
+        )
     names = bopt.parse_optimizers(args.optimizers, bopt.available())
-    if args.optimizers == "all":
-        names = bopt.available()
     if args.quick and args.optimizers == "all":
         names = ["sgd", "qsgld"]
     if args.quick:
@@ -352,7 +331,7 @@ def main(argv=None):
     for required in ("sgd", "qsgld"):
         if required not in names:
             names.insert(0, required)
-    epochs_of = {d: args.epochs or (SETUPS[d][3] if args.quick else SETUPS[d][2]) for d in datasets}
+    epochs_of = {d: args.epochs or (SETUPS[d][2] if args.quick else SETUPS[d][1]) for d in datasets}
     common.log(f"quality: tables {args.table_list}, data sets {datasets}, optimizers {names}, seeds {args.seed_list}")
     lrs = tune_lrs(args, datasets, names, epochs_of)
     outputs = []
@@ -366,4 +345,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script(main, user_errors=(DatasetUnavailableError,))

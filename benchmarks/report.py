@@ -7,12 +7,9 @@ wrote together with the exact command and the machine; this file adds only the p
 around them. A table that was not produced is listed as missing, never filled in.
 """
 
-import argparse
 import os
-import sys
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import common
 
 HEADER = """# Benchmarks and noise diagnostics
 
@@ -43,10 +40,7 @@ fused update must read and write. Plain SGD reads the gradient and the weights a
 the weights (3 tensors); QSGLD reads the gradient a second time for the per-tensor norm of
 its compensation term (4 tensors, so 4/3 of SGD); Adam moves 7 (7/3). The
 "Gaussian SGLD" row is the noise QSGLD replaces, written with `keras.random.normal` and a
-`SeedGenerator` (`benchmarks/optimizers.py: GaussianSGLD`). `qsgld_lean` is a benchmark-only
-prototype of a cheaper QSGLD update (`benchmarks/optimizers.py: LeanQSGLD`: the schedules
-evaluated once per `apply` instead of once per variable, and the compensated step computed
-as one scalar times the gradient); it is the "after" of a proposed change to the core.
+`SeedGenerator` (`benchmarks/optimizers.py: GaussianSGLD`).
 
 What the tables show (CPU; the GPU picture may differ, see the last section):
 
@@ -55,11 +49,7 @@ What the tables show (CPU; the GPU picture may differ, see the last section):
   as the SGD update), while the per-tensor norms of the compensation term take several times
   the SGD update under XLA, where TensorFlow's own (non-XLA) reduction is cheaper than the SGD
   update. Quantized SGD (compensation off, no norm) runs at SGD's speed under XLA.
-* **Without XLA, QSGLD's op-by-op update is several times SGD**; the lean prototype removes
-  most of that (on both models) and gives the same increments (bitwise in
-  `tests/test_benchmarks.py`; under XLA the scalar-times-gradient form can move a value that
-  lies within float32 rounding of a half-cell boundary to the next cell). Under XLA it does
-  not help: the norm dominates there.
+* **Without XLA, QSGLD's op-by-op update is several times SGD.**
 * **On the small CIFAR ResNet-50 every optimizer is dominated by per-variable overhead**, and
   QSGLD under XLA sits at its floor.
 * **Gaussian noise is the expensive part of SGLD**: on the large model, drawing
@@ -178,9 +168,10 @@ What the tables show:
     ),
     (
         "GPU",
-        ["gpu/speed/apply", "gpu/speed/step", "gpu/cifar/cifar"],
-        """`benchmarks/gpu.sh` runs the speed tables at GPU scale (both models, XLA and not, whole steps at
-batch 128, every optimizer) and a short run of the paper's CIFAR protocol with QSGLD and SGD
+        ["gpu/speed/apply", "gpu/speed/breakdown", "gpu/speed/step", "gpu/cifar/cifar"],
+        """`benchmarks/gpu.sh` runs the speed tables at GPU scale (both models, every mode of every
+installed backend, whole steps of the 19M-parameter MLP, every optimizer) and a short run of
+the paper's CIFAR protocol with QSGLD and SGD
 (`benchmarks/cifar.py`; real CIFAR needs internet or `--data-dir`). Its tables appear here
 once it has been run on a GPU machine and `benchmarks/results/gpu/` holds them.""",
     ),
@@ -229,14 +220,16 @@ def build(published, output):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Assemble BENCHMARKS.md from the published tables.")
+    p = common.ArgumentParser(description="Assemble BENCHMARKS.md from the published tables.")
     p.add_argument("--published", default="benchmarks/results", help="folder of <script>/<table>.md")
     p.add_argument("--output", default="BENCHMARKS.md")
     args = p.parse_args(argv)
+    if not os.path.isdir(args.published):
+        raise common.UsageError(f"Argument `--published` must be a folder of tables. Received: {args.published!r}")
     output, missing = build(args.published, args.output)
     print(f"wrote {output}" + (f"; missing tables: {', '.join(missing)}" if missing else ""))
     return output
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script(main, resumable=False)

@@ -1,23 +1,49 @@
-"""The benchmarks: every script's `--quick` mode runs and writes its tables; the Gaussian SGLD
-baseline and the shared harness against independent references. Nothing here is timed."""
+"""The benchmarks: every script's `--quick` mode runs and writes its tables (`benchmarks.speed`
+on each backend, the TensorFlow scripts on TensorFlow); the Gaussian SGLD baseline and the
+shared harness against independent references; one-line errors and Ctrl-C as commands see
+them. Nothing here is timed.
 
+`benchmarks` is a folder of the repository run as modules (`python -m benchmarks.speed`);
+`tests/conftest.py` puts the repository root on the path.
+"""
+
+import importlib
 import json
 import math
 import os
+import pathlib
+import re
+import signal
+import subprocess
 import sys
+import time
 
+import keras
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-pytest.importorskip("scipy")
+from benchmarks import common
+from benchmarks import optimizers as bopt
 
-# `benchmarks` is a folder of the repository, not an installed package: make it importable
-# also when pytest is run as a plain command (not `python -m pytest` from the root).
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BACKEND = keras.backend.backend()
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TENSORFLOW_SCRIPTS = ("quality", "global_opt", "diagnostics", "cifar", "langevin_double_well", "eager_xla")
+# TensorFlow's own C++ log lines (start-up, device probes): not the scripts' output.
+TF_LOG_LINE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl)")
 
-from benchmarks import common  # noqa: E402
-from benchmarks import optimizers as bopt  # noqa: E402
+
+def run_module(module, *args, **kwargs):
+    """`python -m benchmarks.MODULE ARGS` from the repository root -> CompletedProcess."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{module}", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=600, **kwargs,
+    )
+
+
+def script_lines(stderr):
+    """The lines of stderr that the script wrote (TensorFlow's C++ log lines left out)."""
+    return [line for line in stderr.splitlines() if line.strip() and not TF_LOG_LINE.match(line)]
 
 
 def _table_rows(path):
@@ -67,10 +93,12 @@ def test_time_interleaved_calls_each_function_as_asked():
 
         return fn
 
-    times = common.time_interleaved({"a": make("a"), "b": make("b")}, repeats=3, warmup=2)
+    first = {}
+    times = common.time_interleaved({"a": make("a"), "b": make("b")}, repeats=3, warmup=2, first_calls=first)
     assert calls == {"a": 5, "b": 5}
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
     assert all(t >= 0 for v in times.values() for t in v)
+    assert sorted(first) == ["a", "b"] and all(t >= 0 for t in first.values())
     with pytest.raises(ValueError, match="repeats"):
         common.time_interleaved({"a": make("a")}, repeats=0)
 
@@ -121,21 +149,103 @@ def test_gaussian_sgld_is_seeded_and_rejects_bad_resolution():
 
 
 def test_optimizer_list_is_data_driven():
+    from keras_qsgld.experiments.defaults import DEFAULT_LEARNING_RATE
+    from keras_qsgld.schedules import DEFAULT_ETA, DEFAULT_WARMUP_FRACTION
+
     names = bopt.available()
     for name in ("sgd", "sgd_momentum", "adam", "adamw", "qsgld", "qsgd", "qadam", "sgld"):
         assert name in names
-    for mode in bopt.extra_rounding_modes():
+    assert bopt.EXTRA_ROUNDINGS
+    for mode in bopt.EXTRA_ROUNDINGS:
         assert f"qsgld_{mode}" in names
         assert bopt.build(f"qsgld_{mode}", 0.01, 10, 5, seed=0).rounding == mode
     assert bopt.build("qsgd", 0.01, 10, 5).compensation is None
-    assert bopt.build("qsgld", 0.01, 10, 5).compensation.tau0 == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="--optimizers"):
+    qsgld = bopt.build("qsgld", 0.01, 10, 5)
+    assert qsgld.compensation.tau0 == pytest.approx(DEFAULT_WARMUP_FRACTION * 5)
+    assert qsgld.resolution.eta == DEFAULT_ETA and qsgld.resolution.steps_per_epoch == 10
+    # The ablations' knobs reach the schedules.
+    variant = bopt.paper_qsgld(0.01, 10, 5, seed=3, compensation=False, rounding="dithered", eta=2.0**10)
+    assert variant.compensation is None and variant.rounding == "dithered" and variant.resolution.eta == 2.0**10
+    assert bopt.default_learning_rate("qadam") == DEFAULT_LEARNING_RATE["qadam"]
+    assert bopt.default_learning_rate("qsgld_dithered") == DEFAULT_LEARNING_RATE["sgd"]  # its family's
+    with pytest.raises(common.UsageError, match="--optimizers"):
         bopt.parse_optimizers("sgd,nope", names)
     with pytest.raises(ValueError, match="name"):
         bopt.build("nope", 0.1)
 
 
+# -- one-line errors and Ctrl-C, as a command -------------------------------------------------
+@pytest.mark.backends("tensorflow")  # subprocesses: once, not in every backend's run
+@pytest.mark.parametrize(
+    "module, args, message",
+    [
+        ("speed", ["--rounds", "0"], "argument --rounds: must be an integer >= 1"),
+        ("speed", ["--backends", "tf"], "Argument `--backends` must name backends"),
+        ("report", ["--published", "no/such/folder"], "Argument `--published`"),
+        ("global_opt", ["--dims", "2,x"], "Argument `--dims`"),
+    ],
+)
+def test_user_error_is_one_line_and_exit_code_2(module, args, message):
+    result = run_module(module, *args)
+    assert result.returncode == 2, result.stderr
+    lines = script_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"benchmarks.{module}: error: ") and message in lines[0]
+
+
+@pytest.mark.backends("tensorflow")  # a subprocess of each backend: once, not in every run
+def test_ctrl_c_is_one_line_that_says_how_to_resume(tmp_path):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) while a backend's own
+    process measures: the parent says how to resume, in one line, and exits with 130."""
+    args = ["--quick", "--backends", "jax,torch", "--tables", "apply", "--modes", "jit,eager",
+            "--output-dir", str(tmp_path), "--force"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.speed", *args], cwd=ROOT, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    try:
+        for line in process.stdout:  # wait until the jax process measures
+            if "apply: building" in line:
+                break
+        time.sleep(0.5)
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, stderr
+    lines = script_lines(stderr)
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("benchmarks.speed: interrupted") and "to resume" in lines[0]
+    # The command to rerun, without --force (which would recompute what is done).
+    assert "python -m benchmarks.speed --quick --backends jax,torch" in lines[0] and "--force" not in lines[0]
+
+
+def test_harness_imports_no_backend():
+    """`benchmarks.speed` picks the backend after parsing its arguments: importing it (and the
+    shared harness, and describing the machine) imports neither Keras nor a backend."""
+    code = (
+        "import sys; from benchmarks import common, speed; "
+        "print(common.machine_description(['tensorflow', 'jax', 'torch'])); "
+        "print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    machine, imported = result.stdout.splitlines()
+    assert imported == "[]"
+    assert "TensorFlow" in machine and "JAX" in machine and "PyTorch" in machine and "Keras" in machine
+
+
+@pytest.mark.backends("jax", "torch")
+def test_tensorflow_scripts_refuse_another_backend_in_process():
+    with pytest.raises(ImportError, match="TensorFlow backend"):
+        common.use_tensorflow_backend("benchmarks.quality")
+
+
 # -- every script's --quick mode ----------------------------------------------------------------
+@pytest.mark.backends("tensorflow")
 def test_global_opt_functions_against_numpy():
     import tensorflow as tf
 
@@ -159,12 +269,13 @@ def test_global_opt_functions_against_numpy():
     assert global_opt.f_star("styblinski_tang", 1) == pytest.approx(-39.16617, abs=1e-4)
 
 
+@pytest.mark.backends("tensorflow")
 def test_global_opt_quick(tmp_path):
     from benchmarks import global_opt
 
     out = str(tmp_path / "global")
     (path,) = global_opt.main(["--quick", "--seeds", "1", "--output-dir", out, "--dims", "2"])
-    text, rows = _check_table(path, min_rows=3 * len(global_opt.methods(None)))
+    text, _ = _check_table(path, min_rows=3 * len(global_opt.methods()))
     assert "qsgld_anneal" in text and "sgld_fixed" in text
     # Resumable: a second run reads every result back instead of recomputing.
     with open(os.path.join(out, "global.jsonl")) as f:
@@ -174,13 +285,14 @@ def test_global_opt_quick(tmp_path):
         assert len(f.readlines()) == n
 
 
+@pytest.mark.backends("tensorflow")
 def test_diagnostics_quick(tmp_path):
     from benchmarks import diagnostics
 
     paths = diagnostics.main(["--quick", "--seeds", "1", "--output-dir", str(tmp_path), "--coords", "64"])
     assert [os.path.basename(p) for p in paths] == ["whitenoise.md", "stationary.md"]
-    _, rows = _check_table(paths[0], min_rows=3)
-    _, rows = _check_table(paths[1], min_rows=4)
+    _check_table(paths[0], min_rows=3)
+    _check_table(paths[1], min_rows=4)
     # Dithered rounding makes the error uniform by construction: the measured stationary
     # variance must match the formula (4096/256 chains: a loose bound, not a timing).
     with open(os.path.join(str(tmp_path), "stationary.jsonl")) as f:
@@ -191,6 +303,7 @@ def test_diagnostics_quick(tmp_path):
             assert rec["var"] / rec["var_formula"] == pytest.approx(1.0, abs=0.35)
 
 
+@pytest.mark.backends("tensorflow")
 def test_quality_quick(tmp_path):
     from benchmarks import quality
 
@@ -198,40 +311,84 @@ def test_quality_quick(tmp_path):
     names = [os.path.basename(p) for p in paths]
     assert names == ["quality.md", "ingredients.md", "ablation.md"]
     assert os.path.exists(tmp_path / "lr.md")
-    text, rows = _check_table(paths[0], min_rows=2)
+    text, _ = _check_table(paths[0], min_rows=2)
     assert "QSGLD" in text and os.path.exists(tmp_path / "quality_digits.png")
     _check_table(paths[1], min_rows=4)
     _check_table(paths[2], min_rows=2)
 
 
-def test_speed_quick(tmp_path):
+@pytest.mark.parametrize(
+    "backend", [pytest.param(b, marks=pytest.mark.backends(b)) for b in ("tensorflow", "jax", "torch")]
+)
+def test_speed_quick(backend, tmp_path):
+    """Every table and mode of this backend, in this process (tiny sizes)."""
     from benchmarks import speed
 
-    paths = speed.main(["--quick", "--output-dir", str(tmp_path), "--warmup", "1"])
-    text, rows = _check_table(paths[0], min_rows=2 * 3)
-    assert "qsgld" in text and "xla" in text and "graph" in text
-    _check_table(paths[1], min_rows=3)
-    text, _ = _check_table(paths[2], min_rows=6)
-    assert "per-tensor norms only" in text
+    out = str(tmp_path)
+    paths = speed.main(["--quick", "--backends", backend, "--output-dir", out, "--warmup", "1"])
+    assert [os.path.basename(p) for p in paths] == ["apply.md", "step.md", "breakdown.md"]
+    apply_modes, step_modes = speed.APPLY_MODES[backend], speed.STEP_MODES[backend]
+    variants = 2 if backend == "tensorflow" else 0  # graph, eager: qsgld again with jit_compile=False
+    text, rows = _check_table(paths[0], min_rows=2 * len(apply_modes) + variants)
+    assert all(row.startswith(f"| {backend} (") for row in rows)  # "| jax (cpu) |": where it ran
+    for mode in apply_modes:
+        assert f"| {mode} | qsgld |" in text and f"| {mode} | sgd |" in text
+    if backend == "tensorflow":
+        assert "| graph | qsgld (jit_compile=False) |" in text and "| eager | qsgld (jit_compile=False) |" in text
+    text, rows = _check_table(paths[1], min_rows=2 * len(step_modes))
+    for mode in step_modes:
+        assert f"| {mode} | qsgld |" in text
+    assert all("| sgd |" in row for row in rows)  # QSGLD's baseline
+    text, _ = _check_table(paths[2], min_rows=4 * len(apply_modes))
+    assert "per-tensor norms only, one reduction each" in text and "QSGLD's two-level sum" in text
+    # Resumable: a second run reads every record back instead of measuring again.
+    sizes = {t: len(open(os.path.join(out, f"{t}.jsonl")).readlines()) for t in ("apply", "step", "breakdown")}
+    speed.main(["--quick", "--backends", backend, "--output-dir", out, "--warmup", "1"])
+    assert sizes == {t: len(open(os.path.join(out, f"{t}.jsonl")).readlines()) for t in sizes}
 
 
-@pytest.mark.parametrize("script", ["speed", "quality", "global_opt", "diagnostics", "cifar", "report"])
+@pytest.mark.backends("tensorflow")  # runs JAX and PyTorch in processes of their own: once
+def test_speed_gathers_the_backends_into_one_table(tmp_path):
+    """Several backends: each measures in a process of its own (resumable per backend), and
+    one table holds them all, each with its ratios to SGD of its own run."""
+    from benchmarks import speed
+
+    args = ["--quick", "--backends", "jax,torch", "--tables", "apply", "--modes", "jit,eager",
+            "--output-dir", str(tmp_path), "--warmup", "1"]
+    (path,) = speed.main(args)
+    text, rows = _check_table(path, min_rows=4)
+    assert [row.split(" | ")[0] for row in rows] == ["| jax (cpu)"] * 2 + ["| torch (cpu)"] * 2
+    assert "| jit | sgd |" in text and "| eager | qsgld |" in text
+    assert all(row.split(" | ")[6] == "1" for row in rows if "| sgd |" in row)  # ratio to SGD
+    assert "JAX" in text and "PyTorch" in text  # the machine line names both
+    with open(tmp_path / "apply.jsonl") as f:
+        stored = f.readlines()
+    assert len(stored) == 2  # one record per backend
+    speed.main(args)  # resumes: nothing measured again
+    with open(tmp_path / "apply.jsonl") as f:
+        assert f.readlines() == stored
+
+
+@pytest.mark.parametrize(
+    "script",
+    ["speed", "report"]
+    + [pytest.param(name, marks=pytest.mark.backends("tensorflow")) for name in TENSORFLOW_SCRIPTS],
+)
 def test_every_script_has_help(script, capsys):
-    import importlib
-
     module = importlib.import_module(f"benchmarks.{script}")
     with pytest.raises(SystemExit) as exit_info:
         module.main(["--help"])
     assert exit_info.value.code == 0
-    assert "--output" in capsys.readouterr().out
+    assert "usage:" in capsys.readouterr().out
 
 
+@pytest.mark.backends("tensorflow")
 def test_cifar_quick_and_report(tmp_path):
     from benchmarks import cifar, report
 
     published = tmp_path / "published"
     (path,) = cifar.main(["--quick", "--output-dir", str(published / "gpu" / "cifar")])
-    text, rows = _check_table(path, min_rows=2)
+    text, _ = _check_table(path, min_rows=2)
     assert "synthetic" in text
     output = str(tmp_path / "BENCHMARKS.md")
     _, missing = report.build(str(published), output)
@@ -239,3 +396,4 @@ def test_cifar_quick_and_report(tmp_path):
         md = f.read()
     assert "Short run of the paper's CIFAR protocol" in md
     assert "speed/apply" in missing and "gpu/speed/apply" in missing and "gpu/cifar/cifar" not in missing
+    assert "qsgld_lean" not in md and "LeanQSGLD" not in md  # the removed prototype
