@@ -177,7 +177,9 @@ class ResolutionSchedule(EpochSchedule):
                     step += 1
                 thresholds.append(step)
             qp = [self.eta * self.base**p for p in range(low, low + len(thresholds) + 1)]
-            self._table = (np.array(thresholds, np.int64), np.array(qp, np.float32))
+            # Python numbers, not NumPy arrays: constants that torch.compile traces without a
+            # graph break (it does not follow NumPy arrays into a tensor conversion).
+            self._table = (tuple(thresholds), tuple(float(np.float32(v)) for v in qp))
         return self._table
 
     def exponent(self, step):
@@ -189,7 +191,7 @@ class ResolutionSchedule(EpochSchedule):
     def __call__(self, step):
         with keras.name_scope(self.name):
             thresholds, qp = self._exponent_table()
-            return ops.take(ops.convert_to_tensor(qp), _count_passed(step, thresholds))
+            return ops.take(ops.convert_to_tensor(qp, "float32"), _count_passed(step, thresholds))
 
     def breakpoints(self, max_epoch):
         """Epochs `e ** (base ** p) - 2` in `(0, max_epoch]` where `Qp` changes (for plots)."""
@@ -205,15 +207,16 @@ class ResolutionSchedule(EpochSchedule):
 
 
 def _count_passed(step, thresholds):
-    """How many of the (sorted, int64 NumPy) `thresholds` are <= `step`, as int32."""
+    """How many of the sorted integer `thresholds` are <= `step`, as int32."""
     step = ops.convert_to_tensor(step)
     dtype = keras.backend.standardize_dtype(step.dtype)
     if "int" in dtype:
         # Thresholds beyond the step's integer type (int32 on JAX and torch) are never reached.
-        thresholds = thresholds[thresholds <= np.iinfo(dtype).max]
-    if thresholds.size == 0:
+        top = np.iinfo(dtype).max
+        thresholds = tuple(t for t in thresholds if t <= top)
+    if not thresholds:
         return ops.convert_to_tensor(0, "int32")
-    passed = ops.greater_equal(step, ops.convert_to_tensor(thresholds.astype(dtype), dtype=dtype))
+    passed = ops.greater_equal(step, ops.convert_to_tensor(list(thresholds), dtype=dtype))
     return ops.sum(ops.cast(passed, "int32"))
 
 

@@ -205,3 +205,21 @@ def test_constant_and_temperature_round_trip():
     qp = float(temperature.resolution(0.01))
     assert qp**-2 / 12 == pytest.approx(2 * 0.01 * temperature.temperature, rel=1e-6)
     assert float(temperature.resolution(0.0)) == np.inf
+
+
+@pytest.mark.backends("torch")
+def test_the_update_is_one_torch_compile_graph():
+    """torch.compile traces QSGLD's whole update without a graph break (it broke on the
+    schedules' NumPy tables: 8 graphs where Keras' SGD has 3, and minutes of compiling)."""
+    import torch
+
+    opt = keras_qsgld.QSGLD(
+        0.1,
+        resolution=keras_qsgld.ResolutionSchedule(eta=256.0, steps_per_epoch=3),
+        compensation=keras_qsgld.CompensationSchedule(tau0=1.5, steps_per_epoch=3),
+    )
+    variables = [keras.Variable(np.ones((30, 20), "float32")), keras.Variable(np.ones((20,), "float32"))]
+    opt.build(variables)
+    grads = [torch.ones((30, 20)), torch.ones((20,))]
+    explanation = torch._dynamo.explain(lambda g: opt.apply(g, variables))(grads)
+    assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
