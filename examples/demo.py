@@ -1,57 +1,60 @@
 #!/usr/bin/env python
 """`make demo`: QSGLD against SGD and Adam on scikit-learn's digits, offline, on a CPU.
 
+    python examples/demo.py --output-dir results/demo     # what `make demo` runs
+    python -m examples.demo --epochs 5                     # a shorter run
+
 Trains the same MLP (same initial weights, same data order) with each optimizer, prints a
-Markdown table and QSGLD's monitor values, and writes everything `examples/fit.py` writes
-(per-optimizer `log.csv`, `tensorboard/`, `metrics.json`, `curves.png`, and
-`comparison.md` / `comparison.png`) to `--output-dir`. It is `examples/fit.py` with these
-settings:
+Markdown table of the last epoch and QSGLD's monitor values, and writes what
+`examples/fit.py` writes (per optimizer `log.csv`, `tensorboard/`, `metrics.json`,
+`curves.png`; `comparison.md`, `comparison.png`) to `--output-dir`. It is
 
-    --dataset digits --model mlp --optimizer qsgld,sgd,adam --lr qsgld=0.05,sgd=0.05
-    --batch-size 32 --epochs 40 --seed 0 --verbose 2
+    python examples/fit.py --dataset digits --model mlp --optimizer qsgld,sgd,adam
+        --lr qsgld=0.05,sgd=0.05 --batch-size 32 --epochs 40 --seed 0 --verbose 2
 
-Any other `fit.py` flag may be added and overrides these, e.g. `--epochs 5`.
+(Adam at its default 0.001); use `fit.py` for other settings.
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: fewer C++ logs
 
-import fit  # noqa: E402  (examples/fit.py: the machinery is shared, not copied)
+from keras_qsgld.experiments import cli  # noqa: E402
+from keras_qsgld.experiments.defaults import DEFAULT_LEARNING_RATE  # noqa: E402
+from keras_qsgld.experiments.fitting import FitConfig, compare  # noqa: E402
 
-DEMO_ARGS = [
-    "--dataset", "digits",
-    "--model", "mlp",
-    "--optimizer", "qsgld,sgd,adam",
-    "--lr", "qsgld=0.05,sgd=0.05",
-    "--batch-size", "32",
-    "--epochs", "40",
-    "--seed", "0",
-    "--verbose", "2",
-]
+PROG = "demo.py"
+DEMO = FitConfig(
+    dataset="digits",
+    model="mlp",
+    optimizers=("qsgld", "sgd", "adam"),
+    learning_rates={"qsgld": 0.05, "sgd": 0.05, "adam": DEFAULT_LEARNING_RATE["adam"]},
+    batch_size=32,
+    epochs=40,
+    seed=0,
+    verbose=2,
+    output_dir=os.path.join("results", "demo"),
+)
+
+
+def build_parser():
+    p = cli.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output-dir", default=DEMO.output_dir, help="default %(default)s")
+    p.add_argument("--epochs", type=cli.positive_int, default=DEMO.epochs, help="default %(default)s")
+    p.add_argument("--max-examples", type=cli.positive_int,
+                   help="use only the first N examples of each split (default: all)")
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=DEMO.verbose,
+                   help="Keras' display: 2 one line per epoch (default), 1 progress bar, 0 none")
+    return p
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--output-dir", default="results/demo", help="default %(default)s")
-    known, extra = parser.parse_known_args(argv)
-    args = fit.parse_args(DEMO_ARGS + ["--output-dir", known.output_dir] + extra)
-    results = fit.run(args)
-    for m in results:
-        if m["optimizer"] in fit.QUANTIZED:
-            f = m["final"]
-            print(
-                f"{m['optimizer']} after epoch {m['epochs']}: Qp = {f['qsgld_qp']:.0f}, gate s = "
-                f"{f['qsgld_gate']:.3g}, temperature Qp^-2/(24 lr) = {f['qsgld_temperature']:.3g}, "
-                f"increments exactly 0: {f['qsgld_zero_fraction']:.1%}, rounding-error variance / "
-                f"(1/12) = {f['qsgld_noise_variance_ratio']:.3f}"
-            )
-    print(f"curves: {os.path.join(args.output_dir, 'comparison.png')}")
-    return 0
+    args = build_parser().parse_args(argv)
+    config = dataclasses.replace(DEMO, **vars(args))
+    return cli.run_script(lambda: compare(config), prog=PROG)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
 #!/usr/bin/env python
 """Train with QSGLD (or QAdam) on several devices or several machines with tf.distribute.
 
+TensorFlow only: tf.distribute is TensorFlow's own machinery, so this script runs on the
+TensorFlow backend (KERAS_BACKEND unset or "tensorflow"; another value is refused). On JAX,
+Keras' own `keras.distribution.DataParallel` does the same: see docs/scaling.md.
+
 One process per machine. Without `TF_CONFIG` the script uses `MirroredStrategy` over
 every device of this machine (GPUs, or `--cpu-devices N` logical CPUs to try it out);
 with `TF_CONFIG` set it uses `MultiWorkerMirroredStrategy`: start the same command on every
 worker, each with its own `TF_CONFIG`. See docs/scaling.md.
 
     # one machine, all its GPUs (or 2 logical CPU devices here)
-    python examples/distributed.py --dataset digits --epochs 5 --cpu-devices 2
+    python -m examples.distributed --dataset digits --epochs 5 --cpu-devices 2
 
     # two workers (here both on 127.0.0.1; on a cluster, each host runs its own line)
     TF_CONFIG='{"cluster": {"worker": ["127.0.0.1:12345", "127.0.0.1:12346"]},
@@ -29,32 +33,45 @@ With `--backup-dir`, `keras.callbacks.BackupAndRestore` backs each worker up int
 commands to resume from the last finished epoch.
 """
 
-import argparse
 import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: fewer C++ logs
+BACKEND = os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # before Keras loads
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from keras_qsgld import QSGLD, CompensationSchedule, QAdam, ResolutionSchedule  # noqa: E402
+from keras_qsgld.experiments import cli  # noqa: E402
+from keras_qsgld.experiments.datasets import DATASETS, load_dataset  # noqa: E402
+from keras_qsgld.experiments.defaults import DEFAULT_LEARNING_RATE, DEFAULT_MODEL  # noqa: E402
+from keras_qsgld.experiments.models import MODELS, build_model  # noqa: E402
+
+PROG = "distributed.py"
+OPTIMIZERS = {"qsgld": QSGLD, "qadam": QAdam}
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", default="digits", help="a keras_qsgld.experiments.datasets name (default %(default)s)")
-    p.add_argument("--model", default=None, help="a keras_qsgld.experiments.models name (default: per data set)")
-    p.add_argument("--data-dir", default=None, help="tensorflow-datasets folder (TFDS data sets)")
-    p.add_argument("--optimizer", choices=("qsgld", "qadam"), default="qsgld")
-    p.add_argument("--learning-rate", type=float, default=None,
-                   help="default 0.05 for qsgld, 0.001 for qadam")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=128, help="the global batch (default %(default)s)")
-    p.add_argument("--max-examples", type=int, default=None, help="use only this many examples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cpu-devices", type=int, default=None,
+    p = cli.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0] + " See docs/scaling.md.")
+    p.add_argument("--dataset", choices=DATASETS, default="digits", help="data set (default %(default)s)")
+    p.add_argument("--model", choices=MODELS,
+                   help="model (default per data set: " + ", ".join(f"{d} {m}" for d, m in DEFAULT_MODEL.items()) + ")")
+    p.add_argument("--data-dir", help="tensorflow-datasets folder (TFDS data sets)")
+    p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="qsgld", help="(default %(default)s)")
+    p.add_argument("--learning-rate", type=cli.positive_float,
+                   help="default " + ", ".join(f"{DEFAULT_LEARNING_RATE[n]:g} for {n}" for n in OPTIMIZERS))
+    p.add_argument("--epochs", type=cli.positive_int, default=2, help="(default %(default)s)")
+    p.add_argument("--batch-size", type=cli.positive_int, default=128, help="the global batch (default %(default)s)")
+    p.add_argument("--max-examples", type=cli.positive_int, help="use only this many examples")
+    p.add_argument("--seed", type=cli.non_negative_int, default=0, help="(default %(default)s)")
+    p.add_argument("--cpu-devices", type=cli.positive_int,
                    help="without TF_CONFIG: split the CPU into this many logical devices")
-    p.add_argument("--output-dir", default="results/distributed")
-    p.add_argument("--backup-dir", default=None, help="enable BackupAndRestore (one folder per worker)")
-    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2)
+    p.add_argument("--output-dir", default=os.path.join("results", "distributed"), help="(default %(default)s)")
+    p.add_argument("--backup-dir", help="back up at the end of every epoch (one folder per worker); "
+                                        "restarted workers resume from the last finished epoch")
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2, help="(default %(default)s)")
     return p
 
 
@@ -91,10 +108,11 @@ def make_strategy(cpu_devices=None):
     Must run before any other TensorFlow operation (both strategies configure the runtime).
     Returns `(strategy, worker_index)`.
     """
-    import tensorflow as tf
-
     if os.environ.get("TF_CONFIG"):
-        task = json.loads(os.environ["TF_CONFIG"]).get("task", {})
+        try:
+            task = json.loads(os.environ["TF_CONFIG"]).get("task", {})
+        except (ValueError, AttributeError) as error:
+            raise cli.UserError(f"TF_CONFIG is not a JSON object with a 'task': {error}") from error
         strategy = patch_multi_worker_reduce(tf.distribute.MultiWorkerMirroredStrategy())
         return strategy, int(task.get("index", 0))
     devices = None
@@ -108,46 +126,39 @@ def make_strategy(cpu_devices=None):
     return tf.distribute.MirroredStrategy(devices), 0
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def train(args):
+    """Trains under the strategy; writes this worker's weights and summary."""
+    if BACKEND != "tensorflow":
+        raise cli.UserError(
+            f"tf.distribute needs the TensorFlow backend; KERAS_BACKEND={BACKEND}. Unset it or "
+            "set KERAS_BACKEND=tensorflow (on JAX use keras.distribution.DataParallel: docs/scaling.md)"
+        )
     strategy, worker = make_strategy(args.cpu_devices)
-
-    import keras
-    import tensorflow as tf
-
-    import keras_qsgld
-    from keras_qsgld.experiments.datasets import load_dataset
-    from keras_qsgld.experiments.models import build_model
-
     keras.utils.set_random_seed(args.seed)
-    # No shuffling: the same data order on every worker and on every restart.
-    data = load_dataset(args.dataset, batch_size=args.batch_size, data_dir=args.data_dir,
-                        shuffle=False, seed=args.seed, drop_remainder=True,
-                        max_examples=args.max_examples)
+    with cli.user_errors():
+        # No shuffling: the same data order on every worker and on every restart.
+        data = load_dataset(args.dataset, batch_size=args.batch_size, data_dir=args.data_dir,
+                            shuffle=False, seed=args.seed, drop_remainder=True,
+                            max_examples=args.max_examples)
     # Each worker reads the whole (small, in-memory) data set and keeps its share of every
     # global batch; with files (TFRecord), AUTO would shard by file instead.
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    train, test = data.train.with_options(options), data.test.with_options(options)
-    model_name = args.model or {"digits": "mlp", "mnist1d": "cnn1d"}.get(args.dataset, "cnn")
+    train_data, test_data = data.train.with_options(options), data.test.with_options(options)
     steps = data.steps_per_epoch
-    with strategy.scope():
-        model = build_model(model_name, data.input_shape, data.num_classes, seed=args.seed)
-        resolution = keras_qsgld.ResolutionSchedule(steps_per_epoch=steps)
-        compensation = keras_qsgld.CompensationSchedule.from_budget(args.epochs, steps_per_epoch=steps)
-        if args.optimizer == "qsgld":
-            optimizer = keras_qsgld.QSGLD(args.learning_rate or 0.05, resolution=resolution,
-                                          compensation=compensation)
-        else:
-            optimizer = keras_qsgld.QAdam(args.learning_rate or 0.001, resolution=resolution,
-                                          compensation=compensation)
+    with strategy.scope(), cli.user_errors():
+        model = build_model(args.model or DEFAULT_MODEL[args.dataset], data.input_shape, data.num_classes, seed=args.seed)
+        optimizer = OPTIMIZERS[args.optimizer](
+            args.learning_rate or DEFAULT_LEARNING_RATE[args.optimizer],
+            resolution=ResolutionSchedule(steps_per_epoch=steps),
+            compensation=CompensationSchedule.from_budget(args.epochs, steps_per_epoch=steps),
+        )
         # jit_compile="auto" (the default) is False under tf.distribute: Keras disables XLA.
-        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
+        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     callbacks = []
     if args.backup_dir:
         callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(args.backup_dir, f"worker{worker}")))
-    history = model.fit(train, epochs=args.epochs, validation_data=test,
+    history = model.fit(train_data, epochs=args.epochs, validation_data=test_data, shuffle=False,
                         callbacks=callbacks, verbose=args.verbose)
 
     os.makedirs(args.output_dir, exist_ok=True)
@@ -165,7 +176,15 @@ def main(argv=None):
         json.dump(summary, f, indent=2)
     print(f"worker {worker}: {summary['strategy']} with {summary['num_replicas_in_sync']} replicas, "
           f"final loss {summary['history']['loss'][-1]:.4f}, weights in {args.output_dir}")
-    return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.backup_dir:
+        resume = "restart every worker with the same command to resume from the last finished epoch"
+    else:
+        resume = "with --backup-dir DIR, restarted workers resume from the last finished epoch"
+    return cli.run_script(lambda: train(args), prog=PROG, interrupted=resume)
 
 
 if __name__ == "__main__":

@@ -34,55 +34,19 @@ import numpy as np  # noqa: E402
 
 import keras_qsgld  # noqa: E402
 from keras_qsgld.calibration import calibration_report, reliability_diagram  # noqa: E402
-from keras_qsgld.experiments.datasets import OFFLINE_DATASETS, DatasetUnavailableError, load_dataset  # noqa: E402
+from keras_qsgld.experiments import cli  # noqa: E402
+from keras_qsgld.experiments.cli import non_negative_int, positive_float, positive_int  # noqa: E402
+from keras_qsgld.experiments.datasets import OFFLINE_DATASETS, load_dataset  # noqa: E402
+from keras_qsgld.experiments.defaults import DEFAULT_MODEL  # noqa: E402
 from keras_qsgld.experiments.models import build_model  # noqa: E402
 from keras_qsgld.sampling import PosteriorSampler, posterior_predictive  # noqa: E402
 
-MODEL = {"digits": "mlp", "mnist1d": "cnn1d"}
+PROG = "sample.py"
 QUICK = dict(train_epochs=2, sample_epochs=3, burn_in=1, thin=2, max_samples=10, max_examples=320)
 
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, received {text!r}")
-    return value
-
-
-def non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, received {text!r}")
-    return value
-
-
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, received {text!r}")
-    return value
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (and exit code 2)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser():
-    p = OneLineParser(
-        prog="sample.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = cli.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=OFFLINE_DATASETS, default="digits", help="data set (default %(default)s)")
     p.add_argument("--train-epochs", type=positive_int, default=30, help="epochs of training (default %(default)s)")
     p.add_argument("--sample-epochs", type=positive_int, default=25,
@@ -139,7 +103,7 @@ def run(args):
     bundle = load_dataset(args.dataset, batch_size=args.batch_size, seed=args.seed,
                           max_examples=settings["max_examples"])
     x_test, y_test = test_arrays(bundle)
-    model = build_model(MODEL[args.dataset], bundle.input_shape, bundle.num_classes, seed=args.seed)
+    model = build_model(DEFAULT_MODEL[args.dataset], bundle.input_shape, bundle.num_classes, seed=args.seed)
 
     # -- 1. train ---------------------------------------------------------------------------
     model.compile(
@@ -188,7 +152,7 @@ def run(args):
     counts = {"trained weights": 1, "last iterate": 1, "posterior average": len(sampler.samples)}
     rows = {name: (counts[name], calibration_report(y_test, p)) for name, p in predictions.items()}
     table = markdown_table(rows)
-    print(f"\n{args.dataset} test split ({len(y_test)} examples), {MODEL[args.dataset]}, seed {args.seed}\n")
+    print(f"\n{args.dataset} test split ({len(y_test)} examples), {DEFAULT_MODEL[args.dataset]}, seed {args.seed}\n")
     print(table)
 
     os.makedirs(args.output_dir, exist_ok=True)
@@ -208,15 +172,7 @@ def run(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (DatasetUnavailableError, ImportError) as error:  # missing data or package
-        print(f"sample.py: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sample.py: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return cli.run_script(lambda: run(args), prog=PROG)
 
 
 if __name__ == "__main__":

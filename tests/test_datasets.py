@@ -1,6 +1,10 @@
 """`keras_qsgld.experiments.datasets`: the TFDS loaders under `tfds.testing.mock_data` (offline), the offline
-data sets for real, the pipeline (shuffle, augmentation, batching) and the fast, clear error
-when a data set can't be downloaded."""
+data sets for real, the pipeline (shuffle, augmentation, batching), the resumed training stream,
+the validation hold-out and the fast, clear error when a data set can't be downloaded.
+
+The pipelines are tf.data whatever the Keras backend: these tests run on TensorFlow only (a
+PyTorch test process must not load TensorFlow), and nothing here imports it at collection.
+"""
 
 import math
 import subprocess
@@ -11,11 +15,16 @@ import numpy as np
 import pytest
 
 from keras_qsgld.experiments import datasets
-from keras_qsgld.experiments.datasets import DatasetUnavailableError, load_dataset
+from keras_qsgld.experiments.datasets import DatasetUnavailableError, hold_out, load_dataset, repeat_from_epoch
 
-tfds = pytest.importorskip("tensorflow_datasets")
+pytestmark = pytest.mark.backends("tensorflow")
 
 MOCK_N = 20
+
+
+@pytest.fixture
+def tfds():
+    return pytest.importorskip("tensorflow_datasets")
 
 
 def arrays(ds):
@@ -24,7 +33,7 @@ def arrays(ds):
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def raw_split(name, split):
+def raw_split(tfds, name, split):
     """The unscaled examples TFDS yields, in order (the reference for the scaling)."""
     builder = tfds.builder(name)
     ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
@@ -36,10 +45,10 @@ def raw_split(name, split):
     "name, shape, classes",
     [("fashion_mnist", (28, 28, 1), 10), ("cifar10", (32, 32, 3), 10), ("cifar100", (32, 32, 3), 100)],
 )
-def test_tfds_loaders_under_mock_data(name, shape, classes):
+def test_tfds_loaders_under_mock_data(name, shape, classes, tfds):
     with tfds.testing.mock_data(num_examples=MOCK_N, policy=tfds.testing.MockPolicy.USE_CODE):
         bundle = load_dataset(name, batch_size=8, shuffle=False)
-        raw_x, raw_y = raw_split(name, "test")
+        raw_x, raw_y = raw_split(tfds, name, "test")
         x_test, y_test = arrays(bundle.test)
         x_train, _ = arrays(bundle.train)
     assert bundle.name == name and bundle.num_classes == classes
@@ -58,7 +67,7 @@ def test_tfds_loaders_under_mock_data(name, shape, classes):
     assert y_test.dtype == np.int64
 
 
-def test_tfds_max_examples_and_drop_remainder():
+def test_tfds_max_examples_and_drop_remainder(tfds):
     with tfds.testing.mock_data(num_examples=MOCK_N, policy=tfds.testing.MockPolicy.USE_CODE):
         bundle = load_dataset("cifar10", batch_size=6, max_examples=15, drop_remainder=True)
         x_train, _ = arrays(bundle.train)
@@ -127,6 +136,39 @@ def test_shuffle_is_seeded_and_reshuffles_each_epoch():
     np.testing.assert_array_equal(key(a0), key(plain.reshape(300, -1)))  # same examples
 
 
+def test_resumed_stream_gets_the_orders_of_an_uninterrupted_run():
+    """`repeat_from_epoch(train, k)` starts with pass k of `train`: the same shuffle order and
+    augmentation as an uninterrupted process's epoch k, in a freshly built pipeline."""
+
+    def passes(stream, n, steps):
+        it = iter(stream)
+        return [np.concatenate([next(it)[0].numpy() for _ in range(steps)]) for _ in range(n)]
+
+    def bundle():
+        return load_dataset("digits", batch_size=64, augment=True, seed=3, max_examples=200)
+
+    steps = bundle().steps_per_epoch
+    uninterrupted = passes(repeat_from_epoch(bundle().train), 4, steps)
+    resumed = passes(repeat_from_epoch(bundle().train, 2), 2, steps)
+    np.testing.assert_array_equal(resumed[0], uninterrupted[2])
+    np.testing.assert_array_equal(resumed[1], uninterrupted[3])
+    assert not np.array_equal(uninterrupted[1], uninterrupted[2])  # each pass its own order
+    with pytest.raises(ValueError, match="first_epoch"):
+        repeat_from_epoch(bundle().train, -1)
+
+
+def test_hold_out_is_a_fixed_split_of_known_length():
+    bundle = load_dataset("digits", batch_size=16, shuffle=False, max_examples=100)
+    train, validation, num_train, steps = hold_out(bundle, 0.2, seed=1)
+    assert (num_train, steps) == (80, 5)
+    assert int(train.cardinality()) == 5 and int(validation.cardinality()) == 2
+    first = np.concatenate([x.numpy() for x, _ in bundle.train])[:20]
+    np.testing.assert_array_equal(np.concatenate([x.numpy() for x, _ in validation]), first)
+    for fraction in (0, 1, 0.999):
+        with pytest.raises(ValueError, match="fraction"):
+            hold_out(load_dataset("digits", batch_size=16, shuffle=False, max_examples=5), fraction)
+
+
 def test_augmentation_is_a_crop_of_the_padded_image():
     plain, _ = arrays(load_dataset("digits", batch_size=64, shuffle=False, max_examples=64).train)
     aug, _ = arrays(
@@ -165,7 +207,7 @@ def test_unreachable_download_fails_fast_and_names_data_dir(tmp_path, monkeypatc
     assert isinstance(info.value, RuntimeError)
 
 
-def test_failed_download_is_a_clear_error(tmp_path, monkeypatch):
+def test_failed_download_is_a_clear_error(tmp_path, monkeypatch, tfds):
     monkeypatch.setattr(datasets, "host_reachable", lambda host, port, timeout=5.0: True)
 
     def refuse(self, *args, **kwargs):
@@ -210,7 +252,7 @@ def test_import_is_cheap():
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_prepared_data_is_used_without_any_network_check(tmp_path, monkeypatch):
+def test_prepared_data_is_used_without_any_network_check(tmp_path, monkeypatch, tfds):
     import tensorflow as tf
 
     def no_network(*args, **kwargs):

@@ -43,6 +43,8 @@ def test_each_model_builds_and_trains_one_step(name, rng):
     train_one_step(model, SHAPES[name], 10, rng)
 
 
+# keras.applications' own model (the wrapper is backend-independent): 70 s to compile on JAX's CPU.
+@pytest.mark.backends("tensorflow")
 def test_resnet50_builds_trains_and_warns_about_its_1x1_map(rng):
     with pytest.warns(UserWarning, match="1x1"):
         model = build_model("resnet50", (32, 32, 3), 10, seed=0)

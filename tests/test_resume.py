@@ -96,38 +96,3 @@ def test_stock_backup_and_restore_replays_the_interrupted_epoch(killed_backup):
     assert int(stock["optimizer/0"]) == 12 + (EPOCHS - 1) * STEPS_PER_EPOCH
     assert not np.array_equal(full["weight/0"], stock["weight/0"])
 
-
-FIT_ARGS = ["--dataset", "digits", "--optimizer", "qsgld", "--epochs", "3", "--no-shuffle",
-            "--no-plots", "--verbose", "0"]
-
-
-def test_fit_script_backup_dir_resumes_bitwise_after_sigkill(tmp_path):
-    """`examples/fit.py --backup-dir` (epoch backups), killed in epoch 1, rerun: identical.
-
-    digits with batch 128 has 12 steps per epoch; the kill comes after step 18, in the
-    middle of epoch 1, so the rerun starts again from the backup of the end of epoch 0.
-    """
-    pytest.importorskip("sklearn")
-    weights_full, weights_resumed = tmp_path / "w_full", tmp_path / "w_resumed"
-    weights_full.mkdir()
-    weights_resumed.mkdir()
-    runner.run(
-        "fit_killable.py", *FIT_ARGS, "--output-dir", tmp_path / "o_full",
-        "--backup-dir", tmp_path / "b_full",
-        env=runner.script_env(FIT_WEIGHTS_DIR=weights_full), log=tmp_path / "full.log",
-    )
-    command = [*FIT_ARGS, "--output-dir", tmp_path / "o_resumed", "--backup-dir", tmp_path / "b_resumed"]
-    _kill_mid_run(
-        "fit_killable.py", command, tmp_path / "marker", tmp_path / "killed.log",
-        env=runner.script_env(FIT_KILL_AT_STEP=18, FIT_KILL_MARKER=tmp_path / "marker"),
-    )
-    meta = json.loads((tmp_path / "b_resumed" / "qsgld" / "training_metadata.json").read_text())
-    assert meta["epoch"] == 1  # the backup of the end of epoch 0; the kill was in epoch 1
-    runner.run(
-        "fit_killable.py", *command,
-        env=runner.script_env(FIT_WEIGHTS_DIR=weights_resumed), log=tmp_path / "resumed.log",
-    )
-    _assert_bitwise_equal(_load(weights_full / "qsgld.npz"), _load(weights_resumed / "qsgld.npz"))
-    # The CSV log of the resumed run continues the interrupted one: same rows, same values.
-    full_log = (tmp_path / "o_full" / "qsgld" / "log.csv").read_text()
-    assert (tmp_path / "o_resumed" / "qsgld" / "log.csv").read_text() == full_log

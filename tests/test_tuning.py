@@ -20,21 +20,23 @@ import pytest
 pytest.importorskip("keras_tuner")
 pytest.importorskip("sklearn")
 pytest.importorskip("tensorboard")  # KerasTuner imports it in every trial under TensorFlow
-pytest.importorskip("keras_qsgld.experiments.datasets")
-pytest.importorskip("keras_qsgld.experiments.models")
 
 import keras  # noqa: E402
 
 import keras_qsgld  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import reference  # noqa: E402  (tests/reference.py: the NumPy formulas)
-from tuning import hypermodel as hm  # noqa: E402
+from examples import fit  # noqa: E402
+from keras_qsgld.experiments import hypermodel as hm  # noqa: E402
+from keras_qsgld.experiments.cli import UserError  # noqa: E402
+from keras_qsgld.experiments.defaults import DEFAULT_LEARNING_RATE  # noqa: E402
+from tests import reference  # noqa: E402  (the NumPy formulas)
 from tuning import search  # noqa: E402
 
+# The searches train in this process on tf.data pipelines: TensorFlow only (a PyTorch test
+# process must not load TensorFlow; `tuning/search.py` itself runs on every backend, see
+# tests/test_examples.py).
+pytestmark = pytest.mark.backends("tensorflow")
+
+REPO = Path(__file__).resolve().parent.parent
 DIGITS_TRAIN = 1437  # scikit-learn digits: 1797 images, 360 held out as the test split
 # Tiny data: 320 digits, 10 % of them for validation, batches of 32.
 TINY = ["--smoke", "--max-examples", "320", "--batch-size", "32", "--verbose", "0"]
@@ -84,11 +86,16 @@ def test_search_space_validation_and_cli():
     assert not args.overwrite
     args = search.parse_args(["--smoke", "--tuner", "random"])
     assert (args.dataset, args.model, args.epochs) == ("digits", "mlp", search.SMOKE["epochs"])
+    args = search.parse_args(["--dataset", "mnist1d"])  # the data set's default model
+    assert (args.model, args.project_name) == ("cnn1d", "mnist1d_cnn1d_hyperband")
 
 
 def test_default_hypermodel_is_cifar_resnet50_with_prebuilt_optimizer():
     import keras_tuner as kt
 
+    # Each hyperparameter's default is the paper's, from the one table of defaults.
+    assert vars(search.make_space(search.parse_args([]))) == vars(hm.SearchSpace())
+    assert hm.SearchSpace().learning_rate == DEFAULT_LEARNING_RATE["qsgld"]
     args = search.parse_args([])  # the CLI defaults: cifar10, cifar_resnet depth 50, Hyperband
     info = dict(input_shape=(32, 32, 3), num_classes=10, steps_per_epoch=352)
     hypermodel = search.make_hypermodel(args, info)
@@ -202,13 +209,11 @@ def test_smoke_hyperband_end_to_end_and_continuation_keeps_iterations(tmp_path):
     assert isinstance(again, keras_qsgld.QSGLD)
 
     # The fit script's command line says the same.
-    sys.path.insert(0, str(REPO / "examples"))
-    fit = pytest.importorskip("fit")
-    fit_args = fit.parse_args(best["fit_args"])
-    assert fit_args.optimizers == ["qsgld"]
-    assert (fit_args.eta, fit_args.base, fit_args.kappa, fit_args.tau0) == (
+    config = fit.parse_args(best["fit_args"])
+    assert config.optimizers == ("qsgld",)
+    assert (config.eta, config.base, config.kappa, config.gate_off_epoch()) == (
         v["eta"], v["base"], v["kappa"], best["tau0"])
-    assert (fit_args.lr, fit_args.momentum, fit_args.epochs) == (v["learning_rate"], 0.9, 3)
+    assert (config.learning_rate("qsgld"), config.momentum, config.epochs) == (v["learning_rate"], 0.9, 3)
     assert best["fit_command"].startswith("python examples/fit.py --dataset digits --model mlp")
 
     png = (out / "objective_vs_hyperparameters.png").read_bytes()
@@ -250,7 +255,7 @@ def test_interrupted_search_resumes_remaining_trials(tmp_path):
     assert record["score"] == max(t["score"] for t in trials)
 
     # A resumed search must not silently change what a trial means.
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(UserError, match="batch_size"):
         search.run(search.parse_args(argv + ["--batch-size", "16"]))
 
 

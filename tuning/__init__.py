@@ -1,1 +1,3 @@
-"""KerasTuner search of QSGLD's hyperparameters (`tuning/search.py`, `tuning/hypermodel.py`)."""
+"""KerasTuner search of QSGLD's hyperparameters: `python -m tuning.search` (or `python tuning/search.py`).
+
+The hypermodel it searches with is `keras_qsgld.experiments.hypermodel`."""

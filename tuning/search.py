@@ -3,12 +3,13 @@
 Examples (see docs/tuning.md):
 
     python tuning/search.py --dataset cifar10 --data-dir ~/tensorflow_datasets
-    python tuning/search.py --dataset cifar100 --tuner bayesian --max-trials 30 --epochs 20
+    python -m tuning.search --dataset cifar100 --tuner bayesian --max-trials 30 --epochs 20
     python tuning/search.py --smoke                      # digits + MLP, offline, 1-2 minutes
 
-An existing search in `--directory/--project-name` resumes; `--overwrite` starts anew. At the
-end (on the chief, in a distributed search) it prints `results_summary()` and writes to
-`--output-dir` (default: the project directory):
+An existing search in `--directory/--project-name` resumes (rerun the same command after a
+crash or Ctrl-C); `--overwrite` starts anew. At the end (on the chief, in a distributed
+search) it prints `results_summary()` and writes to `--output-dir` (default: the project
+directory):
 
     best_hyperparameters.json   the best values, the objective, "qsgld_config" and
                                 "fit_command" (examples/fit.py with the best values)
@@ -18,45 +19,43 @@ end (on the chief, in a distributed search) it prints `results_summary()` and wr
 
 Distributed search uses KerasTuner's own chief/worker mode: set KERASTUNER_TUNER_ID
 ("chief" or e.g. "tuner0"), KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT and run the same
-command in every process.
+command in every process. The hypermodel is `keras_qsgld.experiments.hypermodel`.
 """
 
 import argparse
 import contextlib
 import json
-import math
 import os
 import shlex
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `tuning` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: fewer C++ logs
 
+import keras  # noqa: E402
+import keras_tuner as kt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402  (no pyplot: no display needed)
+
+from keras_qsgld.experiments import cli  # noqa: E402
+from keras_qsgld.experiments.datasets import DATASETS, hold_out, load_dataset  # noqa: E402
+from keras_qsgld.experiments.defaults import DEFAULT_MODEL  # noqa: E402
+from keras_qsgld.experiments.hypermodel import QSGLDHyperModel, SearchSpace, is_log_scale, searched_names  # noqa: E402
+from keras_qsgld.experiments.models import MODELS  # noqa: E402
+from keras_qsgld.quantization import ROUNDING_MODES  # noqa: E402
+from keras_qsgld.schedules import GATES  # noqa: E402
+
+PROG = "search.py"
 TUNERS = ("hyperband", "bayesian", "random")
-SMOKE = dict(dataset="digits", model="mlp", batch_size=64, max_epochs=3, epochs=2, max_trials=3,
-             factor=3)
+# Settings that --smoke changes, and their values without it.
+SMOKE = dict(dataset="digits", batch_size=64, max_epochs=3, epochs=2, max_trials=3)
+FULL = dict(dataset="cifar10", batch_size=128, max_epochs=27, epochs=20, max_trials=20)
+SPACE = SearchSpace()  # the default bounds
 SETTINGS_FILE = "qsgld_search_settings.json"
 # Settings that must not change when a search resumes (they change what a trial means).
 RESUME_KEYS = ("dataset", "model", "depth", "tuner", "batch_size", "validation_fraction",
                "max_examples", "epochs_budget", "steps_per_epoch", "objective", "space",
                "rounding", "momentum", "gate")
-
-
-def _datasets():
-    try:
-        from keras_qsgld.experiments.datasets import DATASETS
-    except ImportError:
-        return ("cifar10", "cifar100", "fashion_mnist", "digits", "mnist1d")
-    return tuple(DATASETS)
-
-
-def _models():
-    try:
-        from keras_qsgld.experiments.models import MODELS
-    except ImportError:
-        return ("cifar_resnet", "resnet50", "cnn", "mlp", "cnn1d")
-    return tuple(MODELS)
+RESUME = "rerun the same command to resume the search; finished trials are kept (--overwrite starts anew)"
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -70,17 +69,10 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)".strip()
 
 
-def _rounding_modes():
-    try:
-        from keras_qsgld.quantization import ROUNDING_MODES
-    except ImportError:
-        return ("nearest", "floor")
-    return tuple(ROUNDING_MODES)
-
-
 def build_parser():
     """The command-line interface."""
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
+        prog=PROG,
         description="KerasTuner search of QSGLD's eta, base b, kappa and tau0 "
         "(CIFAR ResNet-50 by default). See docs/tuning.md.",
         epilog="Distributed search: run the same command with KERASTUNER_TUNER_ID=chief on one "
@@ -89,49 +81,48 @@ def build_parser():
         formatter_class=_HelpFormatter,
     )
     g = p.add_argument_group("data and model")
-    g.add_argument("--dataset", default=None, choices=_datasets(),
-                   help="data set (default cifar10; digits with --smoke)")
-    g.add_argument("--data-dir", default=None, help="tensorflow-datasets data directory")
-    g.add_argument("--mock-data", type=int, default=0, metavar="N",
+    g.add_argument("--dataset", choices=DATASETS,
+                   help=f"data set (default {FULL['dataset']}; {SMOKE['dataset']} with --smoke)")
+    g.add_argument("--data-dir", help="tensorflow-datasets data directory")
+    g.add_argument("--mock-data", type=cli.non_negative_int, default=0, metavar="N",
                    help="offline runs: serve N random examples per split with "
                    "tfds.testing.mock_data (tfds data sets only)")
-    g.add_argument("--max-examples", type=int, default=None,
-                   help="use at most this many training examples")
-    g.add_argument("--model", default=None, choices=_models(),
-                   help="model (default cifar_resnet; mlp with --smoke)")
-    g.add_argument("--depth", type=int, default=50, help="cifar_resnet depth 6n+2")
-    g.add_argument("--batch-size", type=int, default=None, help="default 128 (64 with --smoke)")
+    g.add_argument("--max-examples", type=cli.positive_int, help="use at most this many training examples")
+    g.add_argument("--model", choices=MODELS,
+                   help="model (default per data set: " + ", ".join(f"{d} {m}" for d, m in DEFAULT_MODEL.items()) + ")")
+    g.add_argument("--depth", type=cli.positive_int, default=50, help="cifar_resnet depth 6n+2")
+    g.add_argument("--batch-size", type=cli.positive_int,
+                   help=f"default {FULL['batch_size']} ({SMOKE['batch_size']} with --smoke)")
     g.add_argument("--validation-fraction", type=float, default=0.1,
-                   help="fraction of the training set held out as validation data; 0 uses "
-                   "the test split for validation (then the test score is no longer unbiased)")
+                   help="fraction in [0, 1) of the training set held out as validation data; 0 "
+                   "uses the test split for validation (then the test score is no longer unbiased)")
 
     g = p.add_argument_group("tuner")
     g.add_argument("--tuner", default="hyperband", choices=TUNERS, help="search algorithm")
     g.add_argument("--objective", default="val_accuracy",
                    help="metric to optimize; direction inferred (accuracy: max, loss: min)")
-    g.add_argument("--max-epochs", type=int, default=None,
+    g.add_argument("--max-epochs", type=cli.positive_int,
                    help="Hyperband: epochs of the longest trial, the budget tau0 refers to "
-                   "(default 27; 3 with --smoke)")
-    g.add_argument("--factor", type=int, default=3, help="Hyperband reduction factor")
-    g.add_argument("--hyperband-iterations", type=int, default=1,
+                   f"(default {FULL['max_epochs']}; {SMOKE['max_epochs']} with --smoke)")
+    g.add_argument("--factor", type=int, default=3, help="Hyperband reduction factor, >= 2")
+    g.add_argument("--hyperband-iterations", type=cli.positive_int, default=1,
                    help="Hyperband: number of full Hyperband sweeps")
-    g.add_argument("--epochs", type=int, default=None,
+    g.add_argument("--epochs", type=cli.positive_int,
                    help="random/bayesian: epochs per trial, the budget tau0 refers to "
-                   "(default 20; 2 with --smoke)")
-    g.add_argument("--max-trials", type=int, default=None,
-                   help="random/bayesian: number of trials (default 20; 3 with --smoke)")
-    g.add_argument("--num-initial-points", type=int, default=None,
+                   f"(default {FULL['epochs']}; {SMOKE['epochs']} with --smoke)")
+    g.add_argument("--max-trials", type=cli.positive_int,
+                   help=f"random/bayesian: number of trials (default {FULL['max_trials']}; "
+                   f"{SMOKE['max_trials']} with --smoke)")
+    g.add_argument("--num-initial-points", type=cli.positive_int,
                    help="bayesian: random trials before the Gaussian process")
-    g.add_argument("--executions-per-trial", type=int, default=1,
+    g.add_argument("--executions-per-trial", type=cli.positive_int, default=1,
                    help="trainings per trial (the objective is averaged)")
-    g.add_argument("--directory", default="results/tuning", help="KerasTuner directory")
-    g.add_argument("--project-name", default=None,
-                   help="KerasTuner project (default <dataset>_<model>_<tuner>)")
+    g.add_argument("--directory", default=os.path.join("results", "tuning"), help="KerasTuner directory")
+    g.add_argument("--project-name", help="KerasTuner project (default <dataset>_<model>_<tuner>)")
     g.add_argument("--overwrite", action="store_true",
                    help="delete an existing search and start anew (default: resume it)")
-    g.add_argument("--output-dir", default=None,
-                   help="where the JSON files and the PNG go (default: the project directory)")
-    g.add_argument("--seed", type=int, default=0,
+    g.add_argument("--output-dir", help="where the JSON files and the PNG go (default: the project directory)")
+    g.add_argument("--seed", type=cli.non_negative_int, default=0,
                    help="seed of the tuner, the model initialisation and the data order")
     g.add_argument("--smoke", action="store_true",
                    help="tiny offline configuration (digits, MLP, batch 64, Hyperband with 3 "
@@ -139,50 +130,50 @@ def build_parser():
     g.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras verbosity")
 
     g = p.add_argument_group("search space")
-    g.add_argument("--eta-min", type=float, default=2.0**10, help="eta lower bound (log scale)")
-    g.add_argument("--eta-max", type=float, default=2.0**22, help="eta upper bound")
-    g.add_argument("--base-min", type=float, default=1.25, help="base b lower bound (> 1, linear)")
-    g.add_argument("--base-max", type=float, default=4.0, help="base b upper bound")
-    g.add_argument("--kappa-min", type=float, default=0.1, help="kappa lower bound (log scale)")
-    g.add_argument("--kappa-max", type=float, default=20.0, help="kappa upper bound")
-    g.add_argument("--tau0-min", type=float, default=0.0, help="tau0 / epoch budget, lower bound")
-    g.add_argument("--tau0-max", type=float, default=0.5, help="tau0 / epoch budget, upper bound")
+    g.add_argument("--eta-min", type=cli.positive_float, default=SPACE.eta_min, help="eta lower bound (log scale)")
+    g.add_argument("--eta-max", type=cli.positive_float, default=SPACE.eta_max, help="eta upper bound")
+    g.add_argument("--base-min", type=float, default=SPACE.base_min, help="base b lower bound (> 1, linear)")
+    g.add_argument("--base-max", type=float, default=SPACE.base_max, help="base b upper bound")
+    g.add_argument("--kappa-min", type=cli.positive_float, default=SPACE.kappa_min, help="kappa lower bound (log scale)")
+    g.add_argument("--kappa-max", type=cli.positive_float, default=SPACE.kappa_max, help="kappa upper bound")
+    g.add_argument("--tau0-min", type=cli.non_negative_float, default=SPACE.tau0_min,
+                   help="tau0 / epoch budget, lower bound")
+    g.add_argument("--tau0-max", type=cli.non_negative_float, default=SPACE.tau0_max,
+                   help="tau0 / epoch budget, upper bound")
     g.add_argument("--tune-learning-rate", action="store_true", help="also search the learning rate")
-    g.add_argument("--learning-rate", type=float, default=0.01,
+    g.add_argument("--learning-rate", type=cli.positive_float, default=SPACE.learning_rate,
                    help="the fixed learning rate when it is not searched")
-    g.add_argument("--lr-min", type=float, default=1e-3,
+    g.add_argument("--lr-min", type=cli.positive_float, default=SPACE.lr_min,
                    help="learning-rate lower bound (log scale; with --tune-learning-rate)")
-    g.add_argument("--lr-max", type=float, default=0.3, help="learning-rate upper bound")
+    g.add_argument("--lr-max", type=cli.positive_float, default=SPACE.lr_max, help="learning-rate upper bound")
 
     g = p.add_argument_group("fixed QSGLD settings")
-    g.add_argument("--rounding", default="nearest", choices=_rounding_modes(),
+    g.add_argument("--rounding", default="nearest", choices=ROUNDING_MODES,
                    help="QSGLD rounding: nearest (paper), floor (authors' code), ...")
-    g.add_argument("--momentum", type=float, default=0.0, help="QSGLD momentum (0 in the paper)")
-    g.add_argument("--gate", default="logistic", choices=("logistic", "tanh"),
+    g.add_argument("--momentum", type=float, default=0.0, help="QSGLD momentum in [0, 1) (0 in the paper)")
+    g.add_argument("--gate", default=GATES[0], choices=GATES,
                    help="compensation gate: logistic (paper) or tanh (authors' code)")
     g.add_argument("--jit-compile", action="store_true", help="compile training with XLA")
     return p
 
 
 def parse_args(argv=None):
-    """Parses `argv` and fills the defaults that depend on `--smoke`."""
+    """Parses `argv` and fills the defaults that depend on `--smoke` and on the data set."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    defaults = dict(dataset="cifar10", model="cifar_resnet", batch_size=128, max_epochs=27,
-                    epochs=20, max_trials=20)
-    for key, value in defaults.items():
+    for key, value in (SMOKE if args.smoke else FULL).items():
         if getattr(args, key) is None:
-            setattr(args, key, SMOKE[key] if args.smoke else value)
-    if args.smoke and args.factor == 3:
-        args.factor = SMOKE["factor"]
+            setattr(args, key, value)
+    if args.model is None:
+        args.model = DEFAULT_MODEL[args.dataset]
     if not 0 <= args.validation_fraction < 1:
-        parser.error(f"--validation-fraction must be in [0, 1). Received: {args.validation_fraction}")
-    for name in ("batch_size", "max_epochs", "epochs", "max_trials", "executions_per_trial",
-                 "hyperband_iterations"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1. Received: {getattr(args, name)}")
+        parser.error(f"argument --validation-fraction: expected a fraction in [0, 1), received {args.validation_fraction!r}")
     if args.factor < 2:
-        parser.error(f"--factor must be >= 2. Received: {args.factor}")
+        parser.error(f"argument --factor: expected an integer >= 2, received {args.factor!r}")
+    try:
+        make_space(args)
+    except ValueError as error:
+        parser.error(str(error))
     if args.project_name is None:
         args.project_name = f"{args.dataset}_{args.model}_{args.tuner}"
     return args
@@ -201,59 +192,34 @@ def load_data(args):
     """Returns `(train, validation, info)` for the search.
 
     With `--validation-fraction f > 0`, the first `f * num_train` examples of the (unshuffled)
-    training set are the validation data and the rest, reshuffled every epoch, are trained on;
-    every process of a distributed search gets the same split. `info` holds `input_shape`,
-    `num_classes`, `num_train` (examples trained on) and `steps_per_epoch`.
+    training set are the validation data and the rest, reshuffled every epoch, are trained on
+    (`keras_qsgld.experiments.datasets.hold_out`); every process of a distributed search gets
+    the same split. `info` holds `input_shape`, `num_classes`, `num_train` (examples trained
+    on) and `steps_per_epoch`.
     """
-    import tensorflow as tf
-
-    from keras_qsgld.experiments.datasets import load_dataset
-
     holdout = args.validation_fraction > 0
     bundle = load_dataset(args.dataset, batch_size=args.batch_size, data_dir=args.data_dir,
                           augment=False, shuffle=not holdout, seed=args.seed,
                           max_examples=args.max_examples)
     info = dict(input_shape=tuple(bundle.input_shape), num_classes=int(bundle.num_classes))
     if not holdout:
-        info.update(num_train=int(bundle.num_train), steps_per_epoch=int(bundle.steps_per_epoch))
+        info.update(num_train=bundle.num_train, steps_per_epoch=bundle.steps_per_epoch)
         return bundle.train, bundle.test, info
-    num_val = max(1, int(round(args.validation_fraction * bundle.num_train)))
-    num_train = int(bundle.num_train) - num_val
-    if num_train < 1:
-        raise ValueError(
-            "Argument `validation_fraction` leaves no training data. "
-            f"Received: validation_fraction={args.validation_fraction!r} of {bundle.num_train} examples"
-        )
-    # `unbatch` loses the cardinality, and with an unknown cardinality Keras 3 counts one
-    # optimizer step too many per epoch (the step that finds the data exhausted), which
-    # would shift QSGLD's schedules: state the sizes.
-    examples = bundle.train.unbatch()
-    validation = (
-        examples.take(num_val)
-        .apply(tf.data.experimental.assert_cardinality(num_val))
-        .batch(args.batch_size)
-        .cache()
-    )
-    train = (
-        examples.skip(num_val)
-        .apply(tf.data.experimental.assert_cardinality(num_train))
-        .shuffle(min(num_train, 10_000), seed=args.seed, reshuffle_each_iteration=True)
-        .batch(args.batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    info.update(num_train=num_train, steps_per_epoch=math.ceil(num_train / args.batch_size))
+    train, validation, num_train, steps = hold_out(bundle, args.validation_fraction, seed=args.seed)
+    info.update(num_train=num_train, steps_per_epoch=steps)
     return train, validation, info
 
 
 @contextlib.contextmanager
 def maybe_mock_data(num_examples):
     """`tfds.testing.mock_data(num_examples)` when `num_examples > 0`, else nothing."""
-    if num_examples and num_examples > 0:
-        import tensorflow_datasets as tfds
+    if not num_examples:
+        yield
+        return
+    # Imported here: only --mock-data needs tensorflow-datasets (digits and mnist1d don't).
+    import tensorflow_datasets as tfds
 
-        with tfds.testing.mock_data(num_examples=num_examples):
-            yield
-    else:
+    with tfds.testing.mock_data(num_examples=num_examples):
         yield
 
 
@@ -264,8 +230,6 @@ def epoch_budget(args):
 
 
 def make_space(args):
-    from tuning.hypermodel import SearchSpace
-
     return SearchSpace(
         eta_min=args.eta_min, eta_max=args.eta_max, base_min=args.base_min, base_max=args.base_max,
         kappa_min=args.kappa_min, kappa_max=args.kappa_max, tau0_min=args.tau0_min,
@@ -274,11 +238,8 @@ def make_space(args):
     )
 
 
-def make_hypermodel(args, info, hypermodel_class=None):
+def make_hypermodel(args, info, hypermodel_class=QSGLDHyperModel):
     """The `QSGLDHyperModel` for the parsed arguments and the data's `info`."""
-    from tuning.hypermodel import QSGLDHyperModel
-
-    hypermodel_class = hypermodel_class or QSGLDHyperModel
     model_kwargs = {"depth": args.depth} if args.model == "cifar_resnet" else {}
     return hypermodel_class(
         input_shape=info["input_shape"], num_classes=info["num_classes"],
@@ -290,8 +251,6 @@ def make_hypermodel(args, info, hypermodel_class=None):
 
 def make_tuner(args, hypermodel):
     """The KerasTuner tuner chosen by `--tuner` (resumes unless `--overwrite`)."""
-    import keras_tuner as kt
-
     common = dict(objective=args.objective, directory=args.directory,
                   project_name=args.project_name, overwrite=args.overwrite, seed=args.seed,
                   executions_per_trial=args.executions_per_trial)
@@ -317,7 +276,7 @@ def search_settings(args, info):
 
 
 def check_resume(project_dir, settings):
-    """Raises ValueError when an existing search in `project_dir` used other settings."""
+    """Raises `cli.UserError` when an existing search in `project_dir` used other settings."""
     path = Path(project_dir) / SETTINGS_FILE
     if not path.exists():
         return
@@ -326,7 +285,7 @@ def check_resume(project_dir, settings):
                if json.dumps(old.get(k), sort_keys=True) != json.dumps(settings.get(k), sort_keys=True)}
     if changed:
         detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-        raise ValueError(
+        raise cli.UserError(
             f"The search in {project_dir} was started with other settings ({detail}). "
             "Pass --overwrite to start anew or --project-name for a new search."
         )
@@ -342,8 +301,6 @@ def completed_trials(tuner):
 
 def write_results(tuner, hypermodel, args, info, output_dir):
     """Prints the summary and writes the JSON files and the PNG; returns the best record."""
-    from tuning.hypermodel import searched_names
-
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     tuner.results_summary()
@@ -412,19 +369,12 @@ def fit_arguments(record, args):
 
 def plot_trials(trials, names, hps, record, path):
     """One panel per searched hyperparameter: the objective of every trial against its value."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from tuning.hypermodel import is_log_scale
-
     names = names or ["eta"]
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.0), squeeze=False,
-                             sharey=True)
+    fig = Figure(figsize=(3.2 * len(names), 3.0))
+    axes = fig.subplots(1, len(names), squeeze=False, sharey=True)[0]
     epochs = [t["values"].get("tuner/epochs") for t in trials]
-    colour = epochs if all(e is not None for e in epochs) and trials else None
-    for ax, name in zip(axes[0], names):
+    colour = epochs if trials and all(e is not None for e in epochs) else None
+    for ax, name in zip(axes, names):
         x = [t["values"].get(name) for t in trials]
         y = [t["score"] for t in trials]
         if colour is None:
@@ -437,26 +387,24 @@ def plot_trials(trials, names, hps, record, path):
             ax.set_xscale("log", base=2 if name == "eta" else 10)
         ax.set_xlabel(name)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(record["objective"])
-    axes[0][0].legend(loc="best", fontsize=8)
+    axes[0].set_ylabel(record["objective"])
+    axes[0].legend(loc="best", fontsize=8)
     if colour is not None:
-        fig.colorbar(points, ax=axes[0].tolist(), label="epochs trained")
+        fig.colorbar(points, ax=list(axes), label="epochs trained")
     fig.suptitle(f"{record['tuner']} search, {record['dataset']} / {record['model']}", fontsize=10)
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
 
 
 # -- main ------------------------------------------------------------------------------
-def run(args, hypermodel_class=None):
+def run(args, hypermodel_class=QSGLDHyperModel):
     """Runs (or resumes) the search described by parsed `args`; returns the best record
     (None on a distributed worker, which leaves the reporting to the chief)."""
-    import keras
-
     keras.utils.set_random_seed(args.seed)
     role = distributed_role()
     with maybe_mock_data(args.mock_data):
-        train, validation, info = load_data(args)
-        hypermodel = make_hypermodel(args, info, hypermodel_class)
+        with cli.user_errors():  # a bad combination of settings: one line, not a traceback
+            train, validation, info = load_data(args)
+            hypermodel = make_hypermodel(args, info, hypermodel_class)
         project_dir = Path(args.directory) / args.project_name
         settings = search_settings(args, info)
         if not args.overwrite and role != "worker":
@@ -469,7 +417,7 @@ def run(args, hypermodel_class=None):
                   f"{info['num_train']} training examples, {info['steps_per_epoch']} steps/epoch, "
                   f"epoch budget {epoch_budget(args)}")
             tuner.search_space_summary()
-        fit_kwargs = dict(validation_data=validation, verbose=args.verbose,
+        fit_kwargs = dict(validation_data=validation, verbose=args.verbose, shuffle=False,  # the data shuffles
                           callbacks=[keras.callbacks.TerminateOnNaN()])
         if args.tuner != "hyperband":
             fit_kwargs["epochs"] = args.epochs
@@ -481,9 +429,10 @@ def run(args, hypermodel_class=None):
 
 
 def main(argv=None):
-    """Entry point: `python tuning/search.py --help`."""
-    return run(parse_args(argv))
+    """Entry point: `python tuning/search.py --help`; returns the exit code."""
+    args = parse_args(argv)
+    return cli.run_script(lambda: run(args), prog=PROG, interrupted=RESUME)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,10 +15,13 @@ traceback.
         sys.exit(main())
 """
 
+import _thread
 import argparse
 import contextlib
 import math
+import signal
 import sys
+import threading
 
 from keras_qsgld.experiments.datasets import DatasetUnavailableError
 
@@ -86,6 +89,61 @@ def user_errors():
         raise UserError(one_line(error)) from error
 
 
+class _InsistentInterrupt:
+    """Makes one Ctrl-C end the script, even where a library swallows `KeyboardInterrupt`.
+
+    Python raises `KeyboardInterrupt` at the next bytecode the main thread runs. When that
+    is inside a bare `except:` or a finalizer, the interrupt is lost and the script runs on:
+    JAX has bare `except:`s right after an XLA compilation, where a Ctrl-C typically lands
+    (a KerasTuner search on JAX compiles for every trial), and JAX's garbage-collection
+    callback is a finalizer. After the first Ctrl-C this raises it again every second until
+    it gets through, and keeps Python from printing the lost ones ("Exception ignored in").
+    """
+
+    PERIOD_S = 1.0
+
+    def __init__(self):
+        self.caught = threading.Event()
+        self._previous = None
+        self._repeater = None
+        self._unraisablehook = None
+
+    def __enter__(self):
+        # Only where Python's own Ctrl-C handling is in place (not under a caller's handler).
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._interrupt)
+            self._unraisablehook, sys.unraisablehook = sys.unraisablehook, self._unraisable
+        return self
+
+    def _unraisable(self, unraisable):
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):  # a lost Ctrl-C: raised again
+            self._unraisablehook(unraisable)
+
+    def _interrupt(self, signum, frame):
+        if self.caught.is_set():
+            return
+        if self._repeater is None:
+            self._repeater = threading.Thread(target=self._repeat, daemon=True)
+            self._repeater.start()
+        raise KeyboardInterrupt
+
+    def _repeat(self):
+        while not self.caught.wait(self.PERIOD_S):
+            if hasattr(signal, "pthread_kill"):  # a real signal: it also ends a blocking wait
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            else:
+                _thread.interrupt_main(signal.SIGINT)
+
+    def __exit__(self, *exc_info):
+        self.caught.set()
+        if self._repeater is not None:
+            self._repeater.join()  # its last signal reaches `_interrupt`, which ignores it now
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            sys.unraisablehook = self._unraisablehook
+
+
 def run_script(run, prog, interrupted=None):
     """Calls `run()` and returns the script's exit code.
 
@@ -97,14 +155,16 @@ def run_script(run, prog, interrupted=None):
     Returns:
         0 when `run()` returns; 2 after printing `PROG: error: MESSAGE` for one of
         `USER_ERRORS`; 130 after printing `PROG: interrupted[; INTERRUPTED]` for a
-        `KeyboardInterrupt`. Other exceptions propagate.
+        `KeyboardInterrupt` (Ctrl-C). Other exceptions propagate.
     """
-    try:
-        run()
-    except USER_ERRORS as error:
-        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted" + (f"; {interrupted}" if interrupted else ""), file=sys.stderr)
-        return EXIT_INTERRUPTED
+    with _InsistentInterrupt() as interrupts:
+        try:
+            run()
+        except USER_ERRORS as error:
+            print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except KeyboardInterrupt:
+            interrupts.caught.set()
+            print(f"{prog}: interrupted" + (f"; {interrupted}" if interrupted else ""), file=sys.stderr)
+            return EXIT_INTERRUPTED
     return 0

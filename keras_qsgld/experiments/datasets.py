@@ -188,25 +188,23 @@ def load_dataset(
 
 
 def repeat_from_epoch(train, first_epoch=0):
-    """`train` repeated without end, starting with its pass number `first_epoch`.
+    """`train` repeated without end, its first `first_epoch` passes skipped.
 
     For `model.fit(repeat_from_epoch(bundle.train, k), steps_per_epoch=bundle.steps_per_epoch)`
     in a run that resumes after `k` finished epochs. A seeded `tf.data` shuffle (and the
     augmentation's random stream) draws a new order each time the dataset is iterated, in a
-    fixed sequence: pass `e` of `train` is the same in every process. A restarted process
+    fixed sequence: pass `p` of `train` is the same in every process. A restarted process
     builds the pipeline anew, so without this its first epoch would replay pass 0. This
-    draws (and drops) `first_epoch` passes' seeds, by starting as many iterators, which
-    reads no data beyond a prefetch, and then repeats: epoch `k + i` of the resumed run
-    gets pass `k + i`, as in the uninterrupted run.
+    draws, and drops, the first `first_epoch` passes' seeds by starting as many iterators
+    (which reads no data beyond a prefetch), then repeats `train`.
 
-    One repeated stream (not `fit(train, epochs=...)`) keeps that independent of how often
-    a Keras backend iterates the data per epoch: Keras 3.15's epoch iterator starts two
-    iterators of a finite dataset per epoch on TensorFlow (one used, one started at the
-    epoch's end and dropped) and one on JAX and PyTorch, whose iterators are lazy, plus
-    one at the start of `fit` for the model's symbolic build. With a repeated stream and
-    `steps_per_epoch`, `fit` iterates it once (JAX, PyTorch: twice, the first time for one
-    batch), so epoch `e` of the run is pass `e` of `train` (JAX, PyTorch: `e + 1`) in an
-    uninterrupted and in a resumed run alike.
+    Given `steps_per_epoch`, `fit` starts a single iterator of the stream for the whole run
+    (on JAX and PyTorch one more before it, for one batch of the model's symbolic build, in
+    an uninterrupted and a resumed run alike), so the resumed run's epochs get the passes
+    the uninterrupted run's epochs got, on every backend. With `fit(train, epochs=...)`
+    that would hang on Keras' own count: Keras 3.15 starts two iterators of a finite
+    dataset per epoch on TensorFlow (one used, one started at the epoch's end and dropped),
+    one on JAX and PyTorch (whose end-of-epoch iterator is lazy and never starts).
 
     Args:
         train: a `tf.data.Dataset`, one epoch of batches.

@@ -75,13 +75,13 @@ class FitConfig:
 
     # data and model
     dataset: str = "digits"
-    model: str = None
+    model: str | None = None
     depth: int = 50  # of cifar_resnet, 6n + 2: the authors' "ResNet-50"
-    data_dir: str = None
+    data_dir: str | None = None
     augment: bool = False
     shuffle: bool = True
     drop_remainder: bool = False
-    max_examples: int = None
+    max_examples: int | None = None
     # training
     optimizers: tuple = ("qsgld",)
     learning_rates: dict = dataclasses.field(default_factory=dict)
@@ -89,12 +89,12 @@ class FitConfig:
     batch_size: int = 128
     seed: int = 0
     jit_compile: bool = False
-    weight_decay: float = None  # None: each optimizer's own default
+    weight_decay: float | None = None  # None: each optimizer's own default
     # QSGLD and QAdam
     eta: float = DEFAULT_ETA
     base: float = DEFAULT_BASE
     kappa: float = DEFAULT_KAPPA
-    tau0: float = None
+    tau0: float | None = None
     gate: str = GATES[0]  # logistic, the paper's
     compensation: bool = True
     rounding: str = "nearest"
@@ -102,7 +102,7 @@ class FitConfig:
     nesterov: bool = False
     # outputs
     output_dir: str = os.path.join("results", "fit")
-    backup_dir: str = None
+    backup_dir: str | None = None
     verbose: int = 1
     plots: bool = True
 
@@ -209,12 +209,8 @@ def run_callbacks(name, run_dir, backup_dir, resuming):
     return callbacks
 
 
-def train_one(name, config):
-    """Trains a fresh model with optimizer `name` (or resumes it); returns its metrics."""
-    run_dir = os.path.join(config.output_dir, name)
-    backup_dir = os.path.join(config.backup_dir, name) if config.backup_dir else None
-    first_epoch = completed_epochs(backup_dir) if backup_dir else 0
-
+def build(name, config):
+    """The data, and a fresh model compiled with optimizer `name`, of one run."""
     keras.utils.set_random_seed(config.seed)  # the same data order and initial weights for all
     with user_errors():  # a bad setting: one line, not a traceback
         data = load_dataset(
@@ -229,6 +225,15 @@ def train_one(name, config):
         optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
         jit_compile=config.jit_compile,
     )
+    return data, model
+
+
+def train_one(name, config):
+    """Trains a fresh model with optimizer `name`, or resumes it; returns its metrics."""
+    run_dir = os.path.join(config.output_dir, name)
+    backup_dir = os.path.join(config.backup_dir, name) if config.backup_dir else None
+    first_epoch = completed_epochs(backup_dir) if backup_dir else 0
+    data, model = build(name, config)
     start_log_folder(run_dir, resuming=first_epoch > 0)
     print(
         f"\n== {name} (lr {config.learning_rate(name):g}) on {data.name}: {data.num_train} train / "
@@ -243,13 +248,17 @@ def train_one(name, config):
         callbacks=run_callbacks(name, run_dir, backup_dir, resuming=first_epoch > 0),
         verbose=config.verbose,
     )
-    seconds = time.perf_counter() - start
+    return record_run(name, config, data, model, run_dir, seconds=time.perf_counter() - start)
 
-    history = read_csv_log(os.path.join(run_dir, "log.csv"))  # all epochs, across a resume
+
+def record_run(name, config, data, model, run_dir, seconds):
+    """Writes `metrics.json` (and `curves.png`) of a finished run from its CSV log, which
+    holds every epoch, those before a resume too; returns the metrics."""
+    history = read_csv_log(os.path.join(run_dir, "log.csv"))
     metrics = {
         "optimizer": name,
         "learning_rate": config.learning_rate(name),
-        "optimizer_config": jsonable(optimizer.get_config()),
+        "optimizer_config": jsonable(model.optimizer.get_config()),
         "backend": keras.backend.backend(),
         "dataset": data.name,
         "model": model.name,

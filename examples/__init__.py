@@ -1,0 +1,1 @@
+"""The example scripts, importable from the repository root: `python -m examples.fit`."""
