@@ -106,14 +106,6 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
                     "preconditioned per coordinate): pass a ResolutionSchedule or a fixed Qp. "
                     f"Received: resolution={self.resolution.get_config()}"
                 )
-            if self.rounding not in RANDOM_ROUNDING_MODES:
-                warnings.warn(
-                    f"A Temperature with rounding={self.rounding!r} does not sample at that "
-                    "temperature: every step below half a grid cell rounds to exactly 0 (no noise "
-                    'at all there). Use rounding="dithered" for Langevin sampling.',
-                    UserWarning,
-                    stacklevel=3,
-                )
         # Every optimizer has a seed generator, used or not, so that its saved state has the
         # same layout whatever the rounding. Its state is an optimizer variable: saved and
         # restored, so a resumed run draws exactly what the uninterrupted one would.
@@ -138,6 +130,50 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
         `optimizer.resolution_at(optimizer.schedule_step)`.
         """
         return self.iterations
+
+    def sampling_caveats(self):
+        """Why this optimizer does not sample `exp(-L / T)` at a `Temperature` `T`: a list of
+        sentences, empty when it does (a `Temperature` resolution, the dithered rounding and
+        nothing else that moves the weights). `PosteriorSampler` and the constructor warn
+        with them."""
+        if not isinstance(self.resolution, Temperature):
+            return [
+                "its resolution is not a Temperature (an annealed or fixed Qp: the temperature "
+                "Qp**-2 / (24 lr) changes with the learning rate and the schedule)"
+            ]
+        caveats = []
+        if self.rounding in ("nearest", "floor"):
+            caveats.append(
+                f"rounding={self.rounding!r} adds no noise where a step is below half a grid cell "
+                "(those increments are exactly 0): use rounding=\"dithered\""
+            )
+        elif self.rounding != "dithered":
+            caveats.append(
+                f"rounding={self.rounding!r} adds noise of variance f (1 - f) cells, not 1/12: "
+                "use rounding=\"dithered\""
+            )
+        if self.compensation is not None:
+            caveats.append(
+                "the compensation term adds a normalized-gradient step of length gate * lr per "
+                "tensor, so the chain is colder than T while the gate is on: use compensation=None"
+            )
+        if self.clipnorm or self.clipvalue or self.global_clipnorm:
+            caveats.append("gradient clipping changes the drift the temperature is measured against")
+        if self.use_ema and self.ema_overwrite_frequency:
+            caveats.append("ema_overwrite_frequency replaces the chain's weights by their average")
+        return caveats
+
+    def _warn_unless_sampling(self):
+        """Warns once, at construction, when a `Temperature` cannot give its temperature."""
+        if isinstance(self.resolution, Temperature):
+            caveats = self.sampling_caveats()
+            if caveats:
+                warnings.warn(
+                    f"{type(self).__name__} with a Temperature does not sample at that temperature: "
+                    + "; ".join(caveats) + ".",
+                    UserWarning,
+                    stacklevel=3,
+                )
 
     def effective_learning_rate(self, learning_rate):
         """The learning rate that, with `Qp`, sets the Langevin temperature `Qp**-2 / (24 lr)`."""

@@ -384,14 +384,22 @@ class Temperature:
 
     def __init__(self, temperature, name="Temperature"):
         self.temperature = check_real(
-            "temperature", temperature, minimum=0, exclusive_minimum=True, description="a temperature"
+            "temperature",
+            temperature,
+            minimum=_FLOAT32_MIN_NORMAL,
+            maximum=_FLOAT32_MAX,
+            description="a temperature, normal in float32,",
         )
         self.name = name
 
     def resolution(self, effective_learning_rate):
         """`Qp = 1 / sqrt(24 * lr_eff * T)` as a float32 scalar (inf where `lr_eff = 0`)."""
         lr = ops.cast(effective_learning_rate, "float32")
-        return ops.divide(1.0, ops.sqrt(ops.multiply(lr, 24.0 * self.temperature)))
+        # 1 / sqrt(24 T) in float64 first: 24 lr T in float32 overflows for large T.
+        return ops.divide(1.0 / math.sqrt(24.0 * self.temperature), ops.sqrt(lr))
+
+    def __repr__(self):
+        return f"Temperature({self.temperature!r})"
 
     def get_config(self):
         return {"temperature": self.temperature, "name": self.name}

@@ -156,7 +156,7 @@ def test_numpy_bools_are_bools():
     assert opt.track_noise is True and opt.nesterov is False
 
 
-@pytest.mark.parametrize("value", [0, -1.0, float("inf"), float("nan"), True, "cold"])
+@pytest.mark.parametrize("value", [0, -1.0, float("inf"), float("nan"), True, "cold", 1e39, 1e-45])
 def test_temperature(value):
     _raises(lambda: keras_qsgld.Temperature(value), "temperature", value)
 
@@ -181,3 +181,36 @@ def test_import_under_python_OO_strips_docstrings_without_crashing():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("None")
+
+
+def test_huge_temperature_gives_a_finite_grid():
+    """Qp = 1 / sqrt(24 lr T) is formed without 24 lr T (which overflows float32)."""
+    qp = float(keras_qsgld.Temperature(1e38).resolution(1.0))
+    assert qp > 0 and qp == pytest.approx(1 / np.sqrt(24e38), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs,caveat",
+    [
+        (dict(momentum=0.9), "momentum=0.9"),
+        (dict(compensation=0.1), "compensation"),
+        (dict(clipnorm=1.0), "clipping"),
+        (dict(use_ema=True, ema_overwrite_frequency=5), "ema_overwrite_frequency"),
+        (dict(rounding="stochastic"), "f (1 - f)"),
+        (dict(rounding="floor"), "exactly 0"),
+    ],
+)
+def test_a_temperature_that_cannot_hold_warns_at_construction(kwargs, caveat):
+    kwargs = {"rounding": "dithered", **kwargs}
+    with pytest.warns(UserWarning, match="does not sample at that temperature") as caught:
+        opt = keras_qsgld.QSGLD(0.01, resolution=keras_qsgld.Temperature(1e-3), **kwargs)
+    assert caveat in str(caught[0].message)
+    assert any(caveat in c for c in opt.sampling_caveats())
+
+
+def test_sampling_caveats_are_empty_for_a_sampler():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt = keras_qsgld.QSGLD(0.01, resolution=keras_qsgld.Temperature(1e-3), rounding="dithered", weight_decay=0.1)
+    assert opt.sampling_caveats() == []
+    assert "not a Temperature" in keras_qsgld.QSGLD(0.01, resolution=64.0).sampling_caveats()[0]
