@@ -4,10 +4,10 @@ For classification, every function takes the true labels `y_true` and the predic
 probabilities `y_prob` (for instance the posterior predictive of
 `keras_qsgld.sampling.posterior_predictive`):
 
-- `accuracy`: share of examples whose most probable class is the true one
-  (`keras.metrics.SparseCategoricalAccuracy`).
-- `negative_log_likelihood`: mean of `-log p(y_true)`, in nats
-  (`keras.metrics.SparseCategoricalCrossentropy`).
+- `accuracy`: share of examples whose most probable class is the true one (what
+  `keras.metrics.SparseCategoricalAccuracy` computes).
+- `negative_log_likelihood`: mean of `-log p(y_true)`, in nats, probabilities clipped at
+  `1e-7` (what `keras.metrics.SparseCategoricalCrossentropy` computes).
 - `brier_score`: mean over examples of `sum_k (p_k - onehot_k)**2` (Brier, 1950), in [0, 2].
 - `expected_calibration_error`: `sum_b (n_b / n) |accuracy_b - confidence_b|` over
   equal-width bins of the confidence `max_k p_k` (Guo et al., 2017), in [0, 1].
@@ -17,9 +17,10 @@ probabilities `y_prob` (for instance the posterior predictive of
 
 For regression with a Gaussian predictive, `gaussian_negative_log_likelihood`.
 
-Keras has accuracy and cross-entropy metrics, which are used here; it has neither the
-Brier score nor the ECE, which are computed with NumPy from their standard definitions.
-Everything returns Python floats (or NumPy arrays) and works on every Keras backend.
+Everything is computed with NumPy in float64 from the standard definitions (Keras' accuracy
+and cross-entropy metrics give the same values, in float32: `0.6660000085830688` where
+this gives `0.666`), returns Python floats (or NumPy arrays) and works on every Keras
+backend. Labels may be integers, bools (binary: False/True are 0/1) or one-hot rows.
 matplotlib is imported only by `reliability_diagram`.
 """
 
@@ -81,8 +82,8 @@ def check_probabilities(y_prob, name="y_prob"):
         raise ValueError(
             f"Argument `{name}` must hold probabilities: values in [0, 1], each row summing to "
             f"1. Received: {name} with values in [{low:g}, {high:g}] and row sums off by up to "
-            f"{worst:g} (logits? apply a softmax first, or pass from_logits=True to "
-            "posterior_predictive)"
+            f"{worst:g}. For logits, apply a softmax (a sigmoid for one output unit) first, or "
+            "pass from_logits=True to posterior_predictive"
         )
     return probs
 
@@ -90,8 +91,8 @@ def check_probabilities(y_prob, name="y_prob"):
 def check_labels(y_true, num_classes, num_examples, name="y_true"):
     """`y_true` as an int64 `(n,)` array of labels in `[0, num_classes)`, or a `ValueError`.
 
-    Accepts integer labels of shape `(n,)` or `(n, 1)` (floats only when integral), and
-    one-hot rows of shape `(n, num_classes)`.
+    Accepts integer labels of shape `(n,)` or `(n, 1)` (floats only when integral; bools as
+    0 and 1), and one-hot rows of shape `(n, num_classes)`.
     """
     labels = _as_array(name, y_true)
     if labels.ndim == 2 and labels.shape[1] == num_classes and num_classes > 1:
@@ -104,6 +105,8 @@ def check_labels(y_true, num_classes, num_examples, name="y_true"):
         labels = np.argmax(one_hot, axis=1)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
+    if labels.dtype.kind == "b":  # False/True: the binary labels 0/1
+        labels = labels.astype(np.int64)
     if labels.ndim != 1 or labels.dtype.kind not in "iuf":
         raise ValueError(
             f"Argument `{name}` must be integer labels of shape (n,) or one-hot rows of shape "
@@ -138,19 +141,20 @@ def _num_bins(num_bins):
     return check_integer("num_bins", num_bins, minimum=1, description="a number of bins")
 
 
-def _keras_metric(metric, labels, probs):
-    metric.update_state(labels, probs.astype(np.float32))
-    return float(keras.ops.convert_to_numpy(metric.result()))
+# What keras.losses.sparse_categorical_crossentropy clips probabilities to (Keras' epsilon()).
+PROBABILITY_CLIP = 1e-7
 
 
 # -- the metrics -------------------------------------------------------------------------
 def accuracy(y_true, y_prob):
     """Share of examples whose most probable class is the true label.
 
-    Computed by `keras.metrics.SparseCategoricalAccuracy` (ties go to the first class).
+    The mean of the per-example hits `argmax_k p_k == y` (ties go to the first class), in
+    NumPy float64: `keras.metrics.SparseCategoricalAccuracy`'s definition, without its
+    float32 result.
 
     Args:
-        y_true: integer labels, shape `(n,)` (or `(n, 1)`, or one-hot `(n, K)`).
+        y_true: integer (or bool) labels, shape `(n,)` (or `(n, 1)`, or one-hot `(n, K)`).
         y_prob: class probabilities, shape `(n, K)`, rows summing to 1; or `(n,)`:
             `p(class 1)` of a binary classifier.
 
@@ -162,18 +166,20 @@ def accuracy(y_true, y_prob):
             not probabilities (naming the argument).
     """
     labels, probs = _inputs(y_true, y_prob)
-    return _keras_metric(keras.metrics.SparseCategoricalAccuracy(), labels, probs)
+    return float(np.mean(np.argmax(probs, axis=1) == labels))
 
 
 def negative_log_likelihood(y_true, y_prob):
     """Mean negative log-likelihood `-(1/n) sum_i log p_i(y_i)`, in nats.
 
-    Computed by `keras.metrics.SparseCategoricalCrossentropy`, which clips probabilities
-    to `[1e-7, 1 - 1e-7]` (Keras' `epsilon()`): a true class given probability 0 costs
+    Computed in NumPy float64 as `keras.metrics.SparseCategoricalCrossentropy` defines it
+    (which gives the same value in float32): each row is divided by its sum, the
+    probabilities are clipped to `[1e-7, 1 - 1e-7]` (Keras' `epsilon()`), and the
+    per-example terms `-log p_i(y_i)` are averaged. A true class given probability 0 costs
     `-log(1e-7) = 16.1` nats, not infinity.
 
     Args:
-        y_true: integer labels, shape `(n,)` (or `(n, 1)`, or one-hot `(n, K)`).
+        y_true: integer (or bool) labels, shape `(n,)` (or `(n, 1)`, or one-hot `(n, K)`).
         y_prob: class probabilities, shape `(n, K)`, rows summing to 1; or `(n,)`:
             `p(class 1)` of a binary classifier.
 
@@ -185,7 +191,9 @@ def negative_log_likelihood(y_true, y_prob):
             not probabilities.
     """
     labels, probs = _inputs(y_true, y_prob)
-    return _keras_metric(keras.metrics.SparseCategoricalCrossentropy(), labels, probs)
+    probs = probs / probs.sum(axis=1, keepdims=True)  # rows sum to 1 within 1e-3 (checked)
+    true_class = np.clip(probs[np.arange(len(labels)), labels], PROBABILITY_CLIP, 1.0 - PROBABILITY_CLIP)
+    return float(np.mean(-np.log(true_class)))
 
 
 def brier_score(y_true, y_prob):
@@ -196,7 +204,7 @@ def brier_score(y_true, y_prob):
     `brier_score_loss(y, p)`, which sums over the positive class only.
 
     Args:
-        y_true: integer labels, shape `(n,)` (or `(n, 1)`, or one-hot `(n, K)`).
+        y_true: integer (or bool) labels, shape `(n,)` (or `(n, 1)`, or one-hot `(n, K)`).
         y_prob: class probabilities, shape `(n, K)`, rows summing to 1; or `(n,)`:
             `p(class 1)` of a binary classifier.
 
@@ -225,7 +233,7 @@ def calibration_bins(y_true, y_prob, num_bins=DEFAULT_NUM_BINS):
     to bin 0). Its prediction is the most probable class (the first on ties).
 
     Args:
-        y_true: integer labels, shape `(n,)` (or `(n, 1)`, or one-hot `(n, K)`).
+        y_true: integer (or bool) labels, shape `(n,)` (or `(n, 1)`, or one-hot `(n, K)`).
         y_prob: class probabilities, shape `(n, K)`; or `(n,)` for a binary classifier.
         num_bins: integer >= 1, the number of bins `M`. Default 15 (Guo et al., 2017).
 
@@ -275,7 +283,7 @@ def expected_calibration_error(y_true, y_prob, num_bins=DEFAULT_NUM_BINS):
     model is right as often as it says); the value depends on `num_bins`.
 
     Args:
-        y_true: integer labels, shape `(n,)` (or `(n, 1)`, or one-hot `(n, K)`).
+        y_true: integer (or bool) labels, shape `(n,)` (or `(n, 1)`, or one-hot `(n, K)`).
         y_prob: class probabilities, shape `(n, K)`; or `(n,)` for a binary classifier.
         num_bins: integer >= 1, the number of bins. Default 15 (Guo et al., 2017).
 
@@ -296,7 +304,7 @@ def calibration_report(y_true, y_prob, num_bins=DEFAULT_NUM_BINS):
     """Accuracy, negative log-likelihood, Brier score and ECE of `y_prob`, in one dict.
 
     Args:
-        y_true: integer labels, shape `(n,)` (or `(n, 1)`, or one-hot `(n, K)`).
+        y_true: integer (or bool) labels, shape `(n,)` (or `(n, 1)`, or one-hot `(n, K)`).
         y_prob: class probabilities, shape `(n, K)`; or `(n,)` for a binary classifier.
         num_bins: integer >= 1, the number of bins of the ECE. Default 15.
 
@@ -325,10 +333,17 @@ def gaussian_negative_log_likelihood(y_true, mean, variance):
     `posterior_predictive(..., task="regression")` (a Gaussian approximation of the
     predictive mixture). Keras has no such metric.
 
+    A trailing axis of length 1 on either side is dropped: `y_true` of shape `(n,)` goes
+    with the `(n, 1)` mean and variance `posterior_predictive` returns for a `Dense(1)`
+    regressor, and `(n, 1)` targets with `(n,)` predictions. (Shapes are never broadcast
+    against each other: `(n,)` against `(n, 1)` would compare every target with every
+    prediction.)
+
     Args:
         y_true: targets, any shape.
-        mean: predicted means, the shape of `y_true`.
-        variance: predicted variances > 0, the shape of `y_true` (or broadcastable to it).
+        mean: predicted means, the shape of `y_true` (up to a trailing axis of 1).
+        variance: predicted variances > 0, the shape of `y_true` (up to a trailing axis of
+            1), or broadcastable to it (a scalar).
 
     Returns:
         A float, in nats per entry.
@@ -339,16 +354,25 @@ def gaussian_negative_log_likelihood(y_true, mean, variance):
     y = _as_array("y_true", y_true).astype(np.float64)
     mu = _as_array("mean", mean).astype(np.float64)
     var = _as_array("variance", variance).astype(np.float64)
+    if y.shape == mu.shape + (1,):  # (n, 1) targets, (n,) means
+        y = y[..., 0]
+    elif mu.shape == y.shape + (1,):  # (n,) targets, (n, 1) means (a Dense(1) regressor)
+        mu = mu[..., 0]
     if mu.shape != y.shape:
         raise ValueError(
-            f"Argument `mean` must have the shape of `y_true` {y.shape}. Received: mean with shape {mu.shape}"
+            f"Argument `mean` must have the shape of `y_true` {y.shape} (up to a trailing axis "
+            f"of 1). Received: mean with shape {mu.shape}"
         )
+    if var.shape == y.shape + (1,):
+        var = var[..., 0]
+    elif y.shape == var.shape + (1,):
+        var = var[..., None]
     try:
         var = np.broadcast_to(var, y.shape)
     except ValueError:
         raise ValueError(
-            f"Argument `variance` must have the shape of `y_true` {y.shape}. "
-            f"Received: variance with shape {var.shape}"
+            f"Argument `variance` must have the shape of `y_true` {y.shape} (up to a trailing "
+            f"axis of 1), or broadcast to it. Received: variance with shape {var.shape}"
         ) from None
     for name, array in (("y_true", y), ("mean", mu), ("variance", var)):
         if array.size == 0 or not np.all(np.isfinite(array)):
@@ -366,13 +390,15 @@ def gaussian_negative_log_likelihood(y_true, mean, variance):
 def reliability_diagram(y_true, y_prob, path, num_bins=DEFAULT_NUM_BINS, title=None):
     """Writes a reliability diagram (Guo et al., 2017, fig. 1) as a PNG.
 
-    One column per set of predictions: on top, the share of examples per confidence bin;
-    below, the accuracy per bin against the diagonal of perfect calibration, the gap to it
-    shaded, and the ECE in the legend. Drawn with matplotlib's Agg canvas directly, so
-    pyplot's backend and figures are left alone.
+    One column per set of predictions: on top, the share of examples per confidence bin,
+    with the ECE in the title; below, the accuracy per bin (bars) against the diagonal of
+    perfect calibration, with the gap between each bin's accuracy and its mean confidence
+    hatched in red (above a bar where the predictions are overconfident, over it where
+    they are underconfident). One legend, below the panels. Drawn with matplotlib's Agg
+    canvas directly, so pyplot's backend and figures are left alone.
 
     Args:
-        y_true: integer labels, shape `(n,)` (or `(n, 1)`, or one-hot `(n, K)`).
+        y_true: integer (or bool) labels, shape `(n,)` (or `(n, 1)`, or one-hot `(n, K)`).
         y_prob: class probabilities `(n, K)` (or `(n,)` for a binary classifier), or a
             dict `{label: y_prob}` of several sets of predictions of the same examples,
             drawn side by side (e.g. `{"last iterate": p1, "posterior average": p2}`).
@@ -407,6 +433,8 @@ def reliability_diagram(y_true, y_prob, path, num_bins=DEFAULT_NUM_BINS, title=N
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import Patch
     except ImportError as error:
         raise ImportError("reliability_diagram needs matplotlib: pip install matplotlib") from error
 
@@ -421,25 +449,34 @@ def reliability_diagram(y_true, y_prob, path, num_bins=DEFAULT_NUM_BINS, title=N
         top, bottom = axes[0, column], axes[1, column]
         top.bar(centers, count / count.sum(), width=width, color="tab:gray", edgecolor="black", linewidth=0.5)
         top.set_ylabel("share of examples")
-        top.set_title(label)
+        ece = f"ECE = {_ece(bins):.4f}"
+        top.set_title(f"{label}\n{ece}" if label else ece)
         full = count > 0  # empty bins draw nothing
         acc, conf = bins["accuracy"][full], bins["confidence"][full]
-        bottom.bar(centers[full], acc, width=width[full], color="tab:blue", edgecolor="black",
-                   linewidth=0.5, label="accuracy")
+        bottom.bar(centers[full], acc, width=width[full], color="tab:blue", edgecolor="black", linewidth=0.5)
+        # The gap between accuracy and mean confidence: hatched, not filled, so that it reads
+        # the same above a bar (accuracy below confidence) and over it (accuracy above).
         bottom.bar(centers[full], np.abs(conf - acc), bottom=np.minimum(acc, conf), width=width[full],
-                   color="tab:red", alpha=0.3, edgecolor="tab:red", linewidth=0.5,
-                   label="gap to confidence")
-        bottom.plot([0, 1], [0, 1], linestyle="--", color="black", linewidth=1, label="calibrated")
+                   facecolor="none", edgecolor="tab:red", hatch="///", linewidth=0.8)
+        bottom.plot([0, 1], [0, 1], linestyle="--", color="black", linewidth=1)
         bottom.set_xlim(0, 1)
         bottom.set_ylim(0, 1)
         bottom.set_xlabel("confidence (max probability)")
         bottom.set_ylabel("accuracy")
-        bottom.legend(loc="upper left", title=f"ECE = {_ece(bins):.4f}", fontsize="small")
+    # One legend for all panels, below them, where it covers no bar.
+    handles = [
+        Patch(facecolor="tab:blue", edgecolor="black", linewidth=0.5, label="accuracy per bin"),
+        Patch(facecolor="none", edgecolor="tab:red", hatch="///", label="gap to the bin's mean confidence"),
+        Line2D([0, 1], [0, 0], linestyle="--", color="black", linewidth=1, label="calibrated"),
+    ]
+    figure.legend(handles=handles, loc="outside lower center", ncols=3 if columns > 1 else 1,
+                  fontsize="small", frameon=False)
     if title:
         figure.suptitle(title)
     path = os.fspath(path)
     folder = os.path.dirname(path)
     if folder:
         os.makedirs(folder, exist_ok=True)
-    figure.savefig(path, format="png", dpi=100)
+    # bbox_inches="tight": the saved image holds every label, whatever the fonts.
+    figure.savefig(path, format="png", dpi=100, bbox_inches="tight", pad_inches=0.1)
     return path

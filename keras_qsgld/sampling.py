@@ -3,14 +3,16 @@
 - `PosteriorSampler`: a `keras.callbacks.Callback` that keeps weight snapshots of a
   sampling run after a burn-in, every `thin` optimizer updates (or at the end of each cycle
   of a cyclical learning rate), in memory or as `.weights.h5` files in a folder. It counts
-  optimizer updates (`optimizer.iterations`), so a resumed run neither repeats nor loses
-  samples.
+  optimizer updates (`optimizer.iterations`), so a resumed run keeps the sample indices of
+  an uninterrupted run: it neither repeats nor loses samples.
 - `posterior_predictive`: the posterior predictive of a model over such samples: the mean
   of the predicted class probabilities (classification), or the mean and variance of the
   predictions (regression).
 
-A sampling run is QSGLD at a fixed temperature with the dithered rounding, whose rounding
-error is exactly SGLD's Langevin noise (see `keras_qsgld.Temperature`):
+A sampling run is QSGLD at a fixed temperature with the dithered rounding and no momentum,
+whose rounding error is exactly SGLD's Langevin noise (see `keras_qsgld.Temperature`; with
+momentum the chain is hotter than `T` unless `lr * curvature << (1 - momentum)**2`, see
+docs/sampling.md):
 
 ```python
 n_train = 1437
@@ -37,10 +39,9 @@ import warnings
 import keras
 import numpy as np
 
-from keras_qsgld.calibration import check_probabilities
+from keras_qsgld.calibration import PROBABILITY_TOLERANCE, check_probabilities
 from keras_qsgld.callbacks import unwrap_optimizer
 from keras_qsgld.optimizer import QuantizedOptimizer
-from keras_qsgld.schedules import Temperature
 from keras_qsgld.validation import check_bool, check_choice, check_integer
 
 BURN_IN_UNITS = ("epochs", "steps")
@@ -70,6 +71,16 @@ def _to_int(value):
     return int(keras.ops.convert_to_numpy(value))
 
 
+def _optimizer_caveats(optimizer):
+    """Why `optimizer` does not sample `exp(-L / T)`: its `sampling_caveats()` (see
+    `keras_qsgld.QuantizedOptimizer`), or one sentence for an optimizer without Langevin
+    noise. Empty when it samples."""
+    optimizer = unwrap_optimizer(optimizer)
+    if isinstance(optimizer, QuantizedOptimizer):
+        return list(optimizer.sampling_caveats())
+    return ["it adds no Langevin noise"]
+
+
 @keras.saving.register_keras_serializable(package="keras_qsgld")
 class PosteriorSampler(keras.callbacks.Callback):
     """Keeps posterior samples (weight snapshots) of a Langevin run in `fit`.
@@ -88,6 +99,17 @@ class PosteriorSampler(keras.callbacks.Callback):
     lr, first_decay_steps=C, t_mul=1.0)` (cycles of `C` updates), the end of a cycle is
     where the learning rate is smallest (Zhang et al., 2020).
 
+    **The burn-in counts the optimizer's updates since its creation**, not the updates of
+    this `fit` or of this sampler: the burn-in is over at `optimizer.iterations == B`,
+    whenever that was. A fresh optimizer (compile the model with a new `QSGLD` for the
+    sampling run, as the examples do) starts at 0, so there the burn-in is the first `B`
+    updates of the sampling run. With an optimizer that has already run (a sampler added to
+    a later `fit` with the same optimizer), a burn-in of `B` updates from now is
+    `PosteriorSampler(burn_in=int(model.optimizer.iterations) + B, burn_in_unit="steps")`;
+    `burn_in=1` (epochs) would be over already. This is what makes resuming exact: every
+    process agrees on which updates are samples. With `verbose=1` the sampler says where a
+    `fit` starts (`starting at update 1200; burn-in until update 1500`).
+
     **Where.** With `directory=None` the samples are lists of NumPy arrays
     (`model.get_weights()`: every weight, trainable or not) held in memory. With a
     directory, each is a file `sample-<update>.weights.h5` there, written atomically
@@ -97,8 +119,15 @@ class PosteriorSampler(keras.callbacks.Callback):
 
     **Resuming.** The update index decides everything, so a run resumed from a backup
     (`keras.callbacks.BackupAndRestore`, or a new process that reloads the model and
-    calls `fit` again) keeps exactly the samples of an uninterrupted run. At the first
-    epoch of each `fit`, the sampler reads the model's update count `u0` (after
+    calls `fit` again) always keeps the sample *indices* of an uninterrupted run (the same
+    updates, none twice, none lost). The *weights* after the resume point are bitwise
+    those of the uninterrupted run only when the batches are too, i.e. with a
+    deterministic data order: `fit(..., shuffle=False)`, or a seeded order that the
+    resumed script replays from the restored epoch (`examples/fit.py --backup-dir` does,
+    with `keras_qsgld.experiments.datasets.repeat_from_epoch`). With Keras' default
+    `shuffle=True` on arrays, Keras does not restore the shuffle order: the resumed chain
+    sees other batches and continues as another, equally valid, chain from the restored
+    state. At the first epoch of each `fit`, the sampler reads the model's update count `u0` (after
     `BackupAndRestore` has restored it, wherever it is in the callbacks list). With a
     directory it scans the folder: samples at updates `<= u0` are kept and count towards
     `max_samples`; files from updates after `u0` (a run that went further than the backup
@@ -108,9 +137,15 @@ class PosteriorSampler(keras.callbacks.Callback):
 
     **Checks.** At the start of `fit` it warns once when the burn-in does not end before
     the run's last update, or when `max_samples` cannot be reached in the run, naming
-    both numbers; and when the optimizer does not sample at a fixed temperature (anything
-    but `QSGLD(resolution=Temperature(T), rounding="dithered")`: then the snapshots are a
-    trajectory, e.g. a snapshot ensemble, not posterior samples).
+    both numbers; and, in one warning naming every reason, when the optimizer does not
+    sample `exp(-L / T)` at a fixed temperature `T`: the reasons are
+    `QuantizedOptimizer.sampling_caveats()` (a resolution that is not a `Temperature`, a
+    rounding other than `"dithered"`, compensation, gradient clipping, an EMA that
+    overwrites the weights, and for `QSGLD` a momentum > 0), or no Langevin noise at all
+    (any other optimizer). Then the snapshots are a trajectory (e.g. a snapshot ensemble),
+    not posterior samples. `QSGLD(lr, resolution=Temperature(T), rounding="dithered")`
+    with the defaults otherwise (momentum 0) gives no warning; weight decay is allowed
+    (it is the Gaussian prior, see docs/sampling.md).
 
     Args:
         burn_in: integer >= 0, the updates (or epochs, see `burn_in_unit`) discarded
@@ -130,7 +165,8 @@ class PosteriorSampler(keras.callbacks.Callback):
             `(samples_per_cycle - 1) * thin` must be less than `cycle_length`.
         verbose: 0 (silent) or 1 (default): one progress line per epoch
             (`PosteriorSampler, epoch 13: 12/50 samples, last after update 585 (update 585)`),
-            and one when a run resumes with samples already kept.
+            one when a run resumes with samples already kept, and one when a `fit` starts
+            with an optimizer that has already made updates.
 
     Attributes:
         samples: the samples kept, in update order: lists of NumPy arrays (in memory) or
@@ -291,26 +327,16 @@ class PosteriorSampler(keras.callbacks.Callback):
 
     def _check_optimizer(self, optimizer):
         inner = unwrap_optimizer(optimizer)
-        if isinstance(inner, QuantizedOptimizer) and isinstance(inner.resolution, Temperature):
-            if inner.rounding == "dithered":
-                return
-            why = (
-                f'rounding={inner.rounding!r}: only rounding="dithered" adds noise of exactly the '
-                "temperature's variance at every update"
-            )
-        elif isinstance(inner, QuantizedOptimizer):
-            why = (
-                "its resolution is not a Temperature (an annealed or fixed Qp: the temperature "
-                "follows the schedule)"
-            )
-        else:
-            why = "it adds no Langevin noise"
+        caveats = _optimizer_caveats(inner)
+        if not caveats:
+            return
         self._warn_once(
             "optimizer",
-            f"PosteriorSampler: the optimizer ({type(inner).__name__}) does not sample at a fixed "
-            f"temperature: {why}. The snapshots are a trajectory (e.g. a snapshot ensemble), not "
-            "posterior samples. For posterior samples use keras_qsgld.QSGLD(lr, "
-            'resolution=keras_qsgld.Temperature(T), rounding="dithered").',
+            f"PosteriorSampler: the optimizer ({type(inner).__name__}) does not sample "
+            f"exp(-L / T) at a fixed temperature T: {'; '.join(caveats)}. The snapshots are a "
+            "trajectory (e.g. a snapshot ensemble), not posterior samples. For posterior "
+            'samples use keras_qsgld.QSGLD(lr, resolution=keras_qsgld.Temperature(T), rounding="dithered") '
+            "with momentum=0 and no compensation, clipping or EMA overwrite.",
         )
 
     def _updates_after(self, optimizer, epochs):
@@ -406,6 +432,15 @@ class PosteriorSampler(keras.callbacks.Callback):
                     del self._kept[u]
         if self._kept and start > 0:
             self._say(f"resuming at update {start} with {len(self._kept)} samples kept")
+        elif start > 0:
+            burn_in = self._burn_in_steps
+            if burn_in > start:
+                where = f"burn-in until update {burn_in}"
+            elif burn_in > 0:
+                where = f"the burn-in (until update {burn_in}, counted from the optimizer's first update) is over"
+            else:
+                where = "no burn-in"
+            self._say(f"starting at update {start}; {where}")
         epochs = (self.params or {}).get("epochs")
         remaining = None if epochs is None else self._updates_after(optimizer, max(epochs - epoch, 0))
         if remaining is not None:
@@ -485,6 +520,22 @@ def _softmax(logits):
 def _sigmoid(logits):
     e = np.exp(-np.abs(logits))  # never overflows
     return np.where(logits >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def _check_not_probabilities(outputs):
+    """A `ValueError` when logits (`from_logits=True`) look like probabilities already: every
+    value >= 0 and every row summing to 1. A softmax of those would flatten every
+    prediction towards uniform. (One output unit cannot be told apart: a logit in [0, 1]
+    is as likely as a probability.)"""
+    rows = outputs.reshape(-1, outputs.shape[-1])
+    sums = rows.sum(axis=1)
+    if np.all(rows >= 0) and np.all(np.abs(sums - 1.0) <= PROBABILITY_TOLERANCE):
+        raise ValueError(
+            "Argument `from_logits=True` needs a model that outputs logits, but the model "
+            "outputs are probabilities already (all >= 0, each row summing to 1: a softmax "
+            "output layer?); a softmax of them would flatten the predictions. Pass "
+            "from_logits=False for a model that ends in a softmax. Received: from_logits=True"
+        )
 
 
 def _sample_list(samples):
@@ -602,7 +653,9 @@ def posterior_predictive(
         batch_size: integer >= 1 or None (Keras' default, 32), for array inputs.
         task: `"classification"` (default) or `"regression"`.
         from_logits: bool, classification only: the model outputs logits. Default False
-            (the outputs must be probabilities, or a ValueError says so).
+            (the outputs must be probabilities, or a ValueError says so). With True,
+            outputs of two or more units that are already probabilities (all >= 0, rows
+            summing to 1: a softmax layer) raise a ValueError too.
         model_variance: bool, regression only: the model returns `(mean, variance)`.
             Default False.
         verbose: 0 (default), 1 or 2, `model.predict`'s progress display.
@@ -614,8 +667,8 @@ def posterior_predictive(
 
     Raises:
         ValueError: for a bad argument (naming it), a sample that does not fit the model,
-            or, in classification with `from_logits=False`, outputs that are not
-            probabilities.
+            or, in classification, outputs that are not probabilities with
+            `from_logits=False`, or already probabilities with `from_logits=True`.
 
     References:
         - [Welling & Teh, 2011](https://www.stats.ox.ac.uk/~teh/research/compstats/WelTeh2011a.pdf),
@@ -664,6 +717,8 @@ def posterior_predictive(
                         f"Received: a model with {len(outputs)} outputs"
                     )
                 if from_logits:
+                    if outputs.shape[-1] > 1:
+                        _check_not_probabilities(outputs)
                     outputs = _sigmoid(outputs) if outputs.shape[-1] == 1 else _softmax(outputs)
                 else:
                     rows = outputs.reshape(-1, outputs.shape[-1]) if outputs.ndim > 1 else outputs

@@ -59,10 +59,10 @@ class Recorder(keras.callbacks.Callback):
         self.weights[update] = [np.array(w, copy=True) for w in model.get_weights()]
 
 
-def fit(model, sampler, epochs=4, recorder=None, **kwargs):
+def fit(model, sampler, epochs=4, recorder=None, shuffle=False, **kwargs):
     x, y = tiny_data()
     callbacks = [sampler] + ([recorder] if recorder is not None else [])
-    model.fit(x, y, batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0, callbacks=callbacks, **kwargs)
+    model.fit(x, y, batch_size=BATCH, epochs=epochs, shuffle=shuffle, verbose=0, callbacks=callbacks, **kwargs)
 
 
 def assert_same_weights(a, b):
@@ -211,6 +211,25 @@ def test_resume_in_memory_drops_samples_after_the_restored_update(tmp_path):
     assert sampler.sample_steps == full.sample_steps  # no duplicates, none lost
     for a, b in zip(sampler.samples, full.samples):
         assert_same_weights(a, b)
+
+
+def test_resume_with_shuffling_keeps_the_sample_updates(tmp_path):
+    """With Keras' shuffle=True the resumed chain sees other batches (another chain from the
+    restored state), but keeps the samples at the updates of an uninterrupted run."""
+    full = PosteriorSampler(thin=3, directory=str(tmp_path / "full"), verbose=0)
+    fit(compiled_model(), full, epochs=4, shuffle=True)
+    model = compiled_model()
+    sampler = PosteriorSampler(thin=3, directory=str(tmp_path / "resumed"), verbose=0)
+    fit(model, sampler, epochs=2, shuffle=True)
+    model.save_weights(tmp_path / "at8.weights.h5")
+    fit(model, sampler, epochs=3, initial_epoch=2, shuffle=True)
+    model.load_weights(tmp_path / "at8.weights.h5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the samples after update 8, dropped (tested above)
+        fit(model, sampler, epochs=4, initial_epoch=2, shuffle=True)
+    assert full.sample_steps == [3, 6, 9, 12, 15]
+    assert sampler.sample_steps == full.sample_steps
+    assert sorted(os.listdir(tmp_path / "resumed")) == sorted(os.listdir(tmp_path / "full"))
 
 
 def test_resume_after_sigkill_in_a_new_process(tmp_path):
@@ -392,6 +411,10 @@ def test_classification_from_logits_and_sigmoid():
     np.testing.assert_allclose(posterior_predictive(logits_model, samples, x, from_logits=True), expected, rtol=1e-5)
     with pytest.raises(ValueError, match="model outputs.*from_logits=True"):
         posterior_predictive(logits_model, samples, x)
+    # the opposite mistake: a softmax model with from_logits=True would be flattened
+    softmax_model = tiny_model()
+    with pytest.raises(ValueError, match="probabilities already.*Received: from_logits=True"):
+        posterior_predictive(softmax_model, random_samples(softmax_model, 2), x, from_logits=True)
 
     binary = tiny_model(activation=None, units=1)
     samples = random_samples(binary, 3)
