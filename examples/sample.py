@@ -42,20 +42,24 @@ from keras_qsgld.experiments.models import build_model  # noqa: E402
 from keras_qsgld.sampling import PosteriorSampler, posterior_predictive  # noqa: E402
 
 PROG = "sample.py"
+# The run's sizes; --quick changes the defaults, and a flag given explicitly wins over both.
+FULL = dict(train_epochs=30, sample_epochs=25, burn_in=5, thin=15, max_samples=50, max_examples=None)
 QUICK = dict(train_epochs=2, sample_epochs=3, burn_in=1, thin=2, max_samples=10, max_examples=320)
 
 
 def build_parser():
     p = cli.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=OFFLINE_DATASETS, default="digits", help="data set (default %(default)s)")
-    p.add_argument("--train-epochs", type=positive_int, default=30, help="epochs of training (default %(default)s)")
-    p.add_argument("--sample-epochs", type=positive_int, default=25,
-                   help="epochs of the sampling run, burn-in included (default %(default)s)")
-    p.add_argument("--burn-in", type=non_negative_int, default=5,
-                   help="epochs of the sampling run before the first sample (default %(default)s)")
-    p.add_argument("--thin", type=positive_int, default=15,
-                   help="optimizer updates between two samples (default %(default)s)")
-    p.add_argument("--max-samples", type=positive_int, default=50, help="samples to keep (default %(default)s)")
+    p.add_argument("--train-epochs", type=positive_int, default=None,
+                   help=f"epochs of training (default {FULL['train_epochs']})")
+    p.add_argument("--sample-epochs", type=positive_int, default=None,
+                   help=f"epochs of the sampling run, burn-in included (default {FULL['sample_epochs']})")
+    p.add_argument("--burn-in", type=non_negative_int, default=None,
+                   help=f"epochs of the sampling run before the first sample (default {FULL['burn_in']})")
+    p.add_argument("--thin", type=positive_int, default=None,
+                   help=f"optimizer updates between two samples (default {FULL['thin']})")
+    p.add_argument("--max-samples", type=positive_int, default=None,
+                   help=f"samples to keep (default {FULL['max_samples']})")
     p.add_argument("--lr", type=positive_float, default=0.1, help="learning rate of both phases (default %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default %(default)s)")
     p.add_argument("--temperature", type=positive_float, default=1.0,
@@ -71,7 +75,8 @@ def build_parser():
                    help="Keras progress display of fit (default %(default)s); > 0 also prints the "
                         "sampler's progress")
     p.add_argument("--quick", action="store_true",
-                   help="a tiny run for tests: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
+                   help="a tiny run for tests, as the defaults: " + ", ".join(f"{k}={v}" for k, v in QUICK.items())
+                   + " (flags given explicitly still apply)")
     return p
 
 
@@ -91,13 +96,21 @@ def markdown_table(rows):
     return "\n".join(lines)
 
 
+def run_settings(args):
+    """The run's sizes: the flags given, the others from QUICK (with --quick) or FULL."""
+    defaults = QUICK if args.quick else FULL
+    settings = {name: defaults[name] if getattr(args, name, None) is None else getattr(args, name)
+                for name in FULL}
+    if settings["burn_in"] >= settings["sample_epochs"]:
+        raise cli.UserError(
+            f"--burn-in ({settings['burn_in']} epochs) must be less than --sample-epochs "
+            f"({settings['sample_epochs']}): no sample would be kept"
+        )
+    return settings
+
+
 def run(args):
-    settings = dict(
-        train_epochs=args.train_epochs, sample_epochs=args.sample_epochs, burn_in=args.burn_in,
-        thin=args.thin, max_samples=args.max_samples, max_examples=None,
-    )
-    if args.quick:
-        settings.update(QUICK)
+    settings = run_settings(args)
 
     # -- the data and the model -----------------------------------------------------------
     bundle = load_dataset(args.dataset, batch_size=args.batch_size, seed=args.seed,

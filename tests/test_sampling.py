@@ -525,6 +525,21 @@ def test_example_script_user_errors_are_one_line(capsys):
     assert capsys.readouterr().err == "sample.py: error: argument --thin: expected an integer >= 1, received '0'\n"
 
 
+def test_example_script_quick_sets_defaults_only(capsys):
+    from examples import sample
+
+    parse = sample.build_parser().parse_args
+    assert sample.run_settings(parse([])) == sample.FULL
+    assert sample.run_settings(parse(["--quick"])) == sample.QUICK
+    # a flag given explicitly wins over --quick
+    assert sample.run_settings(parse(["--quick", "--sample-epochs", "7", "--thin", "4"])) == {
+        **sample.QUICK, "sample_epochs": 7, "thin": 4}
+    # a burn-in as long as the sampling run keeps nothing: one line, exit 2
+    assert sample.main(["--quick", "--burn-in", "3"]) == 2
+    assert capsys.readouterr().err.endswith(
+        "sample.py: error: --burn-in (3 epochs) must be less than --sample-epochs (3): no sample would be kept\n")
+
+
 def test_example_script_missing_data_is_one_line(monkeypatch, capsys):
     from examples import sample
 
