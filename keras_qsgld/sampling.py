@@ -238,7 +238,8 @@ class PosteriorSampler(keras.callbacks.Callback):
         self._kept = {}  # update -> list of arrays (in memory) or path
         self._scanned = False
         self._stale = {}  # update -> path: files from after the restored update
-        self._burn_in_steps = self.burn_in if self.burn_in_unit == "steps" else None
+        # In epochs, the burn-in is known in updates once fit gives the epoch length (0 is 0).
+        self._burn_in_steps = self.burn_in if self.burn_in_unit == "steps" or self.burn_in == 0 else None
         self._last = None  # the update count at the previous check; None: not started
         self._warned = set()
 
@@ -469,8 +470,12 @@ class PosteriorSampler(keras.callbacks.Callback):
             self._warn_once(
                 "skipped",
                 f"PosteriorSampler: updates {due} were due for samples, but the callback ran only "
-                f"after update {now} (steps_per_execution > 1?); the weights of update {now} are "
-                "kept instead. Use steps_per_execution=1, or a thin that is a multiple of it.",
+                f"after update {now}; the weights of update {now} are kept instead. Either fit "
+                "runs several updates per callback (steps_per_execution > 1: use 1, or a thin "
+                "that is a multiple of it), or TensorFlow counted an update that no batch "
+                "callback saw (a dataset of unknown length, whose last empty step at the end of "
+                "an epoch still advances optimizer.iterations: give the dataset a known length "
+                "with dataset.apply(tf.data.experimental.assert_cardinality(n))).",
             )
         self._keep(model, now)
 
@@ -581,7 +586,15 @@ def _load_sample(model, sample, index, num_weights):
 
 def _as_float64(outputs):
     if isinstance(outputs, dict):
-        outputs = list(outputs.values())
+        if len(outputs) != 1:
+            # Keras returns a dict's outputs sorted by key, which need not be the
+            # (mean, variance) order: which is which cannot be told.
+            raise ValueError(
+                "Argument `model` must return one output, or a list or tuple (mean, variance) "
+                "with model_variance=True; a dict of several outputs has no order to tell the "
+                f"mean from the variance. Received: a model with the outputs {sorted(outputs)}"
+            )
+        outputs = next(iter(outputs.values()))
     if isinstance(outputs, (list, tuple)):
         return [np.asarray(keras.ops.convert_to_numpy(o), dtype=np.float64) for o in outputs]
     return np.asarray(keras.ops.convert_to_numpy(outputs), dtype=np.float64)
@@ -630,7 +643,8 @@ def posterior_predictive(
 
     - classification: `p(y | x) = (1/S) sum_s p(y | x, w_s)`, the mean of the predicted
       probabilities (never of the logits). With `from_logits=True` each sample's outputs
-      go through a softmax (a sigmoid for a single output unit) first.
+      go through a softmax (a sigmoid for a single output unit, `(n, 1)`, or one value per
+      example, `(n,)`: a binary classifier's logit) first.
     - regression: the predictive mean `mu = (1/S) sum_s mu_s` and variance. Without
       `model_variance` the model's output is the mean `mu_s` and the variance is the
       spread of the means across samples, `(1/S) sum_s (mu_s - mu)**2` (the epistemic
@@ -656,18 +670,19 @@ def posterior_predictive(
             (the outputs must be probabilities, or a ValueError says so). With True,
             outputs of two or more units that are already probabilities (all >= 0, rows
             summing to 1: a softmax layer) raise a ValueError too.
-        model_variance: bool, regression only: the model returns `(mean, variance)`.
-            Default False.
+        model_variance: bool, regression only: the model returns a list or tuple
+            `(mean, variance)` (not a dict: Keras sorts a dict's outputs by key, so the
+            order would be lost). Default False.
         verbose: 0 (default), 1 or 2, `model.predict`'s progress display.
 
     Returns:
         Classification: the mean probabilities, a float64 array of the model's output
-        shape, `(n, K)` (or `(n, 1)` for one sigmoid unit: `p(class 1)`). Regression: a
+        shape, `(n, K)` (or `(n, 1)` or `(n,)` for a binary classifier: `p(class 1)`). Regression: a
         tuple `(mean, variance)` of float64 arrays of the model's (mean) output shape.
 
     Raises:
         ValueError: for a bad argument (naming it), a sample that does not fit the model,
-            or, in classification, outputs that are not probabilities with
+            a model with a dict of several outputs, or, in classification, outputs that are not probabilities with
             `from_logits=False`, or already probabilities with `from_logits=True`.
 
     References:
@@ -716,10 +731,13 @@ def posterior_predictive(
                         "Argument `model` must have one output for classification. "
                         f"Received: a model with {len(outputs)} outputs"
                     )
+                # One output unit, `(n, 1)`, or one value per example, `(n,)`: a binary
+                # classifier's p(class 1) (or its logit).
+                binary = outputs.ndim == 1 or outputs.shape[-1] == 1
                 if from_logits:
-                    if outputs.shape[-1] > 1:
+                    if not binary:
                         _check_not_probabilities(outputs)
-                    outputs = _sigmoid(outputs) if outputs.shape[-1] == 1 else _softmax(outputs)
+                    outputs = _sigmoid(outputs) if binary else _softmax(outputs)
                 else:
                     rows = outputs.reshape(-1, outputs.shape[-1]) if outputs.ndim > 1 else outputs
                     check_probabilities(rows, name="model outputs")

@@ -92,6 +92,10 @@ def test_burn_in_in_epochs():
     fit(compiled_model(), sampler, epochs=4)
     assert sampler.sample_steps == [10, 12, 14, 16]
     assert [sampler.is_sample_step(u) for u in range(8, 13)] == [False, False, True, False, True]
+    # before fit, a burn-in in epochs is unknown in updates, except a burn-in of 0
+    with pytest.raises(ValueError, match="updates per epoch"):
+        PosteriorSampler(burn_in=2, thin=2).is_sample_step(3)
+    assert [PosteriorSampler(burn_in=0, thin=2).is_sample_step(u) for u in (1, 2)] == [False, True]
 
 
 def test_max_samples_stops_collecting(capsys):
@@ -422,6 +426,22 @@ def test_classification_from_logits_and_sigmoid():
     probs = posterior_predictive(binary, samples, x, from_logits=True)
     assert probs.shape == (6, 1)
     np.testing.assert_allclose(probs, expected, rtol=1e-5)
+    # one logit per example, shape (n,): a sigmoid per example, never a softmax across them
+    flat = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(1), keras.layers.Reshape(())])
+    flat.set_weights(samples[0])
+    probs = posterior_predictive(flat, samples, x, from_logits=True)
+    assert probs.shape == (6,)
+    np.testing.assert_allclose(probs, expected[:, 0], rtol=1e-5)
+
+
+def test_a_dict_of_outputs_is_refused_for_mean_and_variance():
+    """Keras returns a dict's outputs sorted by key: ("a_var", "y") would swap them."""
+    x, _ = tiny_data(5)
+    inputs = keras.Input((x.shape[1],))
+    model = keras.Model(inputs, {"y": keras.layers.Dense(2)(inputs),
+                                 "a_var": keras.layers.Dense(2, activation="softplus")(inputs)})
+    with pytest.raises(ValueError, match=r"dict of several outputs.*\['a_var', 'y'\]"):
+        posterior_predictive(model, [model.get_weights()], x, task="regression", model_variance=True)
 
 
 def test_regression_mean_and_variance_by_hand():
