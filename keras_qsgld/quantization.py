@@ -129,7 +129,7 @@ def exact_integer_limit(dtype):
 def increment_and_error(h, qp, step_size=None, gate=None, rounding="nearest", noise=None, norm_source=None):
     """The QSGLD increment and its rounding error in grid units.
 
-    `delta = Q(y) / qp` with `y = qp * (h + r)`, and `error = Q(y) - y`. Where `|y|` reaches
+    `delta = Q(y) * (1 / qp)` with `y = qp * (h + r)`, and `error = Q(y) - y`. Where `|y|` reaches
     `exact_integer_limit` the float format holds no fraction to round, so the step is
     applied as it is (`delta = h + r`, `error = 0`); this also keeps a finite step finite
     where `qp * (h + r)` would overflow, and gives the unrounded step where `qp = inf`.
@@ -149,7 +149,11 @@ def increment_and_error(h, qp, step_size=None, gate=None, rounding="nearest", no
     in_range = ops.less(ops.abs(y), exact_integer_limit(y.dtype))
     if step_size is not None:
         in_range = ops.logical_and(in_range, ops.greater(step_size, 0))
-    delta = ops.where(in_range, ops.divide(q, qp), x)
+    # Q(y) times the cell 1 / qp, not Q(y) / qp: XLA rewrites a division by a broadcast scalar
+    # into that product, so every backend and mode computes it this way and gets the same
+    # bits for any qp (within one ulp of the division; the same for a power of two).
+    cell = ops.divide(1.0, ops.convert_to_tensor(qp, dtype=y.dtype))
+    delta = ops.where(in_range, ops.multiply(q, cell), x)
     error = ops.where(in_range, ops.subtract(q, y), 0.0)
     return delta, error
 

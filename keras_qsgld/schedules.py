@@ -395,8 +395,15 @@ class Temperature:
     def resolution(self, effective_learning_rate):
         """`Qp = 1 / sqrt(24 * lr_eff * T)` as a float32 scalar (inf where `lr_eff = 0`)."""
         lr = ops.cast(effective_learning_rate, "float32")
-        # 1 / sqrt(24 T) in float64 first: 24 lr T in float32 overflows for large T.
-        return ops.divide(1.0 / math.sqrt(24.0 * self.temperature), ops.sqrt(lr))
+        # Qp = c / sqrt(lr) with c = 1 / sqrt(24 T), formed as scale * sqrt(b / lr): XLA
+        # rewrites c / sqrt(lr) into c * rsqrt(lr), which is not correctly rounded, while a
+        # quotient and a square root are, on every backend and mode. c = scale * sqrt(b) with
+        # scale a power of two (an exact product) and b in [1, 4), so that b / lr overflows
+        # only for a subnormal lr (and 24 lr T, formed directly, would overflow for large T).
+        c = 1.0 / math.sqrt(24.0 * self.temperature)
+        scale = 2.0 ** math.floor(math.log2(c))
+        b = (c / scale) ** 2
+        return ops.multiply(scale, ops.sqrt(ops.divide(b, lr)))
 
     def __repr__(self):
         return f"Temperature({self.temperature!r})"

@@ -106,6 +106,22 @@ def test_quantized_increment_compiled(rng):
     assert fn.traces() == 1
 
 
+@pytest.mark.parametrize("qp", [1000.0, 3.0**7, 1.0 / np.sqrt(24 * 0.05 * (1 / 64))])
+def test_increment_bits_for_any_resolution_eager_and_compiled(qp, rng):
+    """`Q(y) * (1 / qp)`, the same bits eager, compiled and in NumPy, for a `qp` that is
+    not a power of two (where `Q(y) / qp` and XLA's rewrite of it into a product differ)."""
+    h = (rng.normal(0, 30, 4000) / qp).astype(np.float32)  # steps of tens of cells
+    qp32 = np.float32(qp)
+    y = qp32 * h
+    expected = np.floor(y + np.float32(0.5)) * (np.float32(1.0) / qp32)
+    assert not np.array_equal(expected, np.floor(y + np.float32(0.5)) / qp32)  # the test can fail
+    eager = ops.convert_to_numpy(qmath.quantized_increment(tensor(h), tensor(qp32)))
+    fn = jit(lambda h, qp: qmath.quantized_increment(h, qp))
+    compiled = ops.convert_to_numpy(fn(tensor(h), tensor(qp32)))
+    np.testing.assert_array_equal(eager, expected)
+    np.testing.assert_array_equal(compiled, expected)
+
+
 def test_rounding_error_is_white_noise_when_steps_span_many_cells(rng):
     """Q(y) - y is uniform on [-1/2, 1/2) (nearest) or (-1, 0] (floor): variance 1/12."""
     y = rng.normal(0, 30, 200_000).astype(np.float32)

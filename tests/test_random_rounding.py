@@ -111,13 +111,14 @@ def _run(rounding, seed, steps=5, jit=False, cls=keras_qsgld.QSGLD, qp=64.0, sha
     return v.numpy(), opt
 
 
+@pytest.mark.parametrize("qp", [64.0, 1000.0])  # a power of two, and not
 @pytest.mark.parametrize("rounding", ["stochastic", "dithered"])
 @pytest.mark.parametrize("cls", [keras_qsgld.QSGLD, keras_qsgld.QAdam])
-def test_same_seed_same_trajectory_compiled_agrees(rounding, cls):
-    a, opt = _run(rounding, seed=5, cls=cls)
-    b, _ = _run(rounding, seed=5, cls=cls)
-    c, _ = _run(rounding, seed=6, cls=cls)
-    d, _ = _run(rounding, seed=5, cls=cls, compiled=True)
+def test_same_seed_same_trajectory_compiled_agrees(rounding, cls, qp):
+    a, opt = _run(rounding, seed=5, cls=cls, qp=qp)
+    b, _ = _run(rounding, seed=5, cls=cls, qp=qp)
+    c, _ = _run(rounding, seed=6, cls=cls, qp=qp)
+    d, _ = _run(rounding, seed=5, cls=cls, compiled=True, qp=qp)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a, d)
     assert not np.array_equal(a, c)

@@ -223,3 +223,22 @@ def test_the_update_is_one_torch_compile_graph():
     grads = [torch.ones((30, 20)), torch.ones((20,))]
     explanation = torch._dynamo.explain(lambda g: opt.apply(g, variables))(grads)
     assert explanation.graph_break_count == 0, [b.reason for b in explanation.break_reasons]
+
+
+@pytest.mark.parametrize("temperature", [1 / 64, 1 / 1437, 0.37, 2e-38, 3e38])
+def test_temperature_resolution_is_the_same_eager_and_compiled(temperature):
+    """`Qp = 1 / sqrt(24 lr T)` within 2 float32 ulps of float64, and the same bits eager and
+    compiled (XLA would turn `c / sqrt(lr)` into the inexact `c * rsqrt(lr)`). On PyTorch,
+    `torch.compile`'s square root itself differs from eager's by an ulp at some inputs."""
+    schedule = keras_qsgld.Temperature(temperature)
+    lrs = np.geomspace(1e-8, 10, 120).astype(np.float32)
+    fn = jit(lambda lr: schedule.resolution(lr))
+    eager = np.array([float(ops.convert_to_numpy(schedule.resolution(ops.convert_to_tensor(lr)))) for lr in lrs])
+    compiled = np.array([float(ops.convert_to_numpy(fn(ops.convert_to_tensor(lr)))) for lr in lrs])
+    exact = 1.0 / np.sqrt(24.0 * np.float64(temperature) * lrs.astype(np.float64))
+    finite = exact < np.finfo(np.float32).max
+    np.testing.assert_allclose(eager[finite], exact[finite], rtol=2.0**-23, atol=0)
+    if BACKEND == "torch":
+        np.testing.assert_allclose(compiled, eager, rtol=2.0**-23, atol=0)
+    else:
+        np.testing.assert_array_equal(compiled, eager)
