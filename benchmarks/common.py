@@ -117,23 +117,23 @@ def resume_command():
     return command_line(drop=("--force",))
 
 
-def use_tensorflow_backend(script):
-    """For the scripts that run TensorFlow code (`tf.function`, `tf.GradientTape`, `tf.data`):
-    call before Keras is imported. Sets `KERAS_BACKEND=tensorflow` whatever it said (raises
-    `ImportError` if this process already runs Keras on another backend; `script`: the
-    module's name, for the message) and imports TensorFlow.
+def use_backend(script, backend, needs):
+    """Sets `KERAS_BACKEND=backend` before Keras is imported, whatever it said, and imports
+    TensorFlow (the data pipelines are `tf.data` on every backend). Raises `ImportError`
+    if this process already runs Keras on another backend (`script`: the module's name and
+    `needs`: why it wants `backend`, for the message).
 
     With `TF_CPP_MIN_LOG_LEVEL` >= 1 (2 by default here) the import runs with stderr closed:
     TensorFlow 2.21 prints its start-up lines (oneDNN, CUDA probe) before it reads that
     setting, and they would precede a script's one-line error message.
     """
     keras = sys.modules.get("keras")
-    if keras is not None and keras.backend.backend() != "tensorflow":
+    if keras is not None and keras.backend.backend() != backend:
         raise ImportError(
-            f"{script} runs TensorFlow code and needs the TensorFlow backend, but this process "
-            f"already runs Keras on {keras.backend.backend()!r}: run it in a process of its own."
+            f"{script} {needs}, but this process already runs Keras on "
+            f"{keras.backend.backend()!r}: run it in a process of its own."
         )
-    os.environ["KERAS_BACKEND"] = "tensorflow"
+    os.environ["KERAS_BACKEND"] = backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if "tensorflow" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] in ("", "0"):
         return
@@ -146,6 +146,12 @@ def use_tensorflow_backend(script):
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def use_tensorflow_backend(script):
+    """For the scripts that run TensorFlow code (`tf.function`, `tf.GradientTape`, `tf.data`):
+    call before Keras is imported. See `use_backend`."""
+    use_backend(script, "tensorflow", "runs TensorFlow code and needs the TensorFlow backend")
 
 
 # -- arguments -------------------------------------------------------------------------
