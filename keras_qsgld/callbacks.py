@@ -120,29 +120,40 @@ class QSGLDMonitor(keras.callbacks.Callback):
     def _updates_per_epoch(self, optimizer, batches):
         return batches / (optimizer.gradient_accumulation_steps or 1)
 
-    def _mismatch(self, optimizer, schedule, batches):
+    def _mismatch(self, optimizer, schedule, batches, known_length=True):
         updates = self._updates_per_epoch(optimizer, batches)
-        if math.isclose(schedule.steps_per_epoch, updates, rel_tol=1e-9):
+        # A figure rounded to 6 digits (10 / 3 as 3.33333) is the right clock.
+        if math.isclose(schedule.steps_per_epoch, updates, rel_tol=1e-5):
             return
         accumulation = optimizer.gradient_accumulation_steps
         per = f"{batches} batches" + (f" / gradient_accumulation_steps={accumulation}" if accumulation else "")
+        # The fix, written exactly: 10/3 rather than 3.33333.
+        exact = f"{updates:g}" if float(updates).is_integer() else f"{batches}/{accumulation}"
+        if known_length:
+            other = "or leave it None and QSGLDMonitor sets it"
+        else:
+            other = ("or give the data a known length (tf.data.experimental.assert_cardinality, "
+                     "or fit(steps_per_epoch=...)) so that QSGLDMonitor sets it")
         self._warn_once(
             ("clock", id(schedule)),
             f"QSGLDMonitor: {type(schedule).__name__} has steps_per_epoch="
             f"{schedule.steps_per_epoch:g}, but fit runs {updates:g} optimizer updates per epoch "
             f"({per}). Its epochs are {schedule.steps_per_epoch / updates:.3g}x as long as fit's, "
             "so tau0 and the resolution breakpoints fall at the wrong epochs. Pass "
-            f"steps_per_epoch={updates:g}, or leave it None and QSGLDMonitor sets it.",
+            f"steps_per_epoch={exact}, {other}.",
         )
 
     def _set_epoch_clock(self, optimizer):
         batches = (self.params or {}).get("steps")
         retrace = False
         for schedule in epoch_schedules(optimizer):
-            automatic = schedule.steps_per_epoch is None or getattr(schedule, "_steps_per_epoch_from_fit", False)
+            automatic = schedule.steps_per_epoch is None or schedule._steps_per_epoch_from_fit
+            if batches is None and schedule.steps_per_epoch is not None:
+                # Data of unknown length: keep the clock (set by hand, or by this monitor
+                # in an earlier fit) and check it against the first epoch's batches.
+                continue
             if not automatic:
-                if batches is not None:
-                    self._mismatch(optimizer, schedule, batches)
+                self._mismatch(optimizer, schedule, batches)
                 continue
             if batches is None:
                 raise ValueError(
@@ -157,7 +168,7 @@ class QSGLDMonitor(keras.callbacks.Callback):
                 # A train function traced with the previous value would keep it.
                 retrace = retrace or schedule.steps_per_epoch is not None
                 schedule.steps_per_epoch = updates
-                schedule._steps_per_epoch_from_fit = True
+            schedule._steps_per_epoch_from_fit = True
         if retrace:
             self.model.make_train_function(force=True)
 
@@ -216,6 +227,6 @@ class QSGLDMonitor(keras.callbacks.Callback):
             self._first_epoch = False
             if (self.params or {}).get("steps") is None:  # only now is the length known
                 for schedule in epoch_schedules(optimizer):
-                    self._mismatch(optimizer, schedule, self._batches)
+                    self._mismatch(optimizer, schedule, self._batches, known_length=False)
         if logs is not None:
             logs.update(self.compute())

@@ -69,6 +69,22 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.steps_per_epoch = steps_per_epoch
         self.name = name
 
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        from_fit = config.pop("steps_per_epoch_from_fit", False)
+        schedule = cls(**config)
+        schedule._steps_per_epoch_from_fit = bool(from_fit)
+        return schedule
+
+    def _clock_config(self):
+        """`steps_per_epoch`, and whether `QSGLDMonitor` set it from the data (then a later
+        `fit`, also after saving and loading, may set it again without a warning)."""
+        config = {"steps_per_epoch": self.steps_per_epoch}
+        if self._steps_per_epoch_from_fit:
+            config["steps_per_epoch_from_fit"] = True
+        return config
+
     @property
     def steps_per_epoch(self):
         """Optimizer updates per epoch; None until given or set by `QSGLDMonitor`."""
@@ -77,6 +93,7 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
     @steps_per_epoch.setter
     def steps_per_epoch(self, value):
         self._steps_per_epoch = check_steps_per_epoch(value)
+        self._steps_per_epoch_from_fit = False  # QSGLDMonitor marks its own settings
         self._steps_per_epoch_changed()
 
     def _steps_per_epoch_changed(self):
@@ -203,7 +220,7 @@ class ResolutionSchedule(EpochSchedule):
         return points
 
     def get_config(self):
-        return {"eta": self.eta, "base": self.base, "steps_per_epoch": self.steps_per_epoch, "name": self.name}
+        return {"eta": self.eta, "base": self.base, **self._clock_config(), "name": self.name}
 
 
 def _count_passed(step, thresholds):
@@ -299,7 +316,7 @@ class CompensationSchedule(EpochSchedule):
         return {
             "kappa": self.kappa,
             "tau0": self.tau0,
-            "steps_per_epoch": self.steps_per_epoch,
+            **self._clock_config(),
             "gate": self.gate,
             "name": self.name,
         }

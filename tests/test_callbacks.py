@@ -271,6 +271,11 @@ def test_wrong_steps_per_epoch_warns_once_naming_both_numbers(case, steps_per_ep
     assert f"steps_per_epoch={steps_per_epoch:g}" in warned[0]
     assert f"{updates:g} optimizer updates per epoch" in warned[0]
     assert optimizer.resolution.steps_per_epoch == steps_per_epoch  # a user's value is kept
+    if updates != int(updates):
+        assert "Pass steps_per_epoch=10/3," in warned[0]  # the fix written exactly
+        # ... and the figure rounded as the warning prints it is the right clock: silent
+        _, warned = _clock_fit(_clocked_optimizer(float(f"{updates:g}"), **optimizer_kwargs), **fit_kwargs)
+        assert not warned
 
 
 def test_right_steps_per_epoch_is_silent():
@@ -313,6 +318,52 @@ def test_a_second_fit_on_other_data_resets_an_automatic_clock():
     assert optimizer.resolution.steps_per_epoch == 5
     # the retraced update uses the new clock: the gate after 15 updates at 5 per epoch (t = 3)
     assert float(optimizer.gate_at(optimizer.schedule_step)) == pytest.approx(1 / (1 + math.exp(2.0 * (3 - 2.0))), rel=1e-5)
+
+
+def test_an_automatic_clock_is_kept_for_data_of_unknown_length_and_checked():
+    optimizer = _clocked_optimizer()
+    model = linear_model()
+    model.compile(optimizer=optimizer, loss="mse")
+    x = np.random.default_rng(0).normal(size=(40, D)).astype("float32")
+    model.fit(x, x[:, :1], batch_size=4, epochs=1, verbose=0, callbacks=[QSGLDMonitor(warn_untracked=False)])
+    assert optimizer.resolution.steps_per_epoch == 10
+
+    def fit_unknown_length(examples):
+        batches = ((x[i : i + 4], x[i : i + 4, :1]) for i in range(0, examples, 4))  # one pass
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(batches, epochs=1, verbose=0, callbacks=[QSGLDMonitor(warn_untracked=False)])
+        return [str(w.message) for w in caught if "QSGLDMonitor" in str(w.message)]
+
+    # the same epoch length, unknown to fit: the clock is kept, and the first epoch agrees
+    assert fit_unknown_length(40) == []
+    assert optimizer.resolution.steps_per_epoch == 10
+    # another length: kept for this fit, and the first epoch's end says so
+    warned = fit_unknown_length(20)
+    assert warned and "fit runs 5 optimizer updates per epoch" in warned[0]
+    assert "give the data a known length" in warned[0]
+
+
+def test_an_automatic_clock_survives_saving_and_a_new_fit_resets_it(tmp_path):
+    optimizer = _clocked_optimizer()
+    model, warned = _clock_fit(optimizer)
+    assert not warned and optimizer.resolution.steps_per_epoch == 10
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.optimizer.resolution.steps_per_epoch == 10
+    assert loaded.optimizer.resolution.get_config()["steps_per_epoch_from_fit"] is True
+    # other data, a fresh monitor: set again, no warning (the user left it None)
+    x = np.random.default_rng(0).normal(size=(20, D)).astype("float32")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded.fit(x, x[:, :1], batch_size=4, epochs=1, verbose=0, callbacks=[QSGLDMonitor(warn_untracked=False)])
+    assert not [w for w in caught if "steps_per_epoch" in str(w.message)]
+    assert loaded.optimizer.resolution.steps_per_epoch == 5
+    assert loaded.optimizer.compensation.steps_per_epoch == 5
+    # a value set by hand is the user's again: no mark, and a mismatch warns
+    loaded.optimizer.resolution.steps_per_epoch = 7
+    assert "steps_per_epoch_from_fit" not in loaded.optimizer.resolution.get_config()
 
 
 def test_monitor_config_round_trip_with_warn_untracked():
