@@ -109,7 +109,7 @@ def build_parser():
     g = p.add_argument_group("QSGLD / QAdam")
     g.add_argument("--eta", type=cli.positive_float, default=DEFAULTS.eta,
                    help="resolution scale eta of Qp (default %(default)g, the authors')")
-    g.add_argument("--base", type=float, default=DEFAULTS.base, help="growth factor b > 1 of Qp (default %(default)g)")
+    g.add_argument("--base", type=float, default=DEFAULTS.base, help="growth factor b >= 1.01 of Qp (default %(default)g)")
     g.add_argument("--kappa", type=cli.non_negative_float, default=DEFAULTS.kappa,
                    help="slope per epoch of the compensation gate (default %(default)g)")
     g.add_argument("--tau0", type=float,

@@ -35,6 +35,10 @@ _FLOAT32_MIN_NORMAL = float(np.finfo(np.float32).tiny)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Resolution exponents are tabulated up to this many epochs (far beyond any int64 step count).
 _MAX_EPOCHS = 2.0**64
+# Closer to 1, Qp would change at thousands of breakpoints (ln(64) / ln(base) exponents up
+# to _MAX_EPOCHS; 418 at 1.01), each a threshold the schedule tabulates and compares.
+MIN_BASE = 1.01
+_BASE_DESCRIPTION = "a growth factor (closer to 1, the resolution would change at thousands of breakpoints)"
 
 
 def widest_float():
@@ -138,7 +142,7 @@ class ResolutionSchedule(EpochSchedule):
     Args:
         eta: real number > 0, the scale `eta`. Default `2**19`, the authors' value. Every
             `Qp` the schedule reaches must be a normal, finite float32.
-        base: real number > 1, the growth factor `b` between resolutions. Default 2.
+        base: real number >= 1.01 (`MIN_BASE`), the growth factor `b` between resolutions. Default 2.
         steps_per_epoch: real number > 0 of optimizer updates per epoch (batches per epoch,
             divided by `gradient_accumulation_steps` when set), or None (default): set by
             `QSGLDMonitor` from the data that `fit` runs; calling the schedule while it is
@@ -156,7 +160,7 @@ class ResolutionSchedule(EpochSchedule):
 
     def __init__(self, eta=DEFAULT_ETA, base=DEFAULT_BASE, steps_per_epoch=None, name="ResolutionSchedule"):
         self.eta = check_real("eta", eta, minimum=0, exclusive_minimum=True, description="a scale")
-        self.base = check_real("base", base, minimum=1, exclusive_minimum=True, description="a growth factor")
+        self.base = check_real("base", base, minimum=MIN_BASE, description=_BASE_DESCRIPTION)
         super().__init__(steps_per_epoch, name)
         low, high = self._exponent_range()
         for p in (low, high):

@@ -27,12 +27,19 @@ def _as_real(value):
     return None
 
 
+def _number_text(x):
+    """A bound as a reader wants it: whole numbers in full (2147483647, not 2.14748e+09)."""
+    if float(x).is_integer() and abs(x) < 1e16:
+        return str(int(x))
+    return f"{x:g}"
+
+
 def _range_text(minimum, maximum, exclusive_minimum, exclusive_maximum):
     parts = []
     if minimum is not None:
-        parts.append(f"{'>' if exclusive_minimum else '>='} {minimum:g}")
+        parts.append(f"{'>' if exclusive_minimum else '>='} {_number_text(minimum)}")
     if maximum is not None:
-        parts.append(f"{'<' if exclusive_maximum else '<='} {maximum:g}")
+        parts.append(f"{'<' if exclusive_maximum else '<='} {_number_text(maximum)}")
     return " and ".join(parts)
 
 

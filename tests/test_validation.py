@@ -27,7 +27,7 @@ def test_eta(value):
     _raises(lambda: keras_qsgld.ResolutionSchedule(eta=value), "eta", value)
 
 
-@pytest.mark.parametrize("value", [1, 1.0, 0.5, -2.0, float("nan")])
+@pytest.mark.parametrize("value", [1, 1.0, 0.5, -2.0, float("nan"), 1.0000001, 1.009])  # near 1: a hang before
 def test_base(value):
     _raises(lambda: keras_qsgld.ResolutionSchedule(base=value), "base", value)
 
@@ -101,8 +101,13 @@ def test_adam_hyperparameters(arg, value):
     _raises(lambda: keras_qsgld.QAdam(**{arg: value}), arg, value)
 
 
+def test_integer_bounds_are_written_in_full():
+    with pytest.raises(ValueError, match=r"<= 2147483647\. Received: seed=2147483648"):
+        keras_qsgld.QSGLD(seed=2**31)
+
+
 def test_valid_edge_values_are_accepted():
-    keras_qsgld.ResolutionSchedule(eta=1e-3, base=1.0001, steps_per_epoch=0.5)
+    keras_qsgld.ResolutionSchedule(eta=1e-3, base=1.01, steps_per_epoch=0.5)
     keras_qsgld.CompensationSchedule(kappa=0.0, tau0=-1.0, gate="tanh", steps_per_epoch=None)
     for optimizer in OPTIMIZERS:
         optimizer(learning_rate=0.0, resolution=1e-3, compensation=0.0)

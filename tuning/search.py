@@ -132,7 +132,7 @@ def build_parser():
     g = p.add_argument_group("search space")
     g.add_argument("--eta-min", type=cli.positive_float, default=SPACE.eta_min, help="eta lower bound (log scale)")
     g.add_argument("--eta-max", type=cli.positive_float, default=SPACE.eta_max, help="eta upper bound")
-    g.add_argument("--base-min", type=float, default=SPACE.base_min, help="base b lower bound (> 1, linear)")
+    g.add_argument("--base-min", type=float, default=SPACE.base_min, help="base b lower bound (>= 1.01, linear)")
     g.add_argument("--base-max", type=float, default=SPACE.base_max, help="base b upper bound")
     g.add_argument("--kappa-min", type=cli.positive_float, default=SPACE.kappa_min, help="kappa lower bound (log scale)")
     g.add_argument("--kappa-max", type=cli.positive_float, default=SPACE.kappa_max, help="kappa upper bound")

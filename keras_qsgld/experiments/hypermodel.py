@@ -32,7 +32,7 @@ import keras_tuner as kt
 from keras_qsgld import QSGLD, CompensationSchedule, ResolutionSchedule
 from keras_qsgld.experiments.defaults import DEFAULT_LEARNING_RATE
 from keras_qsgld.experiments.models import build_model
-from keras_qsgld.schedules import DEFAULT_BASE, DEFAULT_ETA, DEFAULT_KAPPA, DEFAULT_WARMUP_FRACTION
+from keras_qsgld.schedules import DEFAULT_BASE, DEFAULT_ETA, DEFAULT_KAPPA, DEFAULT_WARMUP_FRACTION, MIN_BASE
 from keras_qsgld.validation import check_bool, check_real
 
 
@@ -44,7 +44,7 @@ class SearchSpace:
     Attributes:
         eta_min, eta_max: bounds of `eta`, searched on a log scale. Default 2**10 .. 2**22
             (the authors' sweep is 2**10 .. 2**19; their default is 2**19).
-        base_min, base_max: bounds of `base` (> 1), linear. Default 1.25 .. 4 (authors: 2).
+        base_min, base_max: bounds of `base` (>= 1.01), linear. Default 1.25 .. 4 (authors: 2).
         kappa_min, kappa_max: bounds of `kappa`, log scale. Default 0.1 .. 20 (authors: 2).
         tau0_min, tau0_max: bounds of `tau0 / epochs`, linear. Default 0 .. 0.5 (paper: 0.2).
         tune_learning_rate: also search the learning rate (log scale). Default False.
@@ -70,7 +70,7 @@ class SearchSpace:
         for name in ("eta_min", "eta_max", "kappa_min", "kappa_max", "learning_rate", "lr_min", "lr_max"):
             check_real(name, getattr(self, name), minimum=0, exclusive_minimum=True)
         for name in ("base_min", "base_max"):
-            check_real(name, getattr(self, name), minimum=1, exclusive_minimum=True, description="a growth factor")
+            check_real(name, getattr(self, name), minimum=MIN_BASE, description="a growth factor")
         for name in ("tau0_min", "tau0_max"):
             check_real(name, getattr(self, name), minimum=0, maximum=1, description="a fraction")
         check_bool("tune_learning_rate", self.tune_learning_rate)
