@@ -34,6 +34,8 @@ import subprocess
 import sys
 import time
 
+from examples import import_tensorflow_quietly
+
 DEFAULT_SEEDS = 5
 # The Keras backends and the package each one is.
 BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
@@ -123,9 +125,8 @@ def use_backend(script, backend, needs):
     if this process already runs Keras on another backend (`script`: the module's name and
     `needs`: why it wants `backend`, for the message).
 
-    With `TF_CPP_MIN_LOG_LEVEL` >= 1 (2 by default here) the import runs with stderr closed:
-    TensorFlow 2.21 prints its start-up lines (oneDNN, CUDA probe) before it reads that
-    setting, and they would precede a script's one-line error message.
+    TensorFlow is imported with stderr closed (`examples.import_tensorflow_quietly`): its
+    start-up lines would precede a script's one-line error message.
     """
     keras = sys.modules.get("keras")
     if keras is not None and keras.backend.backend() != backend:
@@ -134,18 +135,7 @@ def use_backend(script, backend, needs):
             f"{keras.backend.backend()!r}: run it in a process of its own."
         )
     os.environ["KERAS_BACKEND"] = backend
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "tensorflow" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] in ("", "0"):
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            importlib.import_module("tensorflow")
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    import_tensorflow_quietly()
 
 
 def use_tensorflow_backend(script):

@@ -383,6 +383,18 @@ def test_every_script_has_help(script, capsys):
 
 
 @pytest.mark.backends("tensorflow")
+@pytest.mark.backends("tensorflow")
+def test_cifar_without_data_is_one_line_and_exit_2(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cifar", "--data-dir", str(tmp_path / "none"), "--output-dir", str(tmp_path)],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("benchmarks.cifar: error: ") and "--data-dir" in lines[0]
+    assert not (tmp_path / "cifar.md").exists()
+
+
 def test_cifar_quick_and_report(tmp_path):
     from benchmarks import cifar, report
 

@@ -445,3 +445,20 @@ def test_jax_data_parallel_matches_one_device(tmp_path):
         cells = np.abs(weights[f"parallel/{i}"].astype(np.float64) - weights[f"single/{i}"].astype(np.float64)) * qp
         assert cells.max() <= 4, (i, cells.max())
         assert np.mean(cells > 0) <= 0.05
+
+
+@pytest.mark.backends("tensorflow")
+@pytest.mark.parametrize(
+    "module, args, message",
+    [
+        ("examples.fit", ["--epochs", "0"], "fit.py: error: argument --epochs: expected an integer >= 1, received '0'"),
+        ("tuning.search", ["--max-trials", "0"],
+         "search.py: error: argument --max-trials: expected an integer >= 1, received '0'"),
+    ],
+)
+def test_a_bad_flag_is_exactly_one_line_on_stderr(module, args, message):
+    """Not a single TensorFlow start-up line before it (the packages import TensorFlow
+    quietly: `examples.quiet_startup`)."""
+    result = run_script("-m", module, *args)
+    assert result.returncode == 2
+    assert result.stderr == message + "\n"
