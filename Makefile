@@ -7,7 +7,7 @@ export KERAS_HOME := $(CURDIR)/.keras_home
 export TF_CPP_MIN_LOG_LEVEL := 2
 export KERAS_BACKEND := tensorflow
 
-.PHONY: venv demo test test-fast clean
+.PHONY: venv demo lint test clean
 
 # torch==2.13.0 first: on these machines pip takes its CPU build from the local wheel folder
 # (seconds), where an open range would pull a CUDA build of several GB.
@@ -34,7 +34,12 @@ BACKEND_SUITES := tests/test_quantize.py tests/test_schedules.py tests/test_vali
 X64_SUITES := tests/test_quantize.py tests/test_schedules.py tests/test_golden.py \
 	tests/test_keras_integration.py::test_float64_variables_keep_float64_maths
 
-test: $(STAMP)
+# The formatter (Keras' 80 columns) and the linter, as configured in pyproject.toml.
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+test: lint
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -n 2 --dist loadfile -q
 	KERAS_BACKEND=jax $(PY) -m pytest -n 2 --dist loadfile -q $(BACKEND_SUITES)
 	KERAS_BACKEND=jax JAX_ENABLE_X64=1 $(PY) -m pytest -n 2 --dist loadfile -q $(X64_SUITES)

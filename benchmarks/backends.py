@@ -66,7 +66,9 @@ def compile_fn(fn, mode):
         import torch
 
         return torch.compile(fn)
-    raise ValueError(f"Argument `mode` names no mode of {BACKEND}. Received: mode={mode!r}")
+    raise ValueError(
+        f"Argument `mode` names no mode of {BACKEND}. Received: mode={mode!r}"
+    )
 
 
 def block(result):
@@ -92,7 +94,9 @@ def apply_function(optimizer, grads, variables, mode):
 
     def apply():
         optimizer.apply(grads, variables)
-        return optimizer.iterations + 0  # a result to wait for, after every update
+        return (
+            optimizer.iterations + 0
+        )  # a result to wait for, after every update
 
     compiled = compile_fn(apply, mode)
     return lambda: block(compiled())
@@ -112,11 +116,15 @@ def _jax_apply_function(optimizer, grads, variables, mode):
         step = jax.jit(step, donate_argnums=(0, 1))
     state = {
         "values": [jnp.array(v.value, copy=True) for v in variables],
-        "optimizer": [jnp.array(v.value, copy=True) for v in optimizer.variables],
+        "optimizer": [
+            jnp.array(v.value, copy=True) for v in optimizer.variables
+        ],
     }
 
     def apply():
-        state["values"], state["optimizer"] = step(state["optimizer"], state["values"], grads)
+        state["values"], state["optimizer"] = step(
+            state["optimizer"], state["values"], grads
+        )
         return jax.block_until_ready(state["values"])
 
     return apply
@@ -140,7 +148,9 @@ def update_function(update, variables, grads, mode):
         return run
 
     def assign():
-        for variable, value in zip(variables, update([v.value for v in variables], grads)):
+        for variable, value in zip(
+            variables, update([v.value for v in variables], grads)
+        ):
             variable.assign(value)
 
     compiled = compile_fn(assign, mode)

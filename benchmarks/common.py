@@ -94,9 +94,15 @@ def run_script(main, user_errors=(), resumable=True):
         if not _INTERRUPT["quiet"]:
             rerun = resume_command()
             if resumable:
-                print(f"{name}: interrupted; finished results are kept: rerun `{rerun}` to resume", file=sys.stderr)
+                print(
+                    f"{name}: interrupted; finished results are kept: rerun `{rerun}` to resume",
+                    file=sys.stderr,
+                )
             else:
-                print(f"{name}: interrupted; nothing was saved: rerun `{rerun}` to start again", file=sys.stderr)
+                print(
+                    f"{name}: interrupted; nothing was saved: rerun `{rerun}` to start again",
+                    file=sys.stderr,
+                )
         sys.exit(130)
     sys.exit(0)
 
@@ -111,7 +117,11 @@ def script_name():
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     if spec is not None and spec.name:
         return spec.name
-    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "benchmark"
+    return (
+        os.path.basename(sys.argv[0])
+        if sys.argv and sys.argv[0]
+        else "benchmark"
+    )
 
 
 def resume_command():
@@ -141,27 +151,45 @@ def use_backend(script, backend, needs):
 def use_tensorflow_backend(script):
     """For the scripts that run TensorFlow code (`tf.function`, `tf.GradientTape`, `tf.data`):
     call before Keras is imported. See `use_backend`."""
-    use_backend(script, "tensorflow", "runs TensorFlow code and needs the TensorFlow backend")
+    use_backend(
+        script,
+        "tensorflow",
+        "runs TensorFlow code and needs the TensorFlow backend",
+    )
 
 
 # -- arguments -------------------------------------------------------------------------
 def parser(description, tables, default_output):
     """An `ArgumentParser` with the shared flags; scripts add their own before `parse_args`."""
     p = ArgumentParser(description=description, formatter_class=HelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny sizes: proves the script works (CI)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes: proves the script works (CI)",
+    )
     p.add_argument(
         "--seeds",
         default=str(DEFAULT_SEEDS),
         help="number of seeds (0..N-1) or a comma-separated list of seeds",
     )
-    p.add_argument("--output-dir", default=default_output, help="where tables and raw results go")
+    p.add_argument(
+        "--output-dir",
+        default=default_output,
+        help="where tables and raw results go",
+    )
     p.add_argument(
         "--tables",
         default="all",
         help=f"comma-separated subset of tables to run: {', '.join(tables)}",
     )
-    p.add_argument("--force", action="store_true", help="recompute results already stored")
-    p.add_argument("--machine", default=None, help="machine label for the tables (default: probed)")
+    p.add_argument(
+        "--force", action="store_true", help="recompute results already stored"
+    )
+    p.add_argument(
+        "--machine",
+        default=None,
+        help="machine label for the tables (default: probed)",
+    )
     p.set_defaults(_all_tables=tuple(tables))
     return p
 
@@ -173,7 +201,9 @@ def finish_args(args, backends=None):
     if args.tables == "all":
         args.table_list = list(args._all_tables)
     else:
-        args.table_list = [t.strip() for t in args.tables.split(",") if t.strip()]
+        args.table_list = [
+            t.strip() for t in args.tables.split(",") if t.strip()
+        ]
         unknown = [t for t in args.table_list if t not in args._all_tables]
         if unknown:
             raise UsageError(
@@ -210,7 +240,10 @@ def command_line(drop=()):
     (`python -m benchmarks.NAME ...`), without the arguments in `drop`."""
     name = script_name()
     head = ["python", "-m", name] if "." in name else ["python", name]
-    return " ".join(shlex.quote(a) for a in head + [a for a in sys.argv[1:] if a not in drop])
+    return " ".join(
+        shlex.quote(a)
+        for a in head + [a for a in sys.argv[1:] if a not in drop]
+    )
 
 
 def positive_int(text):
@@ -220,7 +253,9 @@ def positive_int(text):
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, not {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"must be an integer >= 1, not {text!r}"
+        )
     return value
 
 
@@ -231,7 +266,9 @@ def positive_float(text):
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number > 0, not {text!r}"
+        )
     return value
 
 
@@ -253,9 +290,15 @@ def machine_description(backends=None):
     parts = [f"{cpu}, {os.cpu_count()} logical CPUs", f"GPU: {gpu_names()}"]
     if backends is None:
         backends = [os.environ.get("KERAS_BACKEND", "tensorflow")]
-    versions = [f"{BACKEND_NAMES.get(b, b)} {package_version(BACKEND_PACKAGES.get(b, b))}" for b in backends]
+    versions = [
+        f"{BACKEND_NAMES.get(b, b)} {package_version(BACKEND_PACKAGES.get(b, b))}"
+        for b in backends
+    ]
     parts.append(", ".join(versions + [f"Keras {package_version('keras')}"]))
-    for variable in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):  # thread limits, where set
+    for variable in (
+        "TF_NUM_INTRAOP_THREADS",
+        "OMP_NUM_THREADS",
+    ):  # thread limits, where set
         if os.environ.get(variable):
             parts.append(f"{variable}={os.environ[variable]}")
     return "; ".join(parts)
@@ -275,7 +318,10 @@ def gpu_names():
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=30, check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return "none (nvidia-smi failed)"
@@ -330,12 +376,16 @@ class ResultStore:
         self.records[key] = record
         self.fresh.add(key)
         with open(self.path, "a") as f:
-            f.write(json.dumps({"key": key, "record": record}, default=float) + "\n")
+            f.write(
+                json.dumps({"key": key, "record": record}, default=float) + "\n"
+            )
         return record
 
 
 # -- timing ------------------------------------------------------------------------------
-def time_interleaved(functions, repeats, warmup=1, seed=0, progress=None, first_calls=None):
+def time_interleaved(
+    functions, repeats, warmup=1, seed=0, progress=None, first_calls=None
+):
     """Times each callable `repeats` times, round-robin in a fresh random order each round.
 
     Args:
@@ -350,7 +400,9 @@ def time_interleaved(functions, repeats, warmup=1, seed=0, progress=None, first_
         dict name -> list of seconds, one per timed call.
     """
     if repeats < 1:
-        raise ValueError(f"Argument `repeats` must be >= 1. Received: repeats={repeats!r}")
+        raise ValueError(
+            f"Argument `repeats` must be >= 1. Received: repeats={repeats!r}"
+        )
     names = list(functions)
     for name in names:
         for i in range(warmup):
@@ -420,15 +472,24 @@ def markdown_table(headers, rows):
     lines = ["| " + " | ".join(str(h) for h in headers) + " |"]
     lines.append("|" + "|".join("---" for _ in headers) + "|")
     for row in rows:
-        lines.append("| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in row) + " |")
+        lines.append(
+            "| "
+            + " | ".join(fmt(c) if not isinstance(c, str) else c for c in row)
+            + " |"
+        )
     return "\n".join(lines)
 
 
 def write_table(args, name, title, headers, rows, notes=(), extra_markdown=""):
     """Writes `NAME.md` (with command, machine and date) and `NAME.csv` into the output dir."""
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = datetime.datetime.now(datetime.timezone.utc).strftime(
+        "%Y-%m-%d %H:%M UTC"
+    )
     md = [f"### {title}", ""]
-    md.append(f"Command: `{args.command}`" + ("  (quick mode: smoke test only)" if args.quick else ""))
+    md.append(
+        f"Command: `{args.command}`"
+        + ("  (quick mode: smoke test only)" if args.quick else "")
+    )
     md.append("")
     md.append(f"Machine: {args.machine}; run {date}.")
     md.append("")
@@ -444,7 +505,9 @@ def write_table(args, name, title, headers, rows, notes=(), extra_markdown=""):
     path = os.path.join(args.output_dir, f"{name}.md")
     with open(path, "w") as f:
         f.write("\n".join(md))
-    with open(os.path.join(args.output_dir, f"{name}.csv"), "w", newline="") as f:
+    with open(
+        os.path.join(args.output_dir, f"{name}.csv"), "w", newline=""
+    ) as f:
         writer = csv.writer(f)
         writer.writerow(headers)
         for row in rows:

@@ -30,33 +30,63 @@ from benchmarks import common
 # KERAS_BACKEND says, set before Keras is imported.
 common.use_tensorflow_backend(__name__)
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras_qsgld  # noqa: E402
-from keras_qsgld.experiments.defaults import DEFAULT_LEARNING_RATE  # noqa: E402
-from keras_qsgld.experiments.models import MODELS, build_model  # noqa: E402
+import keras_qsgld
+from keras_qsgld.experiments.defaults import DEFAULT_LEARNING_RATE
+from keras_qsgld.experiments.models import MODELS, build_model
 
-STEPS_PER_EPOCH = 100  # the schedules' clock (their values do not change the cost)
+STEPS_PER_EPOCH = (
+    100  # the schedules' clock (their values do not change the cost)
+)
 TAU0 = 2.0  # the compensation's switch-off, in epochs
 QSGLD_LR, MOMENTUM = 0.05, 0.9
 
 
 def parse_args(argv=None):
     parser = common.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="cnn,cifar_resnet", help="comma-separated keras_qsgld.experiments.models names")
-    parser.add_argument("--depth", type=common.positive_int, default=20, help="depth of cifar_resnet (6n+2)")
+    parser.add_argument(
+        "--models",
+        default="cnn,cifar_resnet",
+        help="comma-separated keras_qsgld.experiments.models names",
+    )
+    parser.add_argument(
+        "--depth",
+        type=common.positive_int,
+        default=20,
+        help="depth of cifar_resnet (6n+2)",
+    )
     parser.add_argument("--rounds", type=common.positive_int, default=5)
-    parser.add_argument("--steps", type=common.positive_int, default=10, help="timed calls per configuration and round")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed calls after the first one")
+    parser.add_argument(
+        "--steps",
+        type=common.positive_int,
+        default=10,
+        help="timed calls per configuration and round",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="untimed calls after the first one",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="TF intra/inter-op threads (0: TF's default)")
-    parser.add_argument("--no-baselines", action="store_true", help="skip Keras' SGD and Adam")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="TF intra/inter-op threads (0: TF's default)",
+    )
+    parser.add_argument(
+        "--no-baselines", action="store_true", help="skip Keras' SGD and Adam"
+    )
     args = parser.parse_args(argv)
     args.model_list = [m.strip() for m in args.models.split(",") if m.strip()]
     if not args.model_list or any(m not in MODELS for m in args.model_list):
-        raise common.UsageError(f"Argument `--models` must name models among {MODELS}. Received: {args.models!r}")
+        raise common.UsageError(
+            f"Argument `--models` must name models among {MODELS}. Received: {args.models!r}"
+        )
     if args.warmup < 0 or args.threads < 0:
         raise common.UsageError(
             f"Arguments `--warmup` and `--threads` must be >= 0. Received: {args.warmup}, {args.threads}"
@@ -72,7 +102,14 @@ def machine_lines():
     ]
     try:
         with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+            model = next(
+                (
+                    line.split(":", 1)[1].strip()
+                    for line in f
+                    if line.startswith("model name")
+                ),
+                None,
+            )
         if model:
             lines.append(f"cpu: {model}")
     except OSError:
@@ -95,14 +132,20 @@ def configurations(include_baselines):
     def schedules(spe):
         return dict(
             resolution=keras_qsgld.ResolutionSchedule(steps_per_epoch=spe),
-            compensation=keras_qsgld.CompensationSchedule(tau0=TAU0, steps_per_epoch=spe),
+            compensation=keras_qsgld.CompensationSchedule(
+                tau0=TAU0, steps_per_epoch=spe
+            ),
         )
 
     def qsgld(jit):
-        return lambda spe: keras_qsgld.QSGLD(QSGLD_LR, momentum=MOMENTUM, jit_compile=jit, **schedules(spe))
+        return lambda spe: keras_qsgld.QSGLD(
+            QSGLD_LR, momentum=MOMENTUM, jit_compile=jit, **schedules(spe)
+        )
 
     def qadam(jit):
-        return lambda spe: keras_qsgld.QAdam(DEFAULT_LEARNING_RATE["qadam"], jit_compile=jit, **schedules(spe))
+        return lambda spe: keras_qsgld.QAdam(
+            DEFAULT_LEARNING_RATE["qadam"], jit_compile=jit, **schedules(spe)
+        )
 
     configs = [
         ("QSGLD(momentum=0.9) jit_compile=True", qsgld(True)),
@@ -112,8 +155,16 @@ def configurations(include_baselines):
     ]
     if include_baselines:
         configs += [
-            ("keras SGD(momentum=0.9) (eager)", lambda spe: keras.optimizers.SGD(QSGLD_LR, momentum=MOMENTUM)),
-            ("keras Adam (eager)", lambda spe: keras.optimizers.Adam(DEFAULT_LEARNING_RATE["adam"])),
+            (
+                "keras SGD(momentum=0.9) (eager)",
+                lambda spe: keras.optimizers.SGD(QSGLD_LR, momentum=MOMENTUM),
+            ),
+            (
+                "keras Adam (eager)",
+                lambda spe: keras.optimizers.Adam(
+                    DEFAULT_LEARNING_RATE["adam"]
+                ),
+            ),
         ]
     return configs
 
@@ -125,9 +176,16 @@ def bench_model(name, args):
     variables = model.trainable_variables
     n_weights = sum(int(np.prod(v.shape)) for v in variables)
     rng = np.random.default_rng(args.seed)
-    grads = [tf.constant(rng.normal(0, 1e-2, v.shape).astype("float32")) for v in variables]
-    label = f"{name}" + (f" (depth {args.depth})" if name == "cifar_resnet" else "")
-    print(f"\n## {label}: {len(variables)} trainable variables, {n_weights:,} weights, input {shape}")
+    grads = [
+        tf.constant(rng.normal(0, 1e-2, v.shape).astype("float32"))
+        for v in variables
+    ]
+    label = f"{name}" + (
+        f" (depth {args.depth})" if name == "cifar_resnet" else ""
+    )
+    print(
+        f"\n## {label}: {len(variables)} trainable variables, {n_weights:,} weights, input {shape}"
+    )
 
     configs = configurations(not args.no_baselines)
     optimizers, first_call = {}, {}
@@ -149,16 +207,28 @@ def bench_model(name, args):
             start = time.perf_counter()
             for _ in range(args.steps):
                 opt.apply(grads, variables)
-            per_call[title].append((time.perf_counter() - start) / args.steps * 1e3)
+            per_call[title].append(
+                (time.perf_counter() - start) / args.steps * 1e3
+            )
 
     for title, opt in optimizers.items():
         if "jit_compile=True" in title:
             fn = getattr(opt, "_xla_update_step", None)
-            traced = fn.experimental_get_tracing_count() if fn is not None else "none"
-            print(f"{title}: XLA update function traced {traced} time(s) in {1 + args.warmup + args.rounds * args.steps} calls")
+            traced = (
+                fn.experimental_get_tracing_count()
+                if fn is not None
+                else "none"
+            )
+            print(
+                f"{title}: XLA update function traced {traced} time(s) in "
+                f"{1 + args.warmup + args.rounds * args.steps} calls"
+            )
 
     print()
-    print(f"| configuration | first call (s) | median ms/call | min-max ms/call ({args.rounds} rounds x {args.steps} calls) |")
+    print(
+        "| configuration | first call (s) | median ms/call | min-max ms/call "
+        f"({args.rounds} rounds x {args.steps} calls) |"
+    )
     print("|---|---|---|---|")
     for title, _ in configs:
         times = per_call[title]
@@ -170,7 +240,13 @@ def bench_model(name, args):
     for opt_name in ("QSGLD(momentum=0.9)", "QAdam"):
         on = statistics.median(per_call[f"{opt_name} jit_compile=True"])
         off = statistics.median(per_call[f"{opt_name} jit_compile=False"])
-        rounds = [b / a for a, b in zip(per_call[f"{opt_name} jit_compile=True"], per_call[f"{opt_name} jit_compile=False"])]
+        rounds = [
+            b / a
+            for a, b in zip(
+                per_call[f"{opt_name} jit_compile=True"],
+                per_call[f"{opt_name} jit_compile=False"],
+            )
+        ]
         print(
             f"{opt_name}: jit_compile=False / jit_compile=True = {off / on:.2f}x (median ms ratio); "
             f"per round {min(rounds):.2f}x-{max(rounds):.2f}x"

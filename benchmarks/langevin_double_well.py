@@ -23,13 +23,13 @@ from benchmarks import common
 # backend whatever KERAS_BACKEND says, set before Keras is imported.
 common.use_tensorflow_backend(__name__)
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
+from matplotlib.figure import Figure
 
-import keras_qsgld  # noqa: E402
-from benchmarks.optimizers import GaussianSGLD  # noqa: E402
+import keras_qsgld
+from benchmarks.optimizers import GaussianSGLD
 
 TABLES = ("double_well",)
 METHODS = ("gd", "nearest", "floor", "stochastic", "dithered", "gaussian_sgld")
@@ -68,7 +68,9 @@ def distances(samples, tilt, temperature, bin_width=0.05):
     s = np.sort(samples)
     empirical = np.arange(1, len(s) + 1) / len(s)
     model = np.interp(s, x, cdf)
-    ks = max(np.max(empirical - model), np.max(model - (empirical - 1.0 / len(s))))
+    ks = max(
+        np.max(empirical - model), np.max(model - (empirical - 1.0 / len(s)))
+    )
     left_gibbs = float(np.interp(0.0, x, cdf))
     return tv, ks, float(np.mean(samples < 0)), left_gibbs
 
@@ -78,7 +80,13 @@ def build_optimizer(method, lr, qp, seed):
         return keras.optimizers.SGD(lr)
     if method == "gaussian_sgld":
         return GaussianSGLD(learning_rate=lr, resolution=qp, seed=seed)
-    return keras_qsgld.QSGLD(learning_rate=lr, resolution=qp, compensation=None, rounding=method, seed=seed)
+    return keras_qsgld.QSGLD(
+        learning_rate=lr,
+        resolution=qp,
+        compensation=None,
+        rounding=method,
+        seed=seed,
+    )
 
 
 def run_chains(method, chains, steps, burn_in, every, lr, qp, tilt, seed):
@@ -113,29 +121,56 @@ def plot(path, results, tilt, temperature):
     axes = fig.subplots(2, columns, squeeze=False)
     for ax, method in zip(axes.ravel(), methods):
         samples = results[method]
-        ax.hist(np.clip(samples, -2.5, 2.5), bins=np.arange(-2.5, 2.55, 0.05), density=True,
-                alpha=0.6, color="C0", label="iterates")
+        ax.hist(
+            np.clip(samples, -2.5, 2.5),
+            bins=np.arange(-2.5, 2.55, 0.05),
+            density=True,
+            alpha=0.6,
+            color="C0",
+            label="iterates",
+        )
         ax.plot(x, p, "k", lw=1.2, label="Gibbs exp(-f/T_eff)")
         ax.set_title(LABELS[method], fontsize=9)
         ax.set_xlim(-2.0, 2.0)
         ax.set_ylim(0, max(p.max() * 1.6, 1e-3))
     axes.ravel()[0].legend(fontsize=8)
-    for ax in axes.ravel()[len(methods):]:
+    for ax in axes.ravel()[len(methods) :]:
         ax.axis("off")
-    fig.suptitle(f"Tilted double well, fixed Qp, T_eff = Qp^-2/(24 lr) = {temperature:.3f}")
+    fig.suptitle(
+        f"Tilted double well, fixed Qp, T_eff = Qp^-2/(24 lr) = {temperature:.3f}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
 def build_parser():
-    p = common.parser(__doc__.split("\n\n")[0], TABLES, "results/benchmarks/double_well")
-    p.add_argument("--lr", type=common.positive_float, default=0.01, help="learning rate (the SDE time step)")
-    p.add_argument("--qp", type=common.positive_float, default=4.0, help="fixed resolution Qp")
-    p.add_argument("--tilt", type=float, default=0.3, help="tilt of the double well")
+    p = common.parser(
+        __doc__.split("\n\n")[0], TABLES, "results/benchmarks/double_well"
+    )
+    p.add_argument(
+        "--lr",
+        type=common.positive_float,
+        default=0.01,
+        help="learning rate (the SDE time step)",
+    )
+    p.add_argument(
+        "--qp",
+        type=common.positive_float,
+        default=4.0,
+        help="fixed resolution Qp",
+    )
+    p.add_argument(
+        "--tilt", type=float, default=0.3, help="tilt of the double well"
+    )
     p.add_argument("--chains", type=common.positive_int, default=4000)
     p.add_argument("--steps", type=common.positive_int, default=30000)
     p.add_argument("--burn-in", type=common.positive_int, default=10000)
-    p.add_argument("--every", type=common.positive_int, default=200, help="steps between snapshots")
+    p.add_argument(
+        "--every",
+        type=common.positive_int,
+        default=200,
+        help="steps between snapshots",
+    )
     return p
 
 
@@ -153,28 +188,69 @@ def main(argv=None):
     rows, samples_by_method = [], {}
     seed = args.seed_list[0]
     for method in METHODS:
-        key = store.make_key(method=method, seed=seed, chains=args.chains, steps=args.steps,
-                             lr=args.lr, qp=args.qp, tilt=args.tilt)
-        common.log(f"double well: {method} (seed {seed}, {args.chains} chains, {args.steps} steps)")
+        key = store.make_key(
+            method=method,
+            seed=seed,
+            chains=args.chains,
+            steps=args.steps,
+            lr=args.lr,
+            qp=args.qp,
+            tilt=args.tilt,
+        )
+        common.log(
+            f"double well: {method} (seed {seed}, {args.chains} chains, {args.steps} steps)"
+        )
         samples_path = os.path.join(args.output_dir, f"samples_{method}.npy")
         record = store.get(key)
         if record is None or not os.path.exists(samples_path):
-            samples, zero_share = run_chains(method, args.chains, args.steps, args.burn_in,
-                                             args.every, args.lr, args.qp, args.tilt, seed)
-            tv, ks, left, left_gibbs = distances(samples, args.tilt, temperature)
-            record = dict(tv=tv, ks=ks, left=left, left_gibbs=left_gibbs, zero_share=zero_share)
+            samples, zero_share = run_chains(
+                method,
+                args.chains,
+                args.steps,
+                args.burn_in,
+                args.every,
+                args.lr,
+                args.qp,
+                args.tilt,
+                seed,
+            )
+            tv, ks, left, left_gibbs = distances(
+                samples, args.tilt, temperature
+            )
+            record = dict(
+                tv=tv,
+                ks=ks,
+                left=left,
+                left_gibbs=left_gibbs,
+                zero_share=zero_share,
+            )
             np.save(samples_path, samples)
             store.put(key, record)
         samples_by_method[method] = np.load(samples_path)
-        rows.append([LABELS[method], record["tv"], record["ks"], record["left"],
-                     record["left_gibbs"], record["zero_share"]])
+        rows.append(
+            [
+                LABELS[method],
+                record["tv"],
+                record["ks"],
+                record["left"],
+                record["left_gibbs"],
+                record["zero_share"],
+            ]
+        )
     plot_path = os.path.join(args.output_dir, "double_well.png")
     plot(plot_path, samples_by_method, args.tilt, temperature)
     common.write_table(
         args,
         "double_well",
         "Langevin check on a tilted double well (fixed Qp, full gradients)",
-        ["method", "TV distance", "KS statistic", "P(x<0)", "Gibbs P(x<0)", "zero increments"],
+        [
+            "method",
+            "TV distance",
+            "KS statistic",
+            "P(x<0)",
+            "Gibbs P(x<0)",
+            "zero increments",
+        ],
         rows,
         notes=[
             f"f(x) = (x^2-1)^2 + {args.tilt} x, lr = {args.lr}, Qp = {args.qp}, "

@@ -19,9 +19,15 @@ from keras_qsgld.backend.optimizer import BackendQuantizedOptimizer
 from keras_qsgld.experiments.defaults import DEFAULT_LEARNING_RATE
 from keras_qsgld.optimizer import increment_dtype
 from keras_qsgld.quantization import RANDOM_ROUNDING_MODES
-from keras_qsgld.schedules import DEFAULT_ETA, DEFAULT_KAPPA, DEFAULT_WARMUP_FRACTION
+from keras_qsgld.schedules import (
+    DEFAULT_ETA,
+    DEFAULT_KAPPA,
+    DEFAULT_WARMUP_FRACTION,
+)
 
-EXTRA_ROUNDINGS = tuple(RANDOM_ROUNDING_MODES)  # listed as qsgld_<mode>, besides "nearest"
+EXTRA_ROUNDINGS = tuple(
+    RANDOM_ROUNDING_MODES
+)  # listed as qsgld_<mode>, besides "nearest"
 
 
 class GaussianSGLD(BackendQuantizedOptimizer):
@@ -47,15 +53,35 @@ class GaussianSGLD(BackendQuantizedOptimizer):
 
     _default_name = "gaussian_sgld"
 
-    def __init__(self, learning_rate=0.01, resolution=DEFAULT_ETA, seed=0, rounding="dithered", **kwargs):
-        super().__init__(learning_rate=learning_rate, resolution=resolution, seed=seed, rounding=rounding, **kwargs)
+    def __init__(
+        self,
+        learning_rate=0.01,
+        resolution=DEFAULT_ETA,
+        seed=0,
+        rounding="dithered",
+        **kwargs,
+    ):
+        super().__init__(
+            learning_rate=learning_rate,
+            resolution=resolution,
+            seed=seed,
+            rounding=rounding,
+            **kwargs,
+        )
 
     def update_step(self, gradient, variable, scalars):
         dtype = increment_dtype(variable)
         lr = ops.cast(scalars.learning_rate, dtype)
-        sigma = ops.divide(1.0 / math.sqrt(12.0), ops.cast(scalars.resolution, dtype))
-        noise = keras.random.normal(variable.shape, dtype=dtype, seed=self._seed_generator)
-        step = ops.subtract(ops.multiply(sigma, noise), ops.multiply(lr, ops.cast(gradient, dtype)))
+        sigma = ops.divide(
+            1.0 / math.sqrt(12.0), ops.cast(scalars.resolution, dtype)
+        )
+        noise = keras.random.normal(
+            variable.shape, dtype=dtype, seed=self._seed_generator
+        )
+        step = ops.subtract(
+            ops.multiply(sigma, noise),
+            ops.multiply(lr, ops.cast(gradient, dtype)),
+        )
         self.assign_add(variable, ops.cast(step, variable.dtype))
 
 
@@ -77,21 +103,42 @@ class OptimizerSpec:
 
 
 def qsgld_schedules(
-    steps_per_epoch, epochs, eta=DEFAULT_ETA, kappa=DEFAULT_KAPPA, warmup_fraction=DEFAULT_WARMUP_FRACTION, gate="logistic"
+    steps_per_epoch,
+    epochs,
+    eta=DEFAULT_ETA,
+    kappa=DEFAULT_KAPPA,
+    warmup_fraction=DEFAULT_WARMUP_FRACTION,
+    gate="logistic",
 ):
     """The paper's schedules for a run of `epochs` epochs (tau0 = warmup_fraction * epochs)."""
-    resolution = keras_qsgld.ResolutionSchedule(eta=eta, steps_per_epoch=steps_per_epoch)
+    resolution = keras_qsgld.ResolutionSchedule(
+        eta=eta, steps_per_epoch=steps_per_epoch
+    )
     compensation = keras_qsgld.CompensationSchedule.from_budget(
-        epochs, warmup_fraction=warmup_fraction, kappa=kappa, steps_per_epoch=steps_per_epoch, gate=gate
+        epochs,
+        warmup_fraction=warmup_fraction,
+        kappa=kappa,
+        steps_per_epoch=steps_per_epoch,
+        gate=gate,
     )
     return resolution, compensation
 
 
-def paper_qsgld(lr, steps_per_epoch, epochs, seed, compensation=True, rounding="nearest", **schedule_kwargs):
+def paper_qsgld(
+    lr,
+    steps_per_epoch,
+    epochs,
+    seed,
+    compensation=True,
+    rounding="nearest",
+    **schedule_kwargs,
+):
     """QSGLD with the paper's schedules (`qsgld_schedules(**schedule_kwargs)`) for a run of
     `epochs` epochs; `compensation=False` leaves the compensation term out. `seed` seeds the
     random roundings (the deterministic ones draw nothing)."""
-    resolution, comp = qsgld_schedules(steps_per_epoch, epochs, **schedule_kwargs)
+    resolution, comp = qsgld_schedules(
+        steps_per_epoch, epochs, **schedule_kwargs
+    )
     return keras_qsgld.QSGLD(
         learning_rate=lr,
         resolution=resolution,
@@ -103,14 +150,23 @@ def paper_qsgld(lr, steps_per_epoch, epochs, seed, compensation=True, rounding="
 
 def _qsgld(compensation=True, rounding="nearest"):
     def build(lr, steps_per_epoch, epochs, seed):
-        return paper_qsgld(lr, steps_per_epoch, epochs, seed, compensation=compensation, rounding=rounding)
+        return paper_qsgld(
+            lr,
+            steps_per_epoch,
+            epochs,
+            seed,
+            compensation=compensation,
+            rounding=rounding,
+        )
 
     return build
 
 
 def _qadam(lr, steps_per_epoch, epochs, seed):
     resolution, comp = qsgld_schedules(steps_per_epoch, epochs)
-    return keras_qsgld.QAdam(learning_rate=lr, resolution=resolution, compensation=comp)
+    return keras_qsgld.QAdam(
+        learning_rate=lr, resolution=resolution, compensation=comp
+    )
 
 
 def _sgld(lr, steps_per_epoch, epochs, seed):
@@ -120,23 +176,47 @@ def _sgld(lr, steps_per_epoch, epochs, seed):
 
 def _base_specs():
     specs = [
-        OptimizerSpec("sgd", "SGD", "sgd", lambda lr, spe, ep, seed: keras.optimizers.SGD(lr)),
+        OptimizerSpec(
+            "sgd",
+            "SGD",
+            "sgd",
+            lambda lr, spe, ep, seed: keras.optimizers.SGD(lr),
+        ),
         OptimizerSpec(
             "sgd_momentum",
             "SGD+momentum 0.9",
             "sgd",
             lambda lr, spe, ep, seed: keras.optimizers.SGD(lr, momentum=0.9),
         ),
-        OptimizerSpec("adam", "Adam", "adam", lambda lr, spe, ep, seed: keras.optimizers.Adam(lr)),
         OptimizerSpec(
-            "adamw", "AdamW (wd 0.004)", "adam", lambda lr, spe, ep, seed: keras.optimizers.AdamW(lr)
+            "adam",
+            "Adam",
+            "adam",
+            lambda lr, spe, ep, seed: keras.optimizers.Adam(lr),
+        ),
+        OptimizerSpec(
+            "adamw",
+            "AdamW (wd 0.004)",
+            "adam",
+            lambda lr, spe, ep, seed: keras.optimizers.AdamW(lr),
         ),
         OptimizerSpec("qsgld", "QSGLD", "sgd", _qsgld(True), quantized=True),
         OptimizerSpec(
-            "qsgd", "QSGLD, compensation off (quantized SGD)", "sgd", _qsgld(False), tie_lr_to="sgd", quantized=True
+            "qsgd",
+            "QSGLD, compensation off (quantized SGD)",
+            "sgd",
+            _qsgld(False),
+            tie_lr_to="sgd",
+            quantized=True,
         ),
         OptimizerSpec("qadam", "QAdam", "adam", _qadam, quantized=True),
-        OptimizerSpec("sgld", "Gaussian SGLD (same variance)", "sgd", _sgld, tie_lr_to="sgd"),
+        OptimizerSpec(
+            "sgld",
+            "Gaussian SGLD (same variance)",
+            "sgd",
+            _sgld,
+            tie_lr_to="sgd",
+        ),
     ]
     for mode in EXTRA_ROUNDINGS:
         specs.append(
@@ -165,13 +245,17 @@ def available():
 def default_learning_rate(name):
     """The optimizer's default learning rate (`keras_qsgld.experiments.defaults`), or that of
     its family (`"sgd"`, `"adam"`) for the variants the table does not list."""
-    return DEFAULT_LEARNING_RATE.get(name, DEFAULT_LEARNING_RATE[OPTIMIZERS[name].family])
+    return DEFAULT_LEARNING_RATE.get(
+        name, DEFAULT_LEARNING_RATE[OPTIMIZERS[name].family]
+    )
 
 
 def build(name, lr, steps_per_epoch=1, epochs=1, seed=0):
     """Builds the optimizer `name` (a key of `OPTIMIZERS`)."""
     if name not in OPTIMIZERS:
-        raise ValueError(f"Argument `name` must be one of {list(OPTIMIZERS)}. Received: name={name!r}")
+        raise ValueError(
+            f"Argument `name` must be one of {list(OPTIMIZERS)}. Received: name={name!r}"
+        )
     return OPTIMIZERS[name].build(lr, steps_per_epoch, epochs, seed)
 
 

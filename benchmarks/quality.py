@@ -12,8 +12,9 @@ Tables (`--tables`):
   mean +- std of test accuracy and final train loss, and Welch's t-test of QSGLD against
   each baseline; `quality_DATASET.png` plots it.
 * `ingredients`: SGD, quantized SGD (QSGLD with compensation off), QSGLD and Gaussian SGLD,
-  all at the same rate (SGD's chosen rate, and QSGLD's where it differs): quantized SGD - SGD is what the quantization noise does, QSGLD -
-  quantized SGD what the compensation (the early normalized-gradient boost) does.
+  all at the same rate (SGD's chosen rate, and QSGLD's where it differs): quantized SGD -
+  SGD is what the quantization noise does, QSGLD - quantized SGD what the compensation
+  (the early normalized-gradient boost) does.
 * `ablation` (digits): QSGLD with compensation off / logistic / tanh; rounding nearest,
   floor, stochastic, dithered; eta 2^10..2^19; kappa 1, 2, 4; tau0 0.1, 0.2, 0.5 of the budget.
 
@@ -35,17 +36,24 @@ from benchmarks import common
 # the TensorFlow backend whatever KERAS_BACKEND says, set before Keras is imported.
 common.use_tensorflow_backend(__name__)
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from scipy import stats  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
+from matplotlib.figure import Figure
+from scipy import stats
 
-from benchmarks import optimizers as bopt  # noqa: E402
-from keras_qsgld.experiments.datasets import DatasetUnavailableError, load_dataset  # noqa: E402
-from keras_qsgld.experiments.defaults import DEFAULT_MODEL  # noqa: E402
-from keras_qsgld.experiments.models import build_model  # noqa: E402
-from keras_qsgld.schedules import DEFAULT_ETA, DEFAULT_KAPPA, DEFAULT_WARMUP_FRACTION  # noqa: E402
+from benchmarks import optimizers as bopt
+from keras_qsgld.experiments.datasets import (
+    DatasetUnavailableError,
+    load_dataset,
+)
+from keras_qsgld.experiments.defaults import DEFAULT_MODEL
+from keras_qsgld.experiments.models import build_model
+from keras_qsgld.schedules import (
+    DEFAULT_ETA,
+    DEFAULT_KAPPA,
+    DEFAULT_WARMUP_FRACTION,
+)
 
 TABLES = ("lr", "quality", "ingredients", "ablation")
 SETUPS = {
@@ -56,16 +64,33 @@ SETUPS = {
 TUNING_SEED = 1000
 QUICK_EXAMPLES = 300  # --quick: training examples per data set
 PAPER_SETTINGS = (
-    f"eta 2^{math.log2(DEFAULT_ETA):g}, kappa {DEFAULT_KAPPA:g}, tau0 {DEFAULT_WARMUP_FRACTION:g} x budget, logistic gate"
+    f"eta 2^{math.log2(DEFAULT_ETA):g}, kappa {DEFAULT_KAPPA:g}, "
+    f"tau0 {DEFAULT_WARMUP_FRACTION:g} x budget, logistic gate"
 )
 
 
 def build_parser():
-    p = common.parser(__doc__.split("\n\n")[0], TABLES, "results/benchmarks/quality")
+    p = common.parser(
+        __doc__.split("\n\n")[0], TABLES, "results/benchmarks/quality"
+    )
     p.add_argument("--datasets", default="digits,mnist1d")
-    p.add_argument("--optimizers", default="all", help="'all' or names among benchmarks.optimizers")
-    p.add_argument("--epochs", type=common.positive_int, default=None, help="epoch budget (default per data set)")
-    p.add_argument("--ablation-seeds", type=common.positive_int, default=3, help="seeds per ablation variant")
+    p.add_argument(
+        "--optimizers",
+        default="all",
+        help="'all' or names among benchmarks.optimizers",
+    )
+    p.add_argument(
+        "--epochs",
+        type=common.positive_int,
+        default=None,
+        help="epoch budget (default per data set)",
+    )
+    p.add_argument(
+        "--ablation-seeds",
+        type=common.positive_int,
+        default=3,
+        help="seeds per ablation variant",
+    )
     return p
 
 
@@ -89,13 +114,28 @@ def train(dataset, make_optimizer, seed, epochs, label, max_examples=None):
     """Trains the data set's model once; returns test/train accuracy and loss and the loss curve."""
     batch_size = SETUPS[dataset][0]
     keras.backend.clear_session()
-    bundle = load_dataset(dataset, batch_size=batch_size, seed=seed, max_examples=max_examples)
-    model = build_model(DEFAULT_MODEL[dataset], bundle.input_shape, bundle.num_classes, seed=seed)
+    bundle = load_dataset(
+        dataset, batch_size=batch_size, seed=seed, max_examples=max_examples
+    )
+    model = build_model(
+        DEFAULT_MODEL[dataset],
+        bundle.input_shape,
+        bundle.num_classes,
+        seed=seed,
+    )
     optimizer = make_optimizer(bundle.steps_per_epoch, epochs)
     model.compile(
-        optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=False
+        optimizer=optimizer,
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=False,
     )
-    history = model.fit(bundle.train, epochs=epochs, verbose=0, callbacks=[Progress(label, epochs)])
+    history = model.fit(
+        bundle.train,
+        epochs=epochs,
+        verbose=0,
+        callbacks=[Progress(label, epochs)],
+    )
     train_loss, train_acc = model.evaluate(bundle.train, verbose=0)
     test_loss, test_acc = model.evaluate(bundle.test, verbose=0)
     return {
@@ -107,20 +147,33 @@ def train(dataset, make_optimizer, seed, epochs, label, max_examples=None):
     }
 
 
-def cached_train(store, dataset, opt_key, make_optimizer, seed, epochs, args, table):
-    key = store.make_key(d=dataset, o=opt_key, seed=seed, epochs=epochs, quick=args.quick)
+def cached_train(
+    store, dataset, opt_key, make_optimizer, seed, epochs, args, table
+):
+    key = store.make_key(
+        d=dataset, o=opt_key, seed=seed, epochs=epochs, quick=args.quick
+    )
     record = store.get(key, force=args.force and table in args.table_list)
     if record is None:
         label = f"{table}: {dataset} {opt_key} seed {seed}"
         record = store.put(
             key,
-            train(dataset, make_optimizer, seed, epochs, label, max_examples=QUICK_EXAMPLES if args.quick else None),
+            train(
+                dataset,
+                make_optimizer,
+                seed,
+                epochs,
+                label,
+                max_examples=QUICK_EXAMPLES if args.quick else None,
+            ),
         )
     return record
 
 
 def _builder(name, lr, seed):
-    return lambda spe, epochs: bopt.build(name, lr, steps_per_epoch=spe, epochs=epochs, seed=seed)
+    return lambda spe, epochs: bopt.build(
+        name, lr, steps_per_epoch=spe, epochs=epochs, seed=seed
+    )
 
 
 # -- tables ----------------------------------------------------------------------------------
@@ -129,7 +182,11 @@ def tune_lrs(args, datasets, names, epochs_of):
     store = common.ResultStore(args.output_dir, "runs")
     chosen, rows = {}, []
     tuned = [n for n in names if bopt.OPTIMIZERS[n].tie_lr_to is None]
-    for needed in [bopt.OPTIMIZERS[n].tie_lr_to for n in names if bopt.OPTIMIZERS[n].tie_lr_to]:
+    for needed in [
+        bopt.OPTIMIZERS[n].tie_lr_to
+        for n in names
+        if bopt.OPTIMIZERS[n].tie_lr_to
+    ]:
         if needed not in tuned:
             tuned.append(needed)
     for dataset in datasets:
@@ -141,25 +198,59 @@ def tune_lrs(args, datasets, names, epochs_of):
             losses = {}
             for lr in grid:
                 rec = cached_train(
-                    store, dataset, f"{name}@{lr:g}", _builder(name, lr, TUNING_SEED), TUNING_SEED, epochs_of[dataset], args, "lr"
+                    store,
+                    dataset,
+                    f"{name}@{lr:g}",
+                    _builder(name, lr, TUNING_SEED),
+                    TUNING_SEED,
+                    epochs_of[dataset],
+                    args,
+                    "lr",
                 )
-                losses[lr] = rec["train_loss"] if math.isfinite(rec["train_loss"]) else float("inf")
+                losses[lr] = (
+                    rec["train_loss"]
+                    if math.isfinite(rec["train_loss"])
+                    else float("inf")
+                )
             best = min(grid, key=lambda lr: losses[lr])
             chosen[dataset][name] = best
-            rows.append([dataset, name] + [f"{lr:g}: {common.fmt(losses[lr])}" for lr in grid] + [f"{best:g}"])
+            rows.append(
+                [dataset, name]
+                + [f"{lr:g}: {common.fmt(losses[lr])}" for lr in grid]
+                + [f"{best:g}"]
+            )
         for name in names:
             tie = bopt.OPTIMIZERS[name].tie_lr_to
             if tie:
                 chosen[dataset][name] = chosen[dataset][tie]
-                rows.append([dataset, name, f"tied to {tie}", "", "", f"{chosen[dataset][name]:g}"])
+                rows.append(
+                    [
+                        dataset,
+                        name,
+                        f"tied to {tie}",
+                        "",
+                        "",
+                        f"{chosen[dataset][name]:g}",
+                    ]
+                )
     if "lr" in args.table_list:
         width = max(len(r) for r in rows)
         rows = [r[:-1] + [""] * (width - len(r)) + r[-1:] for r in rows]
-        headers = ["data set", "optimizer"] + [f"rate {i + 1}: final train loss" for i in range(width - 3)] + ["chosen rate"]
+        headers = (
+            ["data set", "optimizer"]
+            + [f"rate {i + 1}: final train loss" for i in range(width - 3)]
+            + ["chosen rate"]
+        )
         common.write_table(
-            args, "lr", "Learning-rate choice (lowest final training loss, tuning seed)", headers, rows,
-            notes=[f"Tuning seed {TUNING_SEED} (not an evaluation seed); the epoch budget of the quality table; "
-                   "no test data is used. Tied optimizers reuse the rate of the one named."],
+            args,
+            "lr",
+            "Learning-rate choice (lowest final training loss, tuning seed)",
+            headers,
+            rows,
+            notes=[
+                f"Tuning seed {TUNING_SEED} (not an evaluation seed); the epoch budget of the quality table; "
+                "no test data is used. Tied optimizers reuse the rate of the one named."
+            ],
         )
     return chosen
 
@@ -180,25 +271,52 @@ def run_quality(args, datasets, names, lrs, epochs_of):
         for name in names:
             lr = lrs[dataset][name]
             results[name] = [
-                cached_train(store, dataset, f"{name}@{lr:g}", _builder(name, lr, seed), seed, epochs_of[dataset], args, "quality")
+                cached_train(
+                    store,
+                    dataset,
+                    f"{name}@{lr:g}",
+                    _builder(name, lr, seed),
+                    seed,
+                    epochs_of[dataset],
+                    args,
+                    "quality",
+                )
                 for seed in args.seed_list
             ]
         ref = results.get("qsgld")
         for name in names:
             recs = results[name]
             acc = [r["test_acc"] for r in recs]
-            p = welch([r["test_acc"] for r in ref], acc) if ref and name != "qsgld" else float("nan")
-            rows.append([
-                dataset, bopt.OPTIMIZERS[name].label, f"{lrs[dataset][name]:g}",
-                common.fmt_pm(acc, scale=100.0),
-                common.fmt_pm([r["train_loss"] for r in recs]),
-                "-" if name == "qsgld" else common.fmt(p),
-            ])
+            p = (
+                welch([r["test_acc"] for r in ref], acc)
+                if ref and name != "qsgld"
+                else float("nan")
+            )
+            rows.append(
+                [
+                    dataset,
+                    bopt.OPTIMIZERS[name].label,
+                    f"{lrs[dataset][name]:g}",
+                    common.fmt_pm(acc, scale=100.0),
+                    common.fmt_pm([r["train_loss"] for r in recs]),
+                    "-" if name == "qsgld" else common.fmt(p),
+                ]
+            )
         plots.append(plot_quality(args, dataset, names, results))
-    headers = ["data set", "optimizer", "lr", "test accuracy % (mean ± std)", "final train loss", "Welch p vs QSGLD"]
+    headers = [
+        "data set",
+        "optimizer",
+        "lr",
+        "test accuracy % (mean ± std)",
+        "final train loss",
+        "Welch p vs QSGLD",
+    ]
     notes = [
         f"Seeds {args.seed_list}; epochs: {epochs_of}; models: "
-        + ", ".join(f"{d}: {DEFAULT_MODEL[d]} (batch {SETUPS[d][0]})" for d in datasets) + ".",
+        + ", ".join(
+            f"{d}: {DEFAULT_MODEL[d]} (batch {SETUPS[d][0]})" for d in datasets
+        )
+        + ".",
         f"QSGLD/QAdam use the paper's schedules ({PAPER_SETTINGS}): ResolutionSchedule(eta) and "
         "CompensationSchedule.from_budget(epochs), per epoch of this data set. "
         "Gaussian SGLD draws N(0, Qp^-2/12) with the same Qp schedule.",
@@ -206,16 +324,31 @@ def run_quality(args, datasets, names, lrs, epochs_of):
         "Welch p: two-sided Welch t-test of test accuracy, QSGLD against that optimizer; with this few seeds "
         "only large differences can reach significance.",
     ]
-    extra = "\n".join(f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots if p)
-    return common.write_table(args, "quality", "Test accuracy and train loss", headers, rows, notes, extra)
+    extra = "\n".join(
+        f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots if p
+    )
+    return common.write_table(
+        args,
+        "quality",
+        "Test accuracy and train loss",
+        headers,
+        rows,
+        notes,
+        extra,
+    )
 
 
 def plot_quality(args, dataset, names, results):
     fig = Figure(figsize=(11, 4))
     axes = fig.subplots(1, 2)
     acc = [np.array([r["test_acc"] for r in results[n]]) * 100 for n in names]
-    axes[0].bar(range(len(names)), [a.mean() for a in acc], yerr=[a.std(ddof=1) if len(a) > 1 else 0 for a in acc],
-                color=["C3" if n.startswith("q") else "C0" for n in names], capsize=3)
+    axes[0].bar(
+        range(len(names)),
+        [a.mean() for a in acc],
+        yerr=[a.std(ddof=1) if len(a) > 1 else 0 for a in acc],
+        color=["C3" if n.startswith("q") else "C0" for n in names],
+        capsize=3,
+    )
     axes[0].set_xticks(range(len(names)))
     axes[0].set_xticklabels(names, rotation=45, ha="right")
     axes[0].set_ylabel("test accuracy % (mean ± std)")
@@ -223,8 +356,13 @@ def plot_quality(args, dataset, names, results):
     axes[0].set_ylim(max(0, lo - 5), 100)
     for i, n in enumerate(names):
         curves = np.array([r["loss_curve"] for r in results[n]])
-        axes[1].plot(np.arange(1, curves.shape[1] + 1), curves.mean(0), label=n, color=f"C{i % 10}",
-                     linestyle="-" if n.startswith("q") else "--")
+        axes[1].plot(
+            np.arange(1, curves.shape[1] + 1),
+            curves.mean(0),
+            label=n,
+            color=f"C{i % 10}",
+            linestyle="-" if n.startswith("q") else "--",
+        )
     axes[1].set_yscale("log")
     axes[1].set_xlabel("epoch")
     axes[1].set_ylabel("mean train loss (over seeds)")
@@ -239,32 +377,96 @@ def plot_quality(args, dataset, names, results):
 def run_ingredients(args, datasets, lrs, epochs_of):
     store = common.ResultStore(args.output_dir, "runs")
     rows = []
-    parts = [("sgd", "SGD"), ("qsgd", "quantized SGD (compensation off)"), ("qsgld", "QSGLD"),
-             ("sgld", "Gaussian SGLD (same variance)")]
-    for dataset, lr in [(d, lr) for d in datasets for lr in sorted({lrs[d]["sgd"], lrs[d]["qsgld"]})]:
+    parts = [
+        ("sgd", "SGD"),
+        ("qsgd", "quantized SGD (compensation off)"),
+        ("qsgld", "QSGLD"),
+        ("sgld", "Gaussian SGLD (same variance)"),
+    ]
+    for dataset, lr in [
+        (d, lr)
+        for d in datasets
+        for lr in sorted({lrs[d]["sgd"], lrs[d]["qsgld"]})
+    ]:
         res = {}
         for name, _ in parts:
             res[name] = [
-                cached_train(store, dataset, f"{name}@{lr:g}", _builder(name, lr, seed), seed, epochs_of[dataset], args, "ingredients")
+                cached_train(
+                    store,
+                    dataset,
+                    f"{name}@{lr:g}",
+                    _builder(name, lr, seed),
+                    seed,
+                    epochs_of[dataset],
+                    args,
+                    "ingredients",
+                )
                 for seed in args.seed_list
             ]
         acc = {n: [r["test_acc"] * 100 for r in res[n]] for n in res}
         loss = {n: [r["train_loss"] for r in res[n]] for n in res}
         for name, label in parts:
-            rows.append([dataset, f"{lr:g}", label, common.fmt_pm(acc[name]), common.fmt_pm(loss[name])])
+            rows.append(
+                [
+                    dataset,
+                    f"{lr:g}",
+                    label,
+                    common.fmt_pm(acc[name]),
+                    common.fmt_pm(loss[name]),
+                ]
+            )
 
         def gap(a, b):
             m = common.mean_std(acc[a])[0] - common.mean_std(acc[b])[0]
             lm = common.mean_std(loss[a])[0] - common.mean_std(loss[b])[0]
             return f"{m:+.2f} points (p = {common.fmt(welch(acc[a], acc[b]))}); train loss {lm:+.3g}"
 
-        rows.append([dataset, f"{lr:g}", "quantization noise: quantized SGD - SGD", gap("qsgd", "sgd"), ""])
-        rows.append([dataset, f"{lr:g}", "compensation: QSGLD - quantized SGD", gap("qsgld", "qsgd"), ""])
-        rows.append([dataset, f"{lr:g}", "Gaussian noise: Gaussian SGLD - SGD", gap("sgld", "sgd"), ""])
-    headers = ["data set", "lr", "optimizer / difference", "test accuracy %", "final train loss"]
-    notes = [f"Seeds {args.seed_list}; the four optimizers at the same rate, so the differences isolate one ingredient; "
-             "at SGD's chosen rate and, where it differs, at QSGLD's."]
-    return common.write_table(args, "ingredients", "The two ingredients of QSGLD, separated", headers, rows, notes)
+        rows.append(
+            [
+                dataset,
+                f"{lr:g}",
+                "quantization noise: quantized SGD - SGD",
+                gap("qsgd", "sgd"),
+                "",
+            ]
+        )
+        rows.append(
+            [
+                dataset,
+                f"{lr:g}",
+                "compensation: QSGLD - quantized SGD",
+                gap("qsgld", "qsgd"),
+                "",
+            ]
+        )
+        rows.append(
+            [
+                dataset,
+                f"{lr:g}",
+                "Gaussian noise: Gaussian SGLD - SGD",
+                gap("sgld", "sgd"),
+                "",
+            ]
+        )
+    headers = [
+        "data set",
+        "lr",
+        "optimizer / difference",
+        "test accuracy %",
+        "final train loss",
+    ]
+    notes = [
+        f"Seeds {args.seed_list}; the four optimizers at the same rate, so the differences isolate one ingredient; "
+        "at SGD's chosen rate and, where it differs, at QSGLD's."
+    ]
+    return common.write_table(
+        args,
+        "ingredients",
+        "The two ingredients of QSGLD, separated",
+        headers,
+        rows,
+        notes,
+    )
 
 
 def ablation_variants(quick):
@@ -278,7 +480,10 @@ def ablation_variants(quick):
     for mode in bopt.EXTRA_ROUNDINGS:
         variants[f"rounding {mode}"] = dict(rounding=mode)
     if quick:  # two variants prove the table; the full list runs in full mode
-        return {"compensation off": dict(compensation=False), "eta 2^10": dict(eta=2.0**10)}
+        return {
+            "compensation off": dict(compensation=False),
+            "eta 2^10": dict(eta=2.0**10),
+        }
     etas = range(10, 20)
     for p in etas:
         variants[f"eta 2^{p}"] = dict(eta=2.0**p)
@@ -290,7 +495,9 @@ def ablation_variants(quick):
 
 
 def _ablation_builder(lr, seed, **overrides):
-    return lambda spe, epochs: bopt.paper_qsgld(lr, spe, epochs, seed, **overrides)
+    return lambda spe, epochs: bopt.paper_qsgld(
+        lr, spe, epochs, seed, **overrides
+    )
 
 
 def run_ablation(args, lrs, epochs_of):
@@ -300,17 +507,39 @@ def run_ablation(args, lrs, epochs_of):
     seeds = args.seed_list[: max(1, args.ablation_seeds)]
     rows = []
     for variant, overrides in ablation_variants(args.quick).items():
-        key = "ablation:" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items())) + f"@{lr:g}"
+        key = (
+            "ablation:"
+            + ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+            + f"@{lr:g}"
+        )
         recs = [
-            cached_train(store, dataset, key, _ablation_builder(lr, seed, **overrides), seed, epochs_of[dataset], args, "ablation")
+            cached_train(
+                store,
+                dataset,
+                key,
+                _ablation_builder(lr, seed, **overrides),
+                seed,
+                epochs_of[dataset],
+                args,
+                "ablation",
+            )
             for seed in seeds
         ]
-        rows.append([variant, common.fmt_pm([r["test_acc"] * 100 for r in recs]),
-                     common.fmt_pm([r["train_loss"] for r in recs])])
+        rows.append(
+            [
+                variant,
+                common.fmt_pm([r["test_acc"] * 100 for r in recs]),
+                common.fmt_pm([r["train_loss"] for r in recs]),
+            ]
+        )
     headers = ["QSGLD variant", "test accuracy %", "final train loss"]
-    notes = [f"digits, {DEFAULT_MODEL[dataset]}, {epochs_of[dataset]} epochs, QSGLD's chosen lr {lr:g}, seeds {seeds}; "
-             f"everything else as the paper's defaults ({PAPER_SETTINGS}, nearest rounding)."]
-    return common.write_table(args, "ablation", "QSGLD ablations", headers, rows, notes)
+    notes = [
+        f"digits, {DEFAULT_MODEL[dataset]}, {epochs_of[dataset]} epochs, QSGLD's chosen lr {lr:g}, seeds {seeds}; "
+        f"everything else as the paper's defaults ({PAPER_SETTINGS}, nearest rounding)."
+    ]
+    return common.write_table(
+        args, "ablation", "QSGLD ablations", headers, rows, notes
+    )
 
 
 def main(argv=None):
@@ -331,8 +560,13 @@ def main(argv=None):
     for required in ("sgd", "qsgld"):
         if required not in names:
             names.insert(0, required)
-    epochs_of = {d: args.epochs or (SETUPS[d][2] if args.quick else SETUPS[d][1]) for d in datasets}
-    common.log(f"quality: tables {args.table_list}, data sets {datasets}, optimizers {names}, seeds {args.seed_list}")
+    epochs_of = {
+        d: args.epochs or (SETUPS[d][2] if args.quick else SETUPS[d][1])
+        for d in datasets
+    }
+    common.log(
+        f"quality: tables {args.table_list}, data sets {datasets}, optimizers {names}, seeds {args.seed_list}"
+    )
     lrs = tune_lrs(args, datasets, names, epochs_of)
     outputs = []
     if "quality" in args.table_list:

@@ -62,7 +62,12 @@ What the tables show (CPU; the GPU picture may differ, see the last section):
     ),
     (
         "Quality on offline data",
-        ["quality/lr", "quality/quality", "quality/ingredients", "quality/ablation"],
+        [
+            "quality/lr",
+            "quality/quality",
+            "quality/ingredients",
+            "quality/ablation",
+        ],
         """scikit-learn digits (MLP) and MNIST-1D (1-D CNN), several seeds, the same epoch budget for
 every optimizer. The learning rate of each optimizer is chosen on a separate tuning seed by
 the lowest final training loss (first table); no test data is used to choose it. The
@@ -168,7 +173,13 @@ What the tables show:
     ),
     (
         "Posterior sampling",
-        ["sampling/toy2d", "sampling/lr", "sampling/posterior", "sampling/significance", "sampling/signatures"],
+        [
+            "sampling/toy2d",
+            "sampling/lr",
+            "sampling/posterior",
+            "sampling/significance",
+            "sampling/signatures",
+        ],
         """Does `QSGLD(lr, resolution=Temperature(T), rounding="dithered")` sample, and does the
 average over its samples predict better? `benchmarks/sampling.py` (on JAX: the chains
 dominate and compile faster there) compares, on two 2-D targets with exact densities and on
@@ -211,7 +222,12 @@ What the tables show:
     ),
     (
         "GPU",
-        ["gpu/speed/apply", "gpu/speed/breakdown", "gpu/speed/step", "gpu/cifar/cifar"],
+        [
+            "gpu/speed/apply",
+            "gpu/speed/breakdown",
+            "gpu/speed/step",
+            "gpu/cifar/cifar",
+        ],
         """`benchmarks/gpu.sh` runs the speed tables at GPU scale (both models, every mode of every
 installed backend, whole steps of the 19M-parameter MLP, every optimizer) and a short run of
 the paper's CIFAR protocol with QSGLD and SGD
@@ -227,11 +243,18 @@ def table_text(published, table, output):
         return None
     with open(path) as f:
         text = f.read().rstrip() + "\n"
-    base = os.path.relpath(os.path.dirname(os.path.abspath(path)), os.path.dirname(os.path.abspath(output)))
+    base = os.path.relpath(
+        os.path.dirname(os.path.abspath(path)),
+        os.path.dirname(os.path.abspath(output)),
+    )
     # Images are written next to the table: point their links at that folder.
     lines = []
     for line in text.splitlines():
-        if line.startswith("![") and "](" in line and "/" not in line.split("](", 1)[1]:
+        if (
+            line.startswith("![")
+            and "](" in line
+            and "/" not in line.split("](", 1)[1]
+        ):
             name, target = line[2:].split("](", 1)
             line = f"![{name}]({base}/{target}"
         lines.append(line)
@@ -253,24 +276,39 @@ def build(published, output):
             parts.append(text)
         if not found:
             if tables[0].startswith("gpu/"):
-                parts.append("_Not run yet: no GPU machine was available when these tables were made. "
-                             "The script is ready: `benchmarks/gpu.sh --data-dir DIR`._\n")
+                parts.append(
+                    "_Not run yet: no GPU machine was available when these tables were made. "
+                    "The script is ready: `benchmarks/gpu.sh --data-dir DIR`._\n"
+                )
             else:
-                parts.append("_No table published yet: run the section's script without `--quick`._\n")
+                parts.append(
+                    "_No table published yet: run the section's script without `--quick`._\n"
+                )
     with open(output, "w") as f:
         f.write("\n".join(parts))
     return output, missing
 
 
 def main(argv=None):
-    p = common.ArgumentParser(description="Assemble BENCHMARKS.md from the published tables.")
-    p.add_argument("--published", default="benchmarks/results", help="folder of <script>/<table>.md")
+    p = common.ArgumentParser(
+        description="Assemble BENCHMARKS.md from the published tables."
+    )
+    p.add_argument(
+        "--published",
+        default="benchmarks/results",
+        help="folder of <script>/<table>.md",
+    )
     p.add_argument("--output", default="BENCHMARKS.md")
     args = p.parse_args(argv)
     if not os.path.isdir(args.published):
-        raise common.UsageError(f"Argument `--published` must be a folder of tables. Received: {args.published!r}")
+        raise common.UsageError(
+            f"Argument `--published` must be a folder of tables. Received: {args.published!r}"
+        )
     output, missing = build(args.published, args.output)
-    print(f"wrote {output}" + (f"; missing tables: {', '.join(missing)}" if missing else ""))
+    print(
+        f"wrote {output}"
+        + (f"; missing tables: {', '.join(missing)}" if missing else "")
+    )
     return output
 
 

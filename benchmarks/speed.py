@@ -49,30 +49,59 @@ from benchmarks import common
 BACKENDS = tuple(common.BACKEND_PACKAGES)
 TABLES = ("apply", "step", "breakdown")
 # The modes of each backend (compiled first); the step table's also include JAX eager.
-APPLY_MODES = {"tensorflow": ("xla", "graph", "eager"), "jax": ("jit",), "torch": ("compiled", "eager")}
-STEP_MODES = {"tensorflow": ("xla", "graph", "eager"), "jax": ("jit", "eager"), "torch": ("compiled", "eager")}
+APPLY_MODES = {
+    "tensorflow": ("xla", "graph", "eager"),
+    "jax": ("jit",),
+    "torch": ("compiled", "eager"),
+}
+STEP_MODES = {
+    "tensorflow": ("xla", "graph", "eager"),
+    "jax": ("jit", "eager"),
+    "torch": ("compiled", "eager"),
+}
 # What each (backend, mode) runs, for the tables' notes.
 MODE_NOTES = {
     "apply": {
-        ("tensorflow", "xla"): "`tf.function(jit_compile=True)` around `optimizer.apply`",
-        ("tensorflow", "graph"): "`tf.function(jit_compile=False)`: QSGLD, QAdam and Gaussian SGLD run their own "
+        (
+            "tensorflow",
+            "xla",
+        ): "`tf.function(jit_compile=True)` around `optimizer.apply`",
+        (
+            "tensorflow",
+            "graph",
+        ): "`tf.function(jit_compile=False)`: QSGLD, QAdam and Gaussian SGLD run their own "
         "XLA-compiled update inside it (`jit_compile=True`, their default); the rows marked `jit_compile=False` "
         "and Keras' optimizers run op by op",
-        ("tensorflow", "eager"): "`optimizer.apply` called eagerly: QSGLD, QAdam and Gaussian SGLD run their own "
+        (
+            "tensorflow",
+            "eager",
+        ): "`optimizer.apply` called eagerly: QSGLD, QAdam and Gaussian SGLD run their own "
         "XLA-compiled update (`jit_compile=True`, their default); the rows marked `jit_compile=False` and "
         "Keras' optimizers run op by op",
-        ("jax", "jit"): "`jax.jit` of `optimizer.stateless_apply`, the state donated and carried from call to call",
+        (
+            "jax",
+            "jit",
+        ): "`jax.jit` of `optimizer.stateless_apply`, the state donated and carried from call to call",
         ("torch", "compiled"): "`torch.compile` of `optimizer.apply`",
         ("torch", "eager"): "`optimizer.apply`",
     },
     "step": {
         ("tensorflow", "xla"): "`model.compile(jit_compile=True)`",
-        ("tensorflow", "graph"): "`model.compile(jit_compile=False)` (a `tf.function` without XLA; QSGLD and "
+        (
+            "tensorflow",
+            "graph",
+        ): "`model.compile(jit_compile=False)` (a `tf.function` without XLA; QSGLD and "
         "QAdam compile their update with XLA inside it)",
-        ("tensorflow", "eager"): "`model.compile(run_eagerly=True)` (QSGLD and QAdam: their own XLA-compiled update)",
+        (
+            "tensorflow",
+            "eager",
+        ): "`model.compile(run_eagerly=True)` (QSGLD and QAdam: their own XLA-compiled update)",
         ("jax", "jit"): "`model.compile(jit_compile=True)` (`jax.jit`)",
         ("jax", "eager"): "`model.compile(run_eagerly=True)`",
-        ("torch", "compiled"): "`model.compile(jit_compile=True)` (`torch.compile`)",
+        (
+            "torch",
+            "compiled",
+        ): "`model.compile(jit_compile=True)` (`torch.compile`)",
         ("torch", "eager"): "`model.compile(jit_compile=False)`",
     },
     "breakdown": {
@@ -92,17 +121,30 @@ TRAFFIC = {
     "adamw": (7, "as Adam, decay fused"),
     "qsgld": (4, "read g twice (norm, update), w; write w"),
     "qsgd": (3, "no norm: as SGD"),
-    "qadam": (9, "pass 1 read g, m, v, write m, v (norm of h); pass 2 read m, v, w, write w"),
+    "qadam": (
+        9,
+        "pass 1 read g, m, v, write m, v (norm of h); pass 2 read m, v, w, write w",
+    ),
     "sgld": (3, "as SGD; noise generated, not read"),
 }
 # The sizes of a full run, and of --quick (tiny sizes, every mode, two optimizers a table).
 FULL = dict(
-    optimizers="all", step_optimizers="sgd,qsgld,adam,qadam", models="resnet50,cifar_resnet50",
-    batch_size=32, step_inputs=1024, step_width=2048, step_depth=5,
+    optimizers="all",
+    step_optimizers="sgd,qsgld,adam,qadam",
+    models="resnet50,cifar_resnet50",
+    batch_size=32,
+    step_inputs=1024,
+    step_width=2048,
+    step_depth=5,
 )
 QUICK = dict(
-    optimizers="sgd,qsgld", step_optimizers="sgd,qsgld", models="mlp",
-    batch_size=8, step_inputs=64, step_width=32, step_depth=2,
+    optimizers="sgd,qsgld",
+    step_optimizers="sgd,qsgld",
+    models="mlp",
+    batch_size=8,
+    step_inputs=64,
+    step_width=32,
+    step_depth=2,
 )
 DEFAULT_ROUNDS = {"apply": 7, "step": 5, "breakdown": 7}
 QUICK_ROUNDS = 2
@@ -111,35 +153,68 @@ QUICK_ROUNDS = 2
 def traffic(name):
     if name in TRAFFIC:
         return TRAFFIC[name]
-    if name.startswith("qsgld_"):  # the random roundings: as QSGLD, random bits generated
+    if name.startswith(
+        "qsgld_"
+    ):  # the random roundings: as QSGLD, random bits generated
         return (4, "as QSGLD; random bits generated")
     return (None, "")
 
 
 def installed_backends():
-    return [b for b in BACKENDS if importlib.util.find_spec(common.BACKEND_PACKAGES[b]) is not None]
+    return [
+        b
+        for b in BACKENDS
+        if importlib.util.find_spec(common.BACKEND_PACKAGES[b]) is not None
+    ]
 
 
 def build_parser():
-    p = common.parser(__doc__.split("\n\n")[0], TABLES, "results/benchmarks/speed")
+    p = common.parser(
+        __doc__.split("\n\n")[0], TABLES, "results/benchmarks/speed"
+    )
     p.add_argument(
         "--backends",
         default=",".join(installed_backends()),
         help="comma-separated Keras backends among tensorflow, jax, torch, each run in a process of its own",
     )
     sized = [
-        ("--optimizers", str, "apply table: 'all', or names among benchmarks.optimizers"),
-        ("--step-optimizers", str, "step table: names among benchmarks.optimizers"),
-        ("--models", str, "apply table (and breakdown: the first): resnet50 (keras.applications), "
-         "cifar_resnet50, cifar_resnetN (depth N = 6n+2), cnn, mlp (a tiny MLP)"),
+        (
+            "--optimizers",
+            str,
+            "apply table: 'all', or names among benchmarks.optimizers",
+        ),
+        (
+            "--step-optimizers",
+            str,
+            "step table: names among benchmarks.optimizers",
+        ),
+        (
+            "--models",
+            str,
+            "apply table (and breakdown: the first): resnet50 (keras.applications), "
+            "cifar_resnet50, cifar_resnetN (depth N = 6n+2), cnn, mlp (a tiny MLP)",
+        ),
         ("--batch-size", common.positive_int, "step table batch size"),
         ("--step-inputs", common.positive_int, "step table: inputs of the MLP"),
-        ("--step-width", common.positive_int, "step table: width of the MLP's hidden layers"),
-        ("--step-depth", common.positive_int, "step table: hidden layers of the MLP"),
+        (
+            "--step-width",
+            common.positive_int,
+            "step table: width of the MLP's hidden layers",
+        ),
+        (
+            "--step-depth",
+            common.positive_int,
+            "step table: hidden layers of the MLP",
+        ),
     ]
     for flag, kind, text in sized:
         name = flag[2:].replace("-", "_")
-        p.add_argument(flag, type=kind, default=None, help=f"{text} (default: {FULL[name]}; quick: {QUICK[name]})")
+        p.add_argument(
+            flag,
+            type=kind,
+            default=None,
+            help=f"{text} (default: {FULL[name]}; quick: {QUICK[name]})",
+        )
     p.add_argument(
         "--modes",
         default="all",
@@ -156,13 +231,19 @@ def build_parser():
         type=common.positive_int,
         default=None,
         help="timed calls per optimizer, interleaved (median) (default: "
-        + ", ".join(f"{t} {n}" for t, n in DEFAULT_ROUNDS.items()) + f"; quick: {QUICK_ROUNDS})",
+        + ", ".join(f"{t} {n}" for t, n in DEFAULT_ROUNDS.items())
+        + f"; quick: {QUICK_ROUNDS})",
     )
     p.add_argument(
-        "--warmup", type=common.positive_int, default=2, help="untimed calls per optimizer first (compilation)"
+        "--warmup",
+        type=common.positive_int,
+        default=2,
+        help="untimed calls per optimizer first (compilation)",
     )
     # Set by the parent on the process it starts for one backend: measure, store, no tables.
-    p.add_argument("--measure-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--measure-only", action="store_true", help=argparse.SUPPRESS
+    )
     return p
 
 
@@ -171,7 +252,9 @@ def finish(args):
     args.backend_list = parse_list(args.backends)
     unknown = [b for b in args.backend_list if b not in BACKENDS]
     if unknown or not args.backend_list:
-        raise common.UsageError(f"Argument `--backends` must name backends among {BACKENDS}. Received: {args.backends!r}")
+        raise common.UsageError(
+            f"Argument `--backends` must name backends among {BACKENDS}. Received: {args.backends!r}"
+        )
     missing = [b for b in args.backend_list if b not in installed_backends()]
     if missing:
         raise common.UsageError(
@@ -179,7 +262,9 @@ def finish(args):
             f"(pip install keras-qsgld[{','.join(missing)}]). Received: --backends={args.backends!r}"
         )
     args.apply_modes = select_modes(args.modes, APPLY_MODES, "--modes")
-    args.step_modes_of = select_modes(args.step_modes, STEP_MODES, "--step-modes")
+    args.step_modes_of = select_modes(
+        args.step_modes, STEP_MODES, "--step-modes"
+    )
     for name, value in (QUICK if args.quick else FULL).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -187,7 +272,9 @@ def finish(args):
         args.rounds = QUICK_ROUNDS
     args.model_list = parse_list(args.models)
     if not args.model_list:
-        raise common.UsageError(f"Argument `--models` must name at least one model. Received: {args.models!r}")
+        raise common.UsageError(
+            f"Argument `--models` must name at least one model. Received: {args.models!r}"
+        )
     return args
 
 
@@ -202,8 +289,13 @@ def select_modes(text, modes_of, flag):
     chosen = parse_list(text)
     known = {m for modes in modes_of.values() for m in modes}
     if not chosen or any(m not in known for m in chosen):
-        raise common.UsageError(f"Argument `{flag}` must be 'all' or modes among {sorted(known)}. Received: {text!r}")
-    return {b: tuple(m for m in modes if m in chosen) for b, modes in modes_of.items()}
+        raise common.UsageError(
+            f"Argument `{flag}` must be 'all' or modes among {sorted(known)}. Received: {text!r}"
+        )
+    return {
+        b: tuple(m for m in modes if m in chosen)
+        for b, modes in modes_of.items()
+    }
 
 
 def rounds(args, table):
@@ -214,14 +306,23 @@ def rounds(args, table):
 def apply_key(args, backend, model):
     modes = ",".join(args.apply_modes[backend])
     return common.ResultStore.make_key(
-        backend=backend, model=model, modes=modes, opts=args.optimizers, r=rounds(args, "apply"), w=args.warmup
+        backend=backend,
+        model=model,
+        modes=modes,
+        opts=args.optimizers,
+        r=rounds(args, "apply"),
+        w=args.warmup,
     )
 
 
 def step_key(args, backend):
     return common.ResultStore.make_key(
-        backend=backend, modes=",".join(args.step_modes_of[backend]), opts=args.step_optimizers,
-        r=rounds(args, "step"), w=args.warmup, batch=args.batch_size,
+        backend=backend,
+        modes=",".join(args.step_modes_of[backend]),
+        opts=args.step_optimizers,
+        r=rounds(args, "step"),
+        w=args.warmup,
+        batch=args.batch_size,
         mlp=f"{args.step_inputs}x{args.step_width}x{args.step_depth}",
     )
 
@@ -229,7 +330,11 @@ def step_key(args, backend):
 def breakdown_key(args, backend):
     modes = ",".join(args.apply_modes[backend])
     return common.ResultStore.make_key(
-        backend=backend, model=args.model_list[0], modes=modes, r=rounds(args, "breakdown"), w=args.warmup
+        backend=backend,
+        model=args.model_list[0],
+        modes=modes,
+        r=rounds(args, "breakdown"),
+        w=args.warmup,
     )
 
 
@@ -247,7 +352,9 @@ def runs_here(backend):
 def measure(args, backend):
     """Runs this backend's part of the tables asked for, in this process, and stores it."""
     if backend == "tensorflow":
-        common.use_tensorflow_backend("benchmarks.speed")  # also keeps TF's start-up lines quiet
+        common.use_tensorflow_backend(
+            "benchmarks.speed"
+        )  # also keeps TF's start-up lines quiet
     else:
         os.environ["KERAS_BACKEND"] = backend
     # Imported here, not at the top: it imports Keras, which reads KERAS_BACKEND (set just
@@ -257,19 +364,33 @@ def measure(args, backend):
     common.log(f"speed: {backend}, tables {args.table_list}")
     compute = {
         "apply": lambda model: speed_measure.measure_apply(
-            model, speed_measure.optimizer_names(args.optimizers), args.apply_modes[backend],
-            rounds(args, "apply"), args.warmup,
+            model,
+            speed_measure.optimizer_names(args.optimizers),
+            args.apply_modes[backend],
+            rounds(args, "apply"),
+            args.warmup,
         ),
         "step": lambda _: speed_measure.measure_step(
-            speed_measure.optimizer_names(args.step_optimizers), args.step_modes_of[backend], rounds(args, "step"),
-            args.warmup, args.step_inputs, args.step_width, args.step_depth, args.batch_size,
+            speed_measure.optimizer_names(args.step_optimizers),
+            args.step_modes_of[backend],
+            rounds(args, "step"),
+            args.warmup,
+            args.step_inputs,
+            args.step_width,
+            args.step_depth,
+            args.batch_size,
         ),
         "breakdown": lambda model: speed_measure.measure_breakdown(
-            model, args.apply_modes[backend], rounds(args, "breakdown"), args.warmup
+            model,
+            args.apply_modes[backend],
+            rounds(args, "breakdown"),
+            args.warmup,
         ),
     }
     for table, key, model in pending(args, backend):
-        common.ResultStore(args.output_dir, table).put(key, compute[table](model))
+        common.ResultStore(args.output_dir, table).put(
+            key, compute[table](model)
+        )
 
 
 def pending(args, backend):
@@ -278,13 +399,25 @@ def pending(args, backend):
     every backend's records."""
     work = []
     if "apply" in args.table_list and args.apply_modes[backend]:
-        work += [("apply", apply_key(args, backend, model), model) for model in args.model_list]
+        work += [
+            ("apply", apply_key(args, backend, model), model)
+            for model in args.model_list
+        ]
     if "step" in args.table_list and args.step_modes_of[backend]:
         work.append(("step", step_key(args, backend), None))
     if "breakdown" in args.table_list and args.apply_modes[backend]:
-        work.append(("breakdown", breakdown_key(args, backend), args.model_list[0]))
-    stores = {table: common.ResultStore(args.output_dir, table) for table in {w[0] for w in work}}
-    return [(table, key, model) for table, key, model in work if stores[table].get(key, force=args.force) is None]
+        work.append(
+            ("breakdown", breakdown_key(args, backend), args.model_list[0])
+        )
+    stores = {
+        table: common.ResultStore(args.output_dir, table)
+        for table in {w[0] for w in work}
+    }
+    return [
+        (table, key, model)
+        for table, key, model in work
+        if stores[table].get(key, force=args.force) is None
+    ]
 
 
 def measure_in_child(argv, backend):
@@ -293,8 +426,18 @@ def measure_in_child(argv, backend):
     to it) and with this `benchmarks` package importable from there."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, KERAS_BACKEND=backend)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    command = [sys.executable, "-m", "benchmarks.speed", *argv, "--backends", backend, "--measure-only"]
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (root, env.get("PYTHONPATH")) if p
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.speed",
+        *argv,
+        "--backends",
+        backend,
+        "--measure-only",
+    ]
     common.log(f"speed: {backend} in a process of its own")
     code = subprocess.run(command, env=env).returncode
     if code == 130:
@@ -302,7 +445,9 @@ def measure_in_child(argv, backend):
     if code == 2:  # a user error: the child said which, in one line
         raise SystemExit(2)
     if code != 0:
-        raise SystemExit(f"{common.script_name()}: error: the {backend} part failed (exit code {code}); see above")
+        raise SystemExit(
+            f"{common.script_name()}: error: the {backend} part failed (exit code {code}); see above"
+        )
 
 
 # -- tables (from the stored records of every backend) --------------------------------------
@@ -327,29 +472,80 @@ def timing_rows(backend, model, mode, times, first, reference):
     rows = []
     for label, values in times.items():
         t = common.median(values)
-        ref = common.median(times[reference(label)]) if reference(label) in times else float("nan")
-        row = [backend, model, mode, label, f"{t * 1e3:.2f}", f"{min(values) * 1e3:.2f}"]
-        rows.append((row, t, ref, f"{first[label]:.2f}" if label in first else "-"))
+        ref = (
+            common.median(times[reference(label)])
+            if reference(label) in times
+            else float("nan")
+        )
+        row = [
+            backend,
+            model,
+            mode,
+            label,
+            f"{t * 1e3:.2f}",
+            f"{min(values) * 1e3:.2f}",
+        ]
+        rows.append(
+            (row, t, ref, f"{first[label]:.2f}" if label in first else "-")
+        )
     return rows
 
 
 def write_apply(args):
-    records = stored_records(args, "apply", lambda b: [apply_key(args, b, m) for m in args.model_list])
+    records = stored_records(
+        args,
+        "apply",
+        lambda b: [apply_key(args, b, m) for m in args.model_list],
+    )
     rows = []
     for backend, record in records:
         model = f"{record['description']} ({record['params'] / 1e6:.2f}M, {record['n_vars']} vars)"
         sgd_floor = TRAFFIC["sgd"][0]
         for mode, times in record["times"].items():
-            for row, t, sgd, first in timing_rows(backend, model, mode, times, record["first"][mode], lambda _: "sgd"):
+            for row, t, sgd, first in timing_rows(
+                backend,
+                model,
+                mode,
+                times,
+                record["first"][mode],
+                lambda _: "sgd",
+            ):
                 floor, _ = traffic(record["names"][row[3]])
                 floor_ratio = floor / sgd_floor if floor else float("nan")
-                gbps = floor * 4 * record["params"] / t / 1e9 if floor else float("nan")
+                gbps = (
+                    floor * 4 * record["params"] / t / 1e9
+                    if floor
+                    else float("nan")
+                )
                 ratio = t / sgd
-                rows.append(row + [common.fmt(ratio), common.fmt(floor_ratio), common.fmt(floor_ratio / ratio),
-                                   common.fmt(gbps), first])
-    headers = ["backend", "model", "mode", "optimizer", "median ms", "min ms", "ratio to SGD",
-               "traffic floor (ratio to SGD)", "floor / measured", "GB/s at floor bytes", "first call s"]
-    names = list(dict.fromkeys(name for _, record in records for name in record["names"].values()))
+                rows.append(
+                    row
+                    + [
+                        common.fmt(ratio),
+                        common.fmt(floor_ratio),
+                        common.fmt(floor_ratio / ratio),
+                        common.fmt(gbps),
+                        first,
+                    ]
+                )
+    headers = [
+        "backend",
+        "model",
+        "mode",
+        "optimizer",
+        "median ms",
+        "min ms",
+        "ratio to SGD",
+        "traffic floor (ratio to SGD)",
+        "floor / measured",
+        "GB/s at floor bytes",
+        "first call s",
+    ]
+    names = list(
+        dict.fromkeys(
+            name for _, record in records for name in record["names"].values()
+        )
+    )
     setup = records[0][1]["setup"] if records else {}
     notes = timing_notes(args, "apply", rows) + [
         f"Gradients are fixed N(0, {setup.get('gradient_std', float('nan')):g}) tensors; each optimizer at its "
@@ -362,38 +558,79 @@ def write_apply(args):
         "GB/s at floor bytes: floor tensors x 4 bytes x parameters / median time (an effective bandwidth).",
         "First call: the untimed first call, which traces and compiles (torch.compile: tens of seconds).",
     ]
-    return common.write_table(args, "apply", "Cost of one optimizer.apply", headers, rows, notes)
+    return common.write_table(
+        args, "apply", "Cost of one optimizer.apply", headers, rows, notes
+    )
 
 
 def write_step(args):
     rows = []
-    for backend, record in stored_records(args, "step", lambda b: [step_key(args, b)]):
+    for backend, record in stored_records(
+        args, "step", lambda b: [step_key(args, b)]
+    ):
         model = f"{record['description']} ({record['params'] / 1e6:.2f}M), batch {record['batch']}"
         families = record["families"]
         for mode, times in record["times"].items():
-            for row, t, base, first in timing_rows(backend, model, mode, times, record["first"][mode],
-                                                   lambda label: families[label]):
+            for row, t, base, first in timing_rows(
+                backend,
+                model,
+                mode,
+                times,
+                record["first"][mode],
+                lambda label: families[label],
+            ):
                 baseline = families[row[3]]
-                rows.append(row + [baseline, common.fmt(t / base), f"{(t - base) * 1e3:+.2f}", first])
-    headers = ["backend", "model", "mode", "optimizer", "median ms", "min ms", "baseline",
-               "ratio to baseline", "extra ms over baseline", "first call s"]
+                rows.append(
+                    row
+                    + [
+                        baseline,
+                        common.fmt(t / base),
+                        f"{(t - base) * 1e3:+.2f}",
+                        first,
+                    ]
+                )
+    headers = [
+        "backend",
+        "model",
+        "mode",
+        "optimizer",
+        "median ms",
+        "min ms",
+        "baseline",
+        "ratio to baseline",
+        "extra ms over baseline",
+        "first call s",
+    ]
     notes = timing_notes(args, "step", rows) + [
         "A step is `model.train_on_batch(x, y)` on a fixed random batch (no data pipeline): forward, backward "
         "and `optimizer.apply`, as each mode compiles it; every optimizer trains a model of its own from the "
         "same initial weights. The baseline is the optimizer whose step QSGLD and QAdam quantize: SGD and Adam.",
     ]
-    return common.write_table(args, "step", "Cost of one whole training step", headers, rows, notes)
+    return common.write_table(
+        args, "step", "Cost of one whole training step", headers, rows, notes
+    )
 
 
 def write_breakdown(args):
-    records = stored_records(args, "breakdown", lambda b: [breakdown_key(args, b)])
+    records = stored_records(
+        args, "breakdown", lambda b: [breakdown_key(args, b)]
+    )
     rows = []
     for backend, record in records:
         model = f"{record['description']} ({record['params'] / 1e6:.2f}M)"
         for mode, times in record["times"].items():
-            for row, t, sgd, _ in timing_rows(backend, model, mode, times, {}, lambda _: "SGD update"):
+            for row, t, sgd, _ in timing_rows(
+                backend, model, mode, times, {}, lambda _: "SGD update"
+            ):
                 rows.append(row[:5] + [common.fmt(t / sgd)])
-    headers = ["backend", "model", "mode", "operation", "median ms", "ratio to the SGD update (same mode)"]
+    headers = [
+        "backend",
+        "model",
+        "mode",
+        "operation",
+        "median ms",
+        "ratio to the SGD update (same mode)",
+    ]
     setup = records[0][1]["setup"] if records else {}
     notes = timing_notes(args, "breakdown", rows) + [
         "Over the variables of the apply table's model and fixed N(0, "
@@ -404,20 +641,30 @@ def write_breakdown(args):
         "(`keras_qsgld.quantization.sum_of_squares`: rows of 32, then the rows). The norms are the reduction that "
         "QSGLD's compensation adds; the rounded update is QSGLD's elementwise work without it.",
     ]
-    return common.write_table(args, "breakdown", "Where QSGLD's time goes", headers, rows, notes)
+    return common.write_table(
+        args, "breakdown", "Where QSGLD's time goes", headers, rows, notes
+    )
 
 
 def timing_notes(args, table, rows):
-    modes = list(dict.fromkeys((row[0].split(" ")[0], row[2]) for row in rows))  # (backend, mode)
+    modes = list(
+        dict.fromkeys((row[0].split(" ")[0], row[2]) for row in rows)
+    )  # (backend, mode)
     return [
         f"{rounds(args, table)} timed calls per optimizer after {args.warmup} warm-up calls (the first call, which "
         "traces and compiles, is among them), interleaved round-robin in a fresh random order each round; "
         "median and minimum. Each backend runs in a process of its own.",
-        "Modes: " + "; ".join(f"{b} {m}: {MODE_NOTES[table][b, m]}" for b, m in modes) + ".",
+        "Modes: "
+        + "; ".join(f"{b} {m}: {MODE_NOTES[table][b, m]}" for b, m in modes)
+        + ".",
     ]
 
 
-WRITERS = {"apply": write_apply, "step": write_step, "breakdown": write_breakdown}
+WRITERS = {
+    "apply": write_apply,
+    "step": write_step,
+    "breakdown": write_breakdown,
+}
 
 
 def main(argv=None):

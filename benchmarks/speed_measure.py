@@ -11,8 +11,19 @@ from keras import ops
 
 from benchmarks import common
 from benchmarks import optimizers as bopt
-from benchmarks.backends import BACKEND, COMPILE_ARGS, apply_function, block, compile_fn, device, update_function
-from keras_qsgld.experiments.defaults import DEFAULT_LEARNING_RATE, PAPER_PRESETS
+from benchmarks.backends import (
+    BACKEND,
+    COMPILE_ARGS,
+    apply_function,
+    block,
+    compile_fn,
+    device,
+    update_function,
+)
+from keras_qsgld.experiments.defaults import (
+    DEFAULT_LEARNING_RATE,
+    PAPER_PRESETS,
+)
 from keras_qsgld.experiments.models import build_model
 from keras_qsgld.optimizer import QuantizedOptimizer
 from keras_qsgld.quantization import sum_of_squares
@@ -21,7 +32,9 @@ from keras_qsgld.schedules import DEFAULT_ETA
 # The schedules are evaluated as in the paper's CIFAR-10 run: 200 epochs of 390 batches of
 # 128 of its 50000 training images.
 _PAPER = PAPER_PRESETS["paper-cifar10"]
-SCHEDULE = dict(steps_per_epoch=50000 // _PAPER["batch_size"], epochs=_PAPER["epochs"])
+SCHEDULE = dict(
+    steps_per_epoch=50000 // _PAPER["batch_size"], epochs=_PAPER["epochs"]
+)
 GRADIENT_STD = 1e-3  # the fixed random gradients: N(0, GRADIENT_STD)
 CLASSES = 10  # the step table's MLP
 
@@ -40,10 +53,14 @@ def make_model(name):
     depend on the weights, and `keras.utils.set_random_seed` imports TensorFlow (to seed it)
     wherever it is installed, also in a PyTorch process."""
     if name == "resnet50":
-        return build_model("resnet50", (224, 224, 3), 1000), "keras.applications.ResNet50"
+        return build_model(
+            "resnet50", (224, 224, 3), 1000
+        ), "keras.applications.ResNet50"
     if name.startswith("cifar_resnet"):
-        depth = int(name[len("cifar_resnet"):] or 50)
-        return build_model("cifar_resnet", (32, 32, 3), 10, depth=depth), f"CIFAR ResNet-{depth}"
+        depth = int(name[len("cifar_resnet") :] or 50)
+        return build_model(
+            "cifar_resnet", (32, 32, 3), 10, depth=depth
+        ), f"CIFAR ResNet-{depth}"
     if name == "cnn":
         return build_model("cnn", (28, 28, 1), 10), "paper's CNN"
     if name == "mlp":  # the quick mode's model
@@ -56,7 +73,9 @@ def make_model(name):
 def build_optimizer(name, jit_compile=True):
     """The optimizer `name` at its default learning rate, with the paper's CIFAR schedules;
     `jit_compile=False` turns off the eager XLA update of the quantized optimizers."""
-    optimizer = bopt.build(name, bopt.default_learning_rate(name), seed=0, **SCHEDULE)
+    optimizer = bopt.build(
+        name, bopt.default_learning_rate(name), seed=0, **SCHEDULE
+    )
     if isinstance(optimizer, QuantizedOptimizer):
         optimizer.jit_compile = jit_compile
     return optimizer
@@ -78,7 +97,10 @@ def candidates(names, mode):
 
 def random_tensors(shapes, seed=0, std=GRADIENT_STD):
     rng = np.random.default_rng(seed)
-    return [ops.convert_to_tensor(rng.normal(0, std, shape).astype("float32")) for shape in shapes]
+    return [
+        ops.convert_to_tensor(rng.normal(0, std, shape).astype("float32"))
+        for shape in shapes
+    ]
 
 
 def parameter_count(variables):
@@ -93,7 +115,9 @@ def time_mode(record, mode, functions, rounds, warmup, what):
         functions,
         rounds,
         warmup=warmup,
-        progress=lambda message: common.log(f"{what} {BACKEND} {mode}: {message}"),
+        progress=lambda message: common.log(
+            f"{what} {BACKEND} {mode}: {message}"
+        ),
         first_calls=record["first"][mode],
     )
 
@@ -123,10 +147,16 @@ def measure_apply(model_name, names, modes, rounds, warmup):
     for mode in modes:
         functions = {}
         for label, name, jit_compile in candidates(names, mode):
-            functions[label] = apply_function(build_optimizer(name, jit_compile), grads, variables, mode)
+            functions[label] = apply_function(
+                build_optimizer(name, jit_compile), grads, variables, mode
+            )
             record["names"][label] = name
-        common.log(f"apply: {model_name} ({record['params']:,} params), {BACKEND} {mode}: {len(functions)} optimizers")
-        time_mode(record, mode, functions, rounds, warmup, f"apply {model_name}")
+        common.log(
+            f"apply: {model_name} ({record['params']:,} params), {BACKEND} {mode}: {len(functions)} optimizers"
+        )
+        time_mode(
+            record, mode, functions, rounds, warmup, f"apply {model_name}"
+        )
     return record
 
 
@@ -137,9 +167,13 @@ def measure_step(names, modes, rounds, warmup, inputs, width, depth, batch):
     x = rng.normal(size=(batch, inputs)).astype("float32")
     y = rng.integers(0, CLASSES, batch).astype("int32")
     hidden = (width,) * depth
-    initial = build_model("mlp", (inputs,), CLASSES, hidden=hidden)  # not seeded: see make_model
+    initial = build_model(
+        "mlp", (inputs,), CLASSES, hidden=hidden
+    )  # not seeded: see make_model
     record = {
-        "description": f"MLP {inputs}-" + "-".join(map(str, hidden)) + f"-{CLASSES}",
+        "description": f"MLP {inputs}-"
+        + "-".join(map(str, hidden))
+        + f"-{CLASSES}",
         "params": parameter_count(initial.trainable_variables),
         "device": device(),
         "batch": batch,
@@ -152,18 +186,30 @@ def measure_step(names, modes, rounds, warmup, inputs, width, depth, batch):
         for name in names:
             model = build_model("mlp", (inputs,), CLASSES, hidden=hidden)
             model.set_weights(initial.get_weights())
-            model.compile(optimizer=build_optimizer(name), loss="sparse_categorical_crossentropy", **COMPILE_ARGS[mode])
+            model.compile(
+                optimizer=build_optimizer(name),
+                loss="sparse_categorical_crossentropy",
+                **COMPILE_ARGS[mode],
+            )
             functions[name] = lambda model=model: model.train_on_batch(x, y)
-        common.log(f"step: {record['description']} ({record['params']:,} params) batch {batch}, {BACKEND} {mode}")
+        common.log(
+            f"step: {record['description']} ({record['params']:,} params) batch {batch}, {BACKEND} {mode}"
+        )
         time_mode(record, mode, functions, rounds, warmup, "step")
     return record
 
 
-BREAKDOWN_LR, BREAKDOWN_QP = DEFAULT_LEARNING_RATE["qsgld"], DEFAULT_ETA  # QSGLD's defaults
+BREAKDOWN_LR, BREAKDOWN_QP = (
+    DEFAULT_LEARNING_RATE["qsgld"],
+    DEFAULT_ETA,
+)  # QSGLD's defaults
 
 
 def sgd_update(values, grads):
-    return [ops.subtract(v, ops.multiply(g, BREAKDOWN_LR)) for v, g in zip(values, grads)]
+    return [
+        ops.subtract(v, ops.multiply(g, BREAKDOWN_LR))
+        for v, g in zip(values, grads)
+    ]
 
 
 def gradient_norms(grads):
@@ -180,23 +226,39 @@ def gradient_norms_two_level(grads):
 def rounded_update(values, grads):
     """QSGLD's rounded step `floor(-lr Qp g + 1/2) / Qp`, without the norm."""
     lr, qp = BREAKDOWN_LR, BREAKDOWN_QP
-    return [ops.add(v, ops.divide(ops.floor(ops.add(ops.multiply(g, -lr * qp), 0.5)), qp)) for v, g in zip(values, grads)]
+    return [
+        ops.add(
+            v,
+            ops.divide(ops.floor(ops.add(ops.multiply(g, -lr * qp), 0.5)), qp),
+        )
+        for v, g in zip(values, grads)
+    ]
 
 
 def measure_breakdown(model_name, modes, rounds, warmup):
     """Times the parts of QSGLD's update over the model's trainable variables, per mode: the
     SGD update and the rounded update in place, the per-tensor norms alone (as one reduction
     each, and as QSGLD sums them)."""
-    variables, grads, record = model_setup(model_name, learning_rate=BREAKDOWN_LR, qp=BREAKDOWN_QP)
+    variables, grads, record = model_setup(
+        model_name, learning_rate=BREAKDOWN_LR, qp=BREAKDOWN_QP
+    )
     for mode in modes:
         norms = compile_fn(gradient_norms, mode)
         two_level = compile_fn(gradient_norms_two_level, mode)
         functions = {
             "SGD update": update_function(sgd_update, variables, grads, mode),
-            "per-tensor norms only, one reduction each": lambda norms=norms: block(norms(grads)),
-            "per-tensor norms only, QSGLD's two-level sum": lambda two_level=two_level: block(two_level(grads)),
-            "rounded update only": update_function(rounded_update, variables, grads, mode),
+            "per-tensor norms only, one reduction each": lambda norms=norms: (
+                block(norms(grads))
+            ),
+            "per-tensor norms only, QSGLD's two-level sum": lambda two_level=two_level: (
+                block(two_level(grads))
+            ),
+            "rounded update only": update_function(
+                rounded_update, variables, grads, mode
+            ),
         }
-        common.log(f"breakdown: {model_name} ({record['params']:,} params), {BACKEND} {mode}")
+        common.log(
+            f"breakdown: {model_name} ({record['params']:,} params), {BACKEND} {mode}"
+        )
         time_mode(record, mode, functions, rounds, warmup, "breakdown")
     return record

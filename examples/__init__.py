@@ -17,7 +17,10 @@ def import_tensorflow_quietly():
     `TF_CPP_MIN_LOG_LEVEL` is 0 or empty (set to 2 if unset): a user who asks for
     TensorFlow's logs gets them. Errors are raised as usual (with their message)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "tensorflow" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] in ("", "0"):
+    if "tensorflow" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] in (
+        "",
+        "0",
+    ):
         return
     if importlib.util.find_spec("tensorflow") is None:
         return
@@ -34,8 +37,15 @@ def import_tensorflow_quietly():
 
 def quiet_startup():
     """`import_tensorflow_quietly()` when Keras will run on TensorFlow (the default)."""
-    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow" and "keras" not in sys.modules:
+    if (
+        os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow"
+        and "keras" not in sys.modules
+    ):
         import_tensorflow_quietly()
 
 
-quiet_startup()
+# Only while Python imports this package on its way to a script (`python -m examples.<script>`:
+# sys.argv[0] is "-m" until the script itself runs), not when a test or another script
+# imports a function from it and chooses its backend itself.
+if sys.argv[:1] == ["-m"]:
+    quiet_startup()

@@ -20,18 +20,24 @@ import dataclasses
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: fewer C++ logs
+os.environ.setdefault(
+    "TF_CPP_MIN_LOG_LEVEL", "2"
+)  # before TensorFlow loads: fewer C++ logs
 
-from keras_qsgld.experiments import cli  # noqa: E402
-from keras_qsgld.experiments.defaults import DEFAULT_LEARNING_RATE  # noqa: E402
-from keras_qsgld.experiments.fitting import FitConfig, compare  # noqa: E402
+from keras_qsgld.experiments import cli
+from keras_qsgld.experiments.defaults import DEFAULT_LEARNING_RATE
+from keras_qsgld.experiments.fitting import FitConfig, compare
 
 PROG = "demo.py"
 DEMO = FitConfig(
     dataset="digits",
     model="mlp",
     optimizers=("qsgld", "sgd", "adam"),
-    learning_rates={"qsgld": 0.05, "sgd": 0.05, "adam": DEFAULT_LEARNING_RATE["adam"]},
+    learning_rates={
+        "qsgld": 0.05,
+        "sgd": 0.05,
+        "adam": DEFAULT_LEARNING_RATE["adam"],
+    },
     batch_size=32,
     epochs=40,
     seed=0,
@@ -41,13 +47,32 @@ DEMO = FitConfig(
 
 
 def build_parser():
-    p = cli.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-dir", default=DEMO.output_dir, help="default %(default)s")
-    p.add_argument("--epochs", type=cli.positive_int, default=DEMO.epochs, help="default %(default)s")
-    p.add_argument("--max-examples", type=cli.positive_int,
-                   help="use only the first N examples of each split (default: all)")
-    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=DEMO.verbose,
-                   help="Keras' display: 2 one line per epoch (default), 1 progress bar, 0 none")
+    p = cli.ArgumentParser(
+        prog=PROG,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--output-dir", default=DEMO.output_dir, help="default %(default)s"
+    )
+    p.add_argument(
+        "--epochs",
+        type=cli.positive_int,
+        default=DEMO.epochs,
+        help="default %(default)s",
+    )
+    p.add_argument(
+        "--max-examples",
+        type=cli.positive_int,
+        help="use only the first N examples of each split (default: all)",
+    )
+    p.add_argument(
+        "--verbose",
+        type=int,
+        choices=(0, 1, 2),
+        default=DEMO.verbose,
+        help="Keras' display: 2 one line per epoch (default), 1 progress bar, 0 none",
+    )
     return p
 
 

@@ -37,41 +37,108 @@ import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: fewer C++ logs
-BACKEND = os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # before Keras loads
+os.environ.setdefault(
+    "TF_CPP_MIN_LOG_LEVEL", "2"
+)  # before TensorFlow loads: fewer C++ logs
+BACKEND = os.environ.setdefault(
+    "KERAS_BACKEND", "tensorflow"
+)  # before Keras loads
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import tensorflow as tf
 
-from keras_qsgld import QSGLD, CompensationSchedule, QAdam, ResolutionSchedule  # noqa: E402
-from keras_qsgld.experiments import cli  # noqa: E402
-from keras_qsgld.experiments.datasets import DATASETS, load_dataset  # noqa: E402
-from keras_qsgld.experiments.defaults import DEFAULT_LEARNING_RATE, DEFAULT_MODEL  # noqa: E402
-from keras_qsgld.experiments.models import MODELS, build_model  # noqa: E402
+from keras_qsgld import QSGLD, CompensationSchedule, QAdam, ResolutionSchedule
+from keras_qsgld.experiments import cli
+from keras_qsgld.experiments.datasets import DATASETS, load_dataset
+from keras_qsgld.experiments.defaults import (
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_MODEL,
+)
+from keras_qsgld.experiments.models import MODELS, build_model
 
 PROG = "distributed.py"
 OPTIMIZERS = {"qsgld": QSGLD, "qadam": QAdam}
 
 
 def build_parser():
-    p = cli.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0] + " See docs/scaling.md.")
-    p.add_argument("--dataset", choices=DATASETS, default="digits", help="data set (default %(default)s)")
-    p.add_argument("--model", choices=MODELS,
-                   help="model (default per data set: " + ", ".join(f"{d} {m}" for d, m in DEFAULT_MODEL.items()) + ")")
-    p.add_argument("--data-dir", help="tensorflow-datasets folder (TFDS data sets)")
-    p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="qsgld", help="(default %(default)s)")
-    p.add_argument("--learning-rate", type=cli.positive_float,
-                   help="default " + ", ".join(f"{DEFAULT_LEARNING_RATE[n]:g} for {n}" for n in OPTIMIZERS))
-    p.add_argument("--epochs", type=cli.positive_int, default=2, help="(default %(default)s)")
-    p.add_argument("--batch-size", type=cli.positive_int, default=128, help="the global batch (default %(default)s)")
-    p.add_argument("--max-examples", type=cli.positive_int, help="use only this many examples")
-    p.add_argument("--seed", type=cli.non_negative_int, default=0, help="(default %(default)s)")
-    p.add_argument("--cpu-devices", type=cli.positive_int,
-                   help="without TF_CONFIG: split the CPU into this many logical devices")
-    p.add_argument("--output-dir", default=os.path.join("results", "distributed"), help="(default %(default)s)")
-    p.add_argument("--backup-dir", help="back up at the end of every epoch (one folder per worker); "
-                                        "restarted workers resume from the last finished epoch")
-    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2, help="(default %(default)s)")
+    p = cli.ArgumentParser(
+        prog=PROG, description=__doc__.splitlines()[0] + " See docs/scaling.md."
+    )
+    p.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="digits",
+        help="data set (default %(default)s)",
+    )
+    p.add_argument(
+        "--model",
+        choices=MODELS,
+        help="model (default per data set: "
+        + ", ".join(f"{d} {m}" for d, m in DEFAULT_MODEL.items())
+        + ")",
+    )
+    p.add_argument(
+        "--data-dir", help="tensorflow-datasets folder (TFDS data sets)"
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=tuple(OPTIMIZERS),
+        default="qsgld",
+        help="(default %(default)s)",
+    )
+    p.add_argument(
+        "--learning-rate",
+        type=cli.positive_float,
+        help="default "
+        + ", ".join(
+            f"{DEFAULT_LEARNING_RATE[n]:g} for {n}" for n in OPTIMIZERS
+        ),
+    )
+    p.add_argument(
+        "--epochs",
+        type=cli.positive_int,
+        default=2,
+        help="(default %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=cli.positive_int,
+        default=128,
+        help="the global batch (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-examples",
+        type=cli.positive_int,
+        help="use only this many examples",
+    )
+    p.add_argument(
+        "--seed",
+        type=cli.non_negative_int,
+        default=0,
+        help="(default %(default)s)",
+    )
+    p.add_argument(
+        "--cpu-devices",
+        type=cli.positive_int,
+        help="without TF_CONFIG: split the CPU into this many logical devices",
+    )
+    p.add_argument(
+        "--output-dir",
+        default=os.path.join("results", "distributed"),
+        help="(default %(default)s)",
+    )
+    p.add_argument(
+        "--backup-dir",
+        help="back up at the end of every epoch (one folder per worker); "
+        "restarted workers resume from the last finished epoch",
+    )
+    p.add_argument(
+        "--verbose",
+        type=int,
+        choices=(0, 1, 2),
+        default=2,
+        help="(default %(default)s)",
+    )
     return p
 
 
@@ -93,8 +160,13 @@ def patch_multi_worker_reduce(strategy):
         if isinstance(value, (tuple, list)):
             return type(value)(nested_reduce(reduce_op, v, axis) for v in value)
         if isinstance(value, dict):
-            return {k: nested_reduce(reduce_op, v, axis) for k, v in value.items()}
-        if axis is not None and strategy.experimental_local_results(value)[0].shape.rank == 0:
+            return {
+                k: nested_reduce(reduce_op, v, axis) for k, v in value.items()
+            }
+        if (
+            axis is not None
+            and strategy.experimental_local_results(value)[0].shape.rank == 0
+        ):
             axis = None
         return reduce(reduce_op, value, axis=axis)
 
@@ -112,14 +184,22 @@ def make_strategy(cpu_devices=None):
         try:
             task = json.loads(os.environ["TF_CONFIG"]).get("task", {})
         except (ValueError, AttributeError) as error:
-            raise cli.UserError(f"TF_CONFIG is not a JSON object with a 'task': {error}") from error
-        strategy = patch_multi_worker_reduce(tf.distribute.MultiWorkerMirroredStrategy())
+            raise cli.UserError(
+                f"TF_CONFIG is not a JSON object with a 'task': {error}"
+            ) from error
+        strategy = patch_multi_worker_reduce(
+            tf.distribute.MultiWorkerMirroredStrategy()
+        )
         return strategy, int(task.get("index", 0))
     devices = None
     if cpu_devices:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(cpu_devices)]
+            cpu,
+            [
+                tf.config.LogicalDeviceConfiguration()
+                for _ in range(cpu_devices)
+            ],
         )
         if not tf.config.list_physical_devices("GPU"):
             devices = [d.name for d in tf.config.list_logical_devices("CPU")]
@@ -137,32 +217,66 @@ def train(args):
     keras.utils.set_random_seed(args.seed)
     with cli.user_errors():
         # No shuffling: the same data order on every worker and on every restart.
-        data = load_dataset(args.dataset, batch_size=args.batch_size, data_dir=args.data_dir,
-                            shuffle=False, seed=args.seed, drop_remainder=True,
-                            max_examples=args.max_examples)
+        data = load_dataset(
+            args.dataset,
+            batch_size=args.batch_size,
+            data_dir=args.data_dir,
+            shuffle=False,
+            seed=args.seed,
+            drop_remainder=True,
+            max_examples=args.max_examples,
+        )
     # Each worker reads the whole (small, in-memory) data set and keeps its share of every
     # global batch; with files (TFRecord), AUTO would shard by file instead.
     options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    train_data, test_data = data.train.with_options(options), data.test.with_options(options)
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
+    train_data, test_data = (
+        data.train.with_options(options),
+        data.test.with_options(options),
+    )
     steps = data.steps_per_epoch
     with strategy.scope(), cli.user_errors():
-        model = build_model(args.model or DEFAULT_MODEL[args.dataset], data.input_shape, data.num_classes, seed=args.seed)
+        model = build_model(
+            args.model or DEFAULT_MODEL[args.dataset],
+            data.input_shape,
+            data.num_classes,
+            seed=args.seed,
+        )
         optimizer = OPTIMIZERS[args.optimizer](
             args.learning_rate or DEFAULT_LEARNING_RATE[args.optimizer],
             resolution=ResolutionSchedule(steps_per_epoch=steps),
-            compensation=CompensationSchedule.from_budget(args.epochs, steps_per_epoch=steps),
+            compensation=CompensationSchedule.from_budget(
+                args.epochs, steps_per_epoch=steps
+            ),
         )
         # jit_compile="auto" (the default) is False under tf.distribute: Keras disables XLA.
-        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.compile(
+            optimizer=optimizer,
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
     callbacks = []
     if args.backup_dir:
-        callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(args.backup_dir, f"worker{worker}")))
-    history = model.fit(train_data, epochs=args.epochs, validation_data=test_data, shuffle=False,
-                        callbacks=callbacks, verbose=args.verbose)
+        callbacks.append(
+            keras.callbacks.BackupAndRestore(
+                os.path.join(args.backup_dir, f"worker{worker}")
+            )
+        )
+    history = model.fit(
+        train_data,
+        epochs=args.epochs,
+        validation_data=test_data,
+        shuffle=False,
+        callbacks=callbacks,
+        verbose=args.verbose,
+    )
 
     os.makedirs(args.output_dir, exist_ok=True)
-    model.save_weights(os.path.join(args.output_dir, f"worker{worker}.weights.h5"))
+    model.save_weights(
+        os.path.join(args.output_dir, f"worker{worker}.weights.h5")
+    )
     summary = {
         "worker": worker,
         "strategy": type(strategy).__name__,
@@ -170,12 +284,16 @@ def train(args):
         "jit_compile": bool(model.jit_compile),
         "steps_per_epoch": steps,
         "iterations": int(optimizer.iterations.numpy()),
-        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "history": {
+            k: [float(v) for v in vs] for k, vs in history.history.items()
+        },
     }
     with open(os.path.join(args.output_dir, f"worker{worker}.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    print(f"worker {worker}: {summary['strategy']} with {summary['num_replicas_in_sync']} replicas, "
-          f"final loss {summary['history']['loss'][-1]:.4f}, weights in {args.output_dir}")
+    print(
+        f"worker {worker}: {summary['strategy']} with {summary['num_replicas_in_sync']} replicas, "
+        f"final loss {summary['history']['loss'][-1]:.4f}, weights in {args.output_dir}"
+    )
 
 
 def main(argv=None):

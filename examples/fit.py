@@ -21,26 +21,45 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: fewer C++ logs
+os.environ.setdefault(
+    "TF_CPP_MIN_LOG_LEVEL", "2"
+)  # before TensorFlow loads: fewer C++ logs
 
-from keras_qsgld.experiments import cli  # noqa: E402
-from keras_qsgld.experiments.datasets import DATASETS  # noqa: E402
-from keras_qsgld.experiments.defaults import DEFAULT_LEARNING_RATE, DEFAULT_MODEL, PAPER_PRESETS  # noqa: E402
-from keras_qsgld.experiments.fitting import OPTIMIZERS, FitConfig, compare  # noqa: E402
-from keras_qsgld.experiments.models import MODELS  # noqa: E402
-from keras_qsgld.quantization import ROUNDING_MODES  # noqa: E402
-from keras_qsgld.schedules import DEFAULT_WARMUP_FRACTION, GATES  # noqa: E402
+from keras_qsgld.experiments import cli
+from keras_qsgld.experiments.datasets import DATASETS
+from keras_qsgld.experiments.defaults import (
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_MODEL,
+    PAPER_PRESETS,
+)
+from keras_qsgld.experiments.fitting import OPTIMIZERS, FitConfig, compare
+from keras_qsgld.experiments.models import MODELS
+from keras_qsgld.quantization import ROUNDING_MODES
+from keras_qsgld.schedules import DEFAULT_WARMUP_FRACTION, GATES
 
 PROG = "fit.py"
 DEFAULTS = FitConfig()
 # Flags that a --preset sets when they are not given (the FitConfig field of each).
-PRESET_KEYS = ("dataset", "model", "depth", "batch_size", "epochs", "augment", "shuffle", "drop_remainder")
+PRESET_KEYS = (
+    "dataset",
+    "model",
+    "depth",
+    "batch_size",
+    "epochs",
+    "augment",
+    "shuffle",
+    "drop_remainder",
+)
 
 
 def optimizer_list(text):
     """--optimizer: one name or a comma-separated list, each name once."""
     names = [name.strip().lower() for name in text.split(",") if name.strip()]
-    if not names or any(name not in OPTIMIZERS for name in names) or len(set(names)) < len(names):
+    if (
+        not names
+        or any(name not in OPTIMIZERS for name in names)
+        or len(set(names)) < len(names)
+    ):
         raise argparse.ArgumentTypeError(
             f"expected distinct names from {', '.join(OPTIMIZERS)}, separated by commas; received {text!r}"
         )
@@ -57,7 +76,9 @@ def learning_rates(text):
         name, _, value = item.partition("=")
         name = name.strip().lower()
         if name not in OPTIMIZERS:
-            raise argparse.ArgumentTypeError(f"expected optimizers from {', '.join(OPTIMIZERS)}; received {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected optimizers from {', '.join(OPTIMIZERS)}; received {text!r}"
+            )
         table[name] = number(value)
     return table
 
@@ -70,71 +91,177 @@ def build_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = p.add_argument_group("data and model")
-    g.add_argument("--preset", choices=sorted(PAPER_PRESETS),
-                   help="the authors' protocol (data set, model, batch size, epochs, learning "
-                        "rates, optimizers, no augmentation, no shuffling, drop_last); other "
-                        "flags override it")
-    g.add_argument("--dataset", choices=DATASETS, help=f"data set (default {DEFAULTS.dataset})")
-    g.add_argument("--model", choices=MODELS,
-                   help="model (default per data set: " + ", ".join(f"{d} {m}" for d, m in DEFAULT_MODEL.items()) + ")")
-    g.add_argument("--depth", type=cli.positive_int,
-                   help=f"depth 6n+2 of cifar_resnet (default {DEFAULTS.depth}, the authors' 'ResNet-50')")
-    g.add_argument("--data-dir", help="tensorflow-datasets folder with (or for) the downloaded data")
-    g.add_argument("--augment", action=argparse.BooleanOptionalAction,
-                   help="random crop (and flip for CIFAR; a shift for mnist1d); default off, as in the paper")
-    g.add_argument("--shuffle", action=argparse.BooleanOptionalAction,
-                   help="reshuffle the training set each epoch (default on; off in presets)")
-    g.add_argument("--drop-remainder", action=argparse.BooleanOptionalAction,
-                   help="drop the last partial batch (default off; on in presets)")
-    g.add_argument("--max-examples", type=cli.positive_int,
-                   help="use only the first N examples of each split (quick runs)")
+    g.add_argument(
+        "--preset",
+        choices=sorted(PAPER_PRESETS),
+        help="the authors' protocol (data set, model, batch size, epochs, learning "
+        "rates, optimizers, no augmentation, no shuffling, drop_last); other "
+        "flags override it",
+    )
+    g.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        help=f"data set (default {DEFAULTS.dataset})",
+    )
+    g.add_argument(
+        "--model",
+        choices=MODELS,
+        help="model (default per data set: "
+        + ", ".join(f"{d} {m}" for d, m in DEFAULT_MODEL.items())
+        + ")",
+    )
+    g.add_argument(
+        "--depth",
+        type=cli.positive_int,
+        help=f"depth 6n+2 of cifar_resnet (default {DEFAULTS.depth}, the authors' 'ResNet-50')",
+    )
+    g.add_argument(
+        "--data-dir",
+        help="tensorflow-datasets folder with (or for) the downloaded data",
+    )
+    g.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        help="random crop (and flip for CIFAR; a shift for mnist1d); default off, as in the paper",
+    )
+    g.add_argument(
+        "--shuffle",
+        action=argparse.BooleanOptionalAction,
+        help="reshuffle the training set each epoch (default on; off in presets)",
+    )
+    g.add_argument(
+        "--drop-remainder",
+        action=argparse.BooleanOptionalAction,
+        help="drop the last partial batch (default off; on in presets)",
+    )
+    g.add_argument(
+        "--max-examples",
+        type=cli.positive_int,
+        help="use only the first N examples of each split (quick runs)",
+    )
 
     g = p.add_argument_group("training")
-    g.add_argument("--optimizer", type=optimizer_list,
-                   help=f"optimizer, or a comma-separated list to compare, from {', '.join(OPTIMIZERS)} "
-                        f"(default {','.join(DEFAULTS.optimizers)})")
-    g.add_argument("--lr", type=learning_rates,
-                   help="learning rate: one number for every optimizer, or per optimizer as "
-                        "'qsgld=0.05,adam=0.001' (the others keep theirs). Default: the preset's, "
-                        "else each optimizer's: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LEARNING_RATE.items()))
-    g.add_argument("--epochs", type=cli.positive_int, help=f"epochs (default {DEFAULTS.epochs})")
-    g.add_argument("--batch-size", type=cli.positive_int, help=f"batch size (default {DEFAULTS.batch_size})")
-    g.add_argument("--seed", type=cli.non_negative_int, default=DEFAULTS.seed,
-                   help="seed of the initial weights, the data order and random rounding (default %(default)s)")
-    g.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=DEFAULTS.jit_compile,
-                   help="compile the train step with XLA (default off: slower on CPU)")
-    g.add_argument("--weight-decay", type=cli.non_negative_float,
-                   help="decoupled weight decay for every optimizer (default: each one's own)")
+    g.add_argument(
+        "--optimizer",
+        type=optimizer_list,
+        help=f"optimizer, or a comma-separated list to compare, from {', '.join(OPTIMIZERS)} "
+        f"(default {','.join(DEFAULTS.optimizers)})",
+    )
+    g.add_argument(
+        "--lr",
+        type=learning_rates,
+        help="learning rate: one number for every optimizer, or per optimizer as "
+        "'qsgld=0.05,adam=0.001' (the others keep theirs). Default: the preset's, "
+        "else each optimizer's: "
+        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LEARNING_RATE.items()),
+    )
+    g.add_argument(
+        "--epochs",
+        type=cli.positive_int,
+        help=f"epochs (default {DEFAULTS.epochs})",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=cli.positive_int,
+        help=f"batch size (default {DEFAULTS.batch_size})",
+    )
+    g.add_argument(
+        "--seed",
+        type=cli.non_negative_int,
+        default=DEFAULTS.seed,
+        help="seed of the initial weights, the data order and random rounding (default %(default)s)",
+    )
+    g.add_argument(
+        "--jit-compile",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULTS.jit_compile,
+        help="compile the train step with XLA (default off: slower on CPU)",
+    )
+    g.add_argument(
+        "--weight-decay",
+        type=cli.non_negative_float,
+        help="decoupled weight decay for every optimizer (default: each one's own)",
+    )
 
     g = p.add_argument_group("QSGLD / QAdam")
-    g.add_argument("--eta", type=cli.positive_float, default=DEFAULTS.eta,
-                   help="resolution scale eta of Qp (default %(default)g, the authors')")
-    g.add_argument("--base", type=float, default=DEFAULTS.base, help="growth factor b >= 1.01 of Qp (default %(default)g)")
-    g.add_argument("--kappa", type=cli.non_negative_float, default=DEFAULTS.kappa,
-                   help="slope per epoch of the compensation gate (default %(default)g)")
-    g.add_argument("--tau0", type=float,
-                   help=f"gate switch-off epoch (default {DEFAULT_WARMUP_FRACTION:g} x epochs, as in the paper)")
-    g.add_argument("--gate", choices=GATES, default=DEFAULTS.gate,
-                   help="gate form: logistic (paper) or tanh (authors' code) (default %(default)s)")
-    g.add_argument("--no-compensation", dest="compensation", action="store_false", help="no compensation term")
-    g.add_argument("--rounding", choices=ROUNDING_MODES, default=DEFAULTS.rounding,
-                   help="nearest (paper), floor (authors' code), or the random modes, seeded by "
-                        "--seed (default %(default)s)")
-    g.add_argument("--momentum", type=float, default=DEFAULTS.momentum,
-                   help="QSGLD momentum in [0, 1) (0 in the paper) (default %(default)s)")
-    g.add_argument("--nesterov", action="store_true", help="Nesterov momentum for QSGLD")
+    g.add_argument(
+        "--eta",
+        type=cli.positive_float,
+        default=DEFAULTS.eta,
+        help="resolution scale eta of Qp (default %(default)g, the authors')",
+    )
+    g.add_argument(
+        "--base",
+        type=float,
+        default=DEFAULTS.base,
+        help="growth factor b >= 1.01 of Qp (default %(default)g)",
+    )
+    g.add_argument(
+        "--kappa",
+        type=cli.non_negative_float,
+        default=DEFAULTS.kappa,
+        help="slope per epoch of the compensation gate (default %(default)g)",
+    )
+    g.add_argument(
+        "--tau0",
+        type=float,
+        help=f"gate switch-off epoch (default {DEFAULT_WARMUP_FRACTION:g} x epochs, as in the paper)",
+    )
+    g.add_argument(
+        "--gate",
+        choices=GATES,
+        default=DEFAULTS.gate,
+        help="gate form: logistic (paper) or tanh (authors' code) (default %(default)s)",
+    )
+    g.add_argument(
+        "--no-compensation",
+        dest="compensation",
+        action="store_false",
+        help="no compensation term",
+    )
+    g.add_argument(
+        "--rounding",
+        choices=ROUNDING_MODES,
+        default=DEFAULTS.rounding,
+        help="nearest (paper), floor (authors' code), or the random modes, seeded by "
+        "--seed (default %(default)s)",
+    )
+    g.add_argument(
+        "--momentum",
+        type=float,
+        default=DEFAULTS.momentum,
+        help="QSGLD momentum in [0, 1) (0 in the paper) (default %(default)s)",
+    )
+    g.add_argument(
+        "--nesterov", action="store_true", help="Nesterov momentum for QSGLD"
+    )
 
     g = p.add_argument_group("outputs")
-    g.add_argument("--output-dir", default=DEFAULTS.output_dir,
-                   help="folder for logs, metrics and plots; a run that does not resume first "
-                        "deletes its previous log.csv and tensorboard/ there (default %(default)s)")
-    g.add_argument("--backup-dir",
-                   help="back each run up there at the end of every epoch "
-                        "(keras.callbacks.BackupAndRestore): the same command, run again after "
-                        "a crash or Ctrl-C, resumes from the last finished epoch")
-    g.add_argument("--verbose", type=int, choices=(0, 1, 2), default=DEFAULTS.verbose,
-                   help="Keras' display: 1 progress bar (default), 2 one line per epoch, 0 none")
-    g.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
+    g.add_argument(
+        "--output-dir",
+        default=DEFAULTS.output_dir,
+        help="folder for logs, metrics and plots; a run that does not resume first "
+        "deletes its previous log.csv and tensorboard/ there (default %(default)s)",
+    )
+    g.add_argument(
+        "--backup-dir",
+        help="back each run up there at the end of every epoch "
+        "(keras.callbacks.BackupAndRestore): the same command, run again after "
+        "a crash or Ctrl-C, resumes from the last finished epoch",
+    )
+    g.add_argument(
+        "--verbose",
+        type=int,
+        choices=(0, 1, 2),
+        default=DEFAULTS.verbose,
+        help="Keras' display: 1 progress bar (default), 2 one line per epoch, 0 none",
+    )
+    g.add_argument(
+        "--no-plots",
+        dest="plots",
+        action="store_false",
+        help="skip the PNG plots",
+    )
     return p
 
 
@@ -142,11 +269,17 @@ def parse_args(argv=None):
     """The `FitConfig` of a command line: its flags, else the preset's values, else the defaults."""
     args = build_parser().parse_args(argv)
     preset = PAPER_PRESETS.get(args.preset, {})
-    settings = {key: value for key, value in vars(args).items() if key not in ("preset", "optimizer", "lr")}
+    settings = {
+        key: value
+        for key, value in vars(args).items()
+        if key not in ("preset", "optimizer", "lr")
+    }
     for key in PRESET_KEYS:
         if settings[key] is None:
             settings[key] = preset.get(key, getattr(DEFAULTS, key))
-    optimizers = args.optimizer or (optimizer_list(preset["optimizer"]) if preset else DEFAULTS.optimizers)
+    optimizers = args.optimizer or (
+        optimizer_list(preset["optimizer"]) if preset else DEFAULTS.optimizers
+    )
     rates = {}
     for name in optimizers:
         if isinstance(args.lr, float):
@@ -154,7 +287,9 @@ def parse_args(argv=None):
         elif isinstance(args.lr, dict) and name in args.lr:
             rates[name] = args.lr[name]
         else:
-            rates[name] = preset.get("lr_per_optimizer", {}).get(name, preset.get("lr", DEFAULT_LEARNING_RATE[name]))
+            rates[name] = preset.get("lr_per_optimizer", {}).get(
+                name, preset.get("lr", DEFAULT_LEARNING_RATE[name])
+            )
     return FitConfig(optimizers=optimizers, learning_rates=rates, **settings)
 
 
@@ -164,7 +299,9 @@ def main(argv=None):
         resume = f"rerun the same command to resume from the last finished epoch (backups in {config.backup_dir})"
     else:
         resume = "a run started with --backup-dir DIR resumes from its last finished epoch"
-    return cli.run_script(lambda: compare(config), prog=PROG, interrupted=resume)
+    return cli.run_script(
+        lambda: compare(config), prog=PROG, interrupted=resume
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,10 @@
 """keras-qsgld: QSGLD (arXiv 2305.18864) as Keras 3 optimizers, on every Keras backend."""
 
-from keras_qsgld import callbacks  # noqa: F401
+from keras_qsgld import (  # noqa: F401
+    calibration,
+    callbacks,  # noqa: F401
+    sampling,
+)
 from keras_qsgld.callbacks import QSGLDMonitor
 from keras_qsgld.qadam import QAdam
 from keras_qsgld.qsgld import QSGLD
@@ -15,9 +19,13 @@ from keras_qsgld.quantization import (
     scaled_step,
     sum_of_squares,
 )
-from keras_qsgld.schedules import CompensationSchedule, Constant, ResolutionSchedule, Temperature
-from keras_qsgld import calibration, sampling  # noqa: F401
 from keras_qsgld.sampling import PosteriorSampler, posterior_predictive
+from keras_qsgld.schedules import (
+    CompensationSchedule,
+    Constant,
+    ResolutionSchedule,
+    Temperature,
+)
 
 __version__ = "0.2.0"
 

@@ -74,7 +74,9 @@ def check_probabilities(y_prob, name="y_prob"):
             f"classifier's p(class 1). Received: {name} with shape {probs.shape}"
         )
     if not np.all(np.isfinite(probs)):
-        raise ValueError(f"Argument `{name}` must be finite. Received: {name} with NaN or inf values")
+        raise ValueError(
+            f"Argument `{name}` must be finite. Received: {name} with NaN or inf values"
+        )
     low, high = float(probs.min()), float(probs.max())
     sums = probs.sum(axis=1)
     worst = float(np.max(np.abs(sums - 1.0)))
@@ -97,7 +99,10 @@ def check_labels(y_true, num_classes, num_examples, name="y_true"):
     labels = _as_array(name, y_true)
     if labels.ndim == 2 and labels.shape[1] == num_classes and num_classes > 1:
         one_hot = labels.astype(np.float64)
-        if not (np.all((one_hot == 0) | (one_hot == 1)) and np.all(one_hot.sum(axis=1) == 1)):
+        if not (
+            np.all((one_hot == 0) | (one_hot == 1))
+            and np.all(one_hot.sum(axis=1) == 1)
+        ):
             raise ValueError(
                 f"Argument `{name}` of shape {labels.shape} must be one-hot (one 1 per row, "
                 f"else 0), or integer labels of shape (n,). Received: {name} with other values"
@@ -113,7 +118,9 @@ def check_labels(y_true, num_classes, num_examples, name="y_true"):
             f"(n, {num_classes}). Received: {name} with shape {labels.shape} and dtype {labels.dtype}"
         )
     if labels.dtype.kind == "f":
-        if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
+        if not np.all(np.isfinite(labels)) or not np.all(
+            labels == np.round(labels)
+        ):
             raise ValueError(
                 f"Argument `{name}` must hold integer labels. Received: {name} with non-integer values"
             )
@@ -138,7 +145,9 @@ def _inputs(y_true, y_prob):
 
 
 def _num_bins(num_bins):
-    return check_integer("num_bins", num_bins, minimum=1, description="a number of bins")
+    return check_integer(
+        "num_bins", num_bins, minimum=1, description="a number of bins"
+    )
 
 
 # What keras.losses.sparse_categorical_crossentropy clips probabilities to (Keras' epsilon()).
@@ -191,8 +200,14 @@ def negative_log_likelihood(y_true, y_prob):
             not probabilities.
     """
     labels, probs = _inputs(y_true, y_prob)
-    probs = probs / probs.sum(axis=1, keepdims=True)  # rows sum to 1 within 1e-3 (checked)
-    true_class = np.clip(probs[np.arange(len(labels)), labels], PROBABILITY_CLIP, 1.0 - PROBABILITY_CLIP)
+    probs = probs / probs.sum(
+        axis=1, keepdims=True
+    )  # rows sum to 1 within 1e-3 (checked)
+    true_class = np.clip(
+        probs[np.arange(len(labels)), labels],
+        PROBABILITY_CLIP,
+        1.0 - PROBABILITY_CLIP,
+    )
     return float(np.mean(-np.log(true_class)))
 
 
@@ -254,11 +269,17 @@ def calibration_bins(y_true, y_prob, num_bins=DEFAULT_NUM_BINS):
     confidence = probs.max(axis=1)
     correct = (np.argmax(probs, axis=1) == labels).astype(np.float64)
     # ceil(c * M) - 1 puts c in (b / M, (b + 1) / M]; the clip keeps c = 0 in bin 0.
-    index = np.clip(np.ceil(confidence * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
+    index = np.clip(
+        np.ceil(confidence * num_bins).astype(np.int64) - 1, 0, num_bins - 1
+    )
     count = np.bincount(index, minlength=num_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean_confidence = np.bincount(index, weights=confidence, minlength=num_bins) / count
-        mean_accuracy = np.bincount(index, weights=correct, minlength=num_bins) / count
+        mean_confidence = (
+            np.bincount(index, weights=confidence, minlength=num_bins) / count
+        )
+        mean_accuracy = (
+            np.bincount(index, weights=correct, minlength=num_bins) / count
+        )
     return {
         "edges": np.linspace(0.0, 1.0, num_bins + 1),
         "count": count.astype(np.int64),
@@ -356,7 +377,9 @@ def gaussian_negative_log_likelihood(y_true, mean, variance):
     var = _as_array("variance", variance).astype(np.float64)
     if y.shape == mu.shape + (1,):  # (n, 1) targets, (n,) means
         y = y[..., 0]
-    elif mu.shape == y.shape + (1,):  # (n,) targets, (n, 1) means (a Dense(1) regressor)
+    elif mu.shape == y.shape + (
+        1,
+    ):  # (n,) targets, (n, 1) means (a Dense(1) regressor)
         mu = mu[..., 0]
     if mu.shape != y.shape:
         raise ValueError(
@@ -383,11 +406,15 @@ def gaussian_negative_log_likelihood(y_true, mean, variance):
         raise ValueError(
             f"Argument `variance` must be > 0. Received: variance with minimum {float(var.min()):g}"
         )
-    return float(np.mean(0.5 * np.log(2.0 * math.pi * var) + (y - mu) ** 2 / (2.0 * var)))
+    return float(
+        np.mean(0.5 * np.log(2.0 * math.pi * var) + (y - mu) ** 2 / (2.0 * var))
+    )
 
 
 # -- the plot ----------------------------------------------------------------------------
-def reliability_diagram(y_true, y_prob, path, num_bins=DEFAULT_NUM_BINS, title=None):
+def reliability_diagram(
+    y_true, y_prob, path, num_bins=DEFAULT_NUM_BINS, title=None
+):
     """Writes a reliability diagram (Guo et al., 2017, fig. 1) as a PNG.
 
     One column per set of predictions: on top, the share of examples per confidence bin,
@@ -421,43 +448,78 @@ def reliability_diagram(y_true, y_prob, path, num_bins=DEFAULT_NUM_BINS, title=N
     num_bins = _num_bins(num_bins)
     if isinstance(y_prob, dict):
         if not y_prob:
-            raise ValueError("Argument `y_prob` must not be an empty dict. Received: y_prob={}")
+            raise ValueError(
+                "Argument `y_prob` must not be an empty dict. Received: y_prob={}"
+            )
         panels = {str(k): v for k, v in y_prob.items()}
     else:
         panels = {"": y_prob}
     if title is not None and not isinstance(title, str):
-        raise ValueError(f"Argument `title` must be a string or None. Received: title={title!r}")
+        raise ValueError(
+            f"Argument `title` must be a string or None. Received: title={title!r}"
+        )
     if not isinstance(path, (str, os.PathLike)):
-        raise ValueError(f"Argument `path` must be a file path. Received: path={path!r}")
-    binned = {label: calibration_bins(y_true, probs, num_bins) for label, probs in panels.items()}
+        raise ValueError(
+            f"Argument `path` must be a file path. Received: path={path!r}"
+        )
+    binned = {
+        label: calibration_bins(y_true, probs, num_bins)
+        for label, probs in panels.items()
+    }
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
         from matplotlib.lines import Line2D
         from matplotlib.patches import Patch
     except ImportError as error:
-        raise ImportError("reliability_diagram needs matplotlib: pip install matplotlib") from error
+        raise ImportError(
+            "reliability_diagram needs matplotlib: pip install matplotlib"
+        ) from error
 
     columns = len(binned)
     figure = Figure(figsize=(4.0 * columns, 5.5), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(2, columns, squeeze=False, sharex=True, height_ratios=(1, 3))
+    axes = figure.subplots(
+        2, columns, squeeze=False, sharex=True, height_ratios=(1, 3)
+    )
     for column, (label, bins) in enumerate(binned.items()):
         edges, count = bins["edges"], bins["count"]
         width = np.diff(edges)
         centers = edges[:-1] + width / 2
         top, bottom = axes[0, column], axes[1, column]
-        top.bar(centers, count / count.sum(), width=width, color="tab:gray", edgecolor="black", linewidth=0.5)
+        top.bar(
+            centers,
+            count / count.sum(),
+            width=width,
+            color="tab:gray",
+            edgecolor="black",
+            linewidth=0.5,
+        )
         top.set_ylabel("share of examples")
         ece = f"ECE = {_ece(bins):.4f}"
         top.set_title(f"{label}\n{ece}" if label else ece)
         full = count > 0  # empty bins draw nothing
         acc, conf = bins["accuracy"][full], bins["confidence"][full]
-        bottom.bar(centers[full], acc, width=width[full], color="tab:blue", edgecolor="black", linewidth=0.5)
+        bottom.bar(
+            centers[full],
+            acc,
+            width=width[full],
+            color="tab:blue",
+            edgecolor="black",
+            linewidth=0.5,
+        )
         # The gap between accuracy and mean confidence: hatched, not filled, so that it reads
         # the same above a bar (accuracy below confidence) and over it (accuracy above).
-        bottom.bar(centers[full], np.abs(conf - acc), bottom=np.minimum(acc, conf), width=width[full],
-                   facecolor="none", edgecolor="tab:red", hatch="///", linewidth=0.8)
+        bottom.bar(
+            centers[full],
+            np.abs(conf - acc),
+            bottom=np.minimum(acc, conf),
+            width=width[full],
+            facecolor="none",
+            edgecolor="tab:red",
+            hatch="///",
+            linewidth=0.8,
+        )
         bottom.plot([0, 1], [0, 1], linestyle="--", color="black", linewidth=1)
         bottom.set_xlim(0, 1)
         bottom.set_ylim(0, 1)
@@ -465,12 +527,34 @@ def reliability_diagram(y_true, y_prob, path, num_bins=DEFAULT_NUM_BINS, title=N
         bottom.set_ylabel("accuracy")
     # One legend for all panels, below them, where it covers no bar.
     handles = [
-        Patch(facecolor="tab:blue", edgecolor="black", linewidth=0.5, label="accuracy per bin"),
-        Patch(facecolor="none", edgecolor="tab:red", hatch="///", label="gap to the bin's mean confidence"),
-        Line2D([0, 1], [0, 0], linestyle="--", color="black", linewidth=1, label="calibrated"),
+        Patch(
+            facecolor="tab:blue",
+            edgecolor="black",
+            linewidth=0.5,
+            label="accuracy per bin",
+        ),
+        Patch(
+            facecolor="none",
+            edgecolor="tab:red",
+            hatch="///",
+            label="gap to the bin's mean confidence",
+        ),
+        Line2D(
+            [0, 1],
+            [0, 0],
+            linestyle="--",
+            color="black",
+            linewidth=1,
+            label="calibrated",
+        ),
     ]
-    figure.legend(handles=handles, loc="outside lower center", ncols=3 if columns > 1 else 1,
-                  fontsize="small", frameon=False)
+    figure.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncols=3 if columns > 1 else 1,
+        fontsize="small",
+        frameon=False,
+    )
     if title:
         figure.suptitle(title)
     path = os.fspath(path)
@@ -478,5 +562,7 @@ def reliability_diagram(y_true, y_prob, path, num_bins=DEFAULT_NUM_BINS, title=N
     if folder:
         os.makedirs(folder, exist_ok=True)
     # bbox_inches="tight": the saved image holds every label, whatever the fonts.
-    figure.savefig(path, format="png", dpi=100, bbox_inches="tight", pad_inches=0.1)
+    figure.savefig(
+        path, format="png", dpi=100, bbox_inches="tight", pad_inches=0.1
+    )
     return path

@@ -86,7 +86,9 @@ class QSGLDMonitor(keras.callbacks.Callback):
     def __init__(self, prefix="qsgld_", warn_untracked=True):
         super().__init__()
         if not isinstance(prefix, str):
-            raise ValueError(f"Argument `prefix` must be a string. Received: prefix={prefix!r}")
+            raise ValueError(
+                f"Argument `prefix` must be a string. Received: prefix={prefix!r}"
+            )
         self.prefix = prefix
         self.warn_untracked = check_bool("warn_untracked", warn_untracked)
         self._warned = set()
@@ -126,14 +128,24 @@ class QSGLDMonitor(keras.callbacks.Callback):
         if math.isclose(schedule.steps_per_epoch, updates, rel_tol=1e-5):
             return
         accumulation = optimizer.gradient_accumulation_steps
-        per = f"{batches} batches" + (f" / gradient_accumulation_steps={accumulation}" if accumulation else "")
+        per = f"{batches} batches" + (
+            f" / gradient_accumulation_steps={accumulation}"
+            if accumulation
+            else ""
+        )
         # The fix, written exactly: 10/3 rather than 3.33333.
-        exact = f"{updates:g}" if float(updates).is_integer() else f"{batches}/{accumulation}"
+        exact = (
+            f"{updates:g}"
+            if float(updates).is_integer()
+            else f"{batches}/{accumulation}"
+        )
         if known_length:
             other = "or leave it None and QSGLDMonitor sets it"
         else:
-            other = ("or give the data a known length (tf.data.experimental.assert_cardinality, "
-                     "or fit(steps_per_epoch=...)) so that QSGLDMonitor sets it")
+            other = (
+                "or give the data a known length (tf.data.experimental.assert_cardinality, "
+                "or fit(steps_per_epoch=...)) so that QSGLDMonitor sets it"
+            )
         self._warn_once(
             ("clock", id(schedule)),
             f"QSGLDMonitor: {type(schedule).__name__} has steps_per_epoch="
@@ -147,7 +159,10 @@ class QSGLDMonitor(keras.callbacks.Callback):
         batches = (self.params or {}).get("steps")
         retrace = False
         for schedule in epoch_schedules(optimizer):
-            automatic = schedule.steps_per_epoch is None or schedule._steps_per_epoch_from_fit
+            automatic = (
+                schedule.steps_per_epoch is None
+                or schedule._steps_per_epoch_from_fit
+            )
             if batches is None and schedule.steps_per_epoch is not None:
                 # Data of unknown length: keep the clock (set by hand, or by this monitor
                 # in an earlier fit) and check it against the first epoch's batches.
@@ -225,8 +240,12 @@ class QSGLDMonitor(keras.callbacks.Callback):
         optimizer = self._quantized_optimizer()
         if optimizer is not None and self._first_epoch:
             self._first_epoch = False
-            if (self.params or {}).get("steps") is None:  # only now is the length known
+            if (self.params or {}).get(
+                "steps"
+            ) is None:  # only now is the length known
                 for schedule in epoch_schedules(optimizer):
-                    self._mismatch(optimizer, schedule, self._batches, known_length=False)
+                    self._mismatch(
+                        optimizer, schedule, self._batches, known_length=False
+                    )
         if logs is not None:
             logs.update(self.compute())

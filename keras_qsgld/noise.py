@@ -12,7 +12,12 @@ import math
 
 from keras import ops
 
-STATISTIC_NAMES = ("noise_count", "noise_zeros", "noise_error_sum", "noise_error_sq_sum")
+STATISTIC_NAMES = (
+    "noise_count",
+    "noise_zeros",
+    "noise_error_sum",
+    "noise_error_sq_sum",
+)
 
 
 class NoiseStatistics:
@@ -26,7 +31,9 @@ class NoiseStatistics:
     def __init__(self, optimizer, variables):
         self.weight = 1.0 / max(1, sum(math.prod(v.shape) for v in variables))
         self.variables = [
-            optimizer.add_variable((), initializer="zeros", dtype="float32", name=name)
+            optimizer.add_variable(
+                (), initializer="zeros", dtype="float32", name=name
+            )
             for name in STATISTIC_NAMES
         ]
 
@@ -36,19 +43,27 @@ class NoiseStatistics:
         error = ops.cast(error, "float32")
         w = self.weight
         optimizer.assign_add(count, ops.cast(ops.size(delta), "float32") * w)
-        optimizer.assign_add(zeros, ops.sum(ops.cast(ops.equal(delta, 0), "float32")) * w)
+        optimizer.assign_add(
+            zeros, ops.sum(ops.cast(ops.equal(delta, 0), "float32")) * w
+        )
         optimizer.assign_add(error_sum, ops.sum(error) * w)
         optimizer.assign_add(error_sq_sum, ops.sum(ops.square(error)) * w)
 
     def summary(self, reset=True):
         """A dict of floats: `zero_fraction`, `error_mean`, `error_variance` and
         `variance_ratio` (the variance over 1/12); NaN where nothing was accumulated."""
-        count, zeros, error_sum, error_sq_sum = (float(ops.convert_to_numpy(v)) for v in self.variables)
+        count, zeros, error_sum, error_sq_sum = (
+            float(ops.convert_to_numpy(v)) for v in self.variables
+        )
         nan = float("nan")
         if count > 0:
             mean = error_sum / count
             variance = max(error_sq_sum / count - mean * mean, 0.0)
-            stats = dict(zero_fraction=zeros / count, error_mean=mean, error_variance=variance)
+            stats = dict(
+                zero_fraction=zeros / count,
+                error_mean=mean,
+                error_variance=variance,
+            )
         else:
             stats = dict(zero_fraction=nan, error_mean=nan, error_variance=nan)
         stats["variance_ratio"] = stats["error_variance"] * 12.0

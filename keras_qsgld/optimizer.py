@@ -23,12 +23,23 @@ from keras import ops
 
 from keras_qsgld.backend.ops import optimization_barrier, under_xla
 from keras_qsgld.noise import NoiseStatistics
-from keras_qsgld.quantization import RANDOM_ROUNDING_MODES, ROUNDING_MODES, increment_and_error
+from keras_qsgld.quantization import (
+    RANDOM_ROUNDING_MODES,
+    ROUNDING_MODES,
+    increment_and_error,
+)
 from keras_qsgld.random import uniform_from_seed
 from keras_qsgld.schedules import Temperature, get_compensation, get_resolution
-from keras_qsgld.validation import check_bool, check_choice, check_integer, check_real
+from keras_qsgld.validation import (
+    check_bool,
+    check_choice,
+    check_integer,
+    check_real,
+)
 
-SEED_LIMIT = 2**31 - 1  # the generator's int32 arithmetic takes seeds in [0, 2**31)
+SEED_LIMIT = (
+    2**31 - 1
+)  # the generator's int32 arithmetic takes seeds in [0, 2**31)
 
 
 class UpdateScalars(typing.NamedTuple):
@@ -61,9 +72,15 @@ def with_base_keyword_args(doc):
         return None
     try:
         from keras.src.optimizers.optimizer import base_optimizer_keyword_args
-    except ImportError:  # a private module: keep the placeholder's meaning in words
-        base_optimizer_keyword_args = "**kwargs: the keyword arguments of keras.optimizers.Optimizer."
-    return doc.replace("{{base_optimizer_keyword_args}}", base_optimizer_keyword_args.strip())
+    except (
+        ImportError
+    ):  # a private module: keep the placeholder's meaning in words
+        base_optimizer_keyword_args = (
+            "**kwargs: the keyword arguments of keras.optimizers.Optimizer."
+        )
+    return doc.replace(
+        "{{base_optimizer_keyword_args}}", base_optimizer_keyword_args.strip()
+    )
 
 
 class QuantizedOptimizer(keras.optimizers.Optimizer):
@@ -91,12 +108,21 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
         if name is None:
             name = _auto_name(self._default_name)
         if not callable(learning_rate):
-            learning_rate = check_real("learning_rate", learning_rate, minimum=0, description="a learning rate")
+            learning_rate = check_real(
+                "learning_rate",
+                learning_rate,
+                minimum=0,
+                description="a learning rate",
+            )
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.resolution = get_resolution(resolution)
         self.compensation = get_compensation(compensation)
         self.rounding = check_choice("rounding", rounding, ROUNDING_MODES)
-        self.seed = None if seed is None else check_integer("seed", seed, minimum=0, maximum=SEED_LIMIT)
+        self.seed = (
+            None
+            if seed is None
+            else check_integer("seed", seed, minimum=0, maximum=SEED_LIMIT)
+        )
         self.track_noise = check_bool("track_noise", track_noise)
         self.jit_compile = check_bool("jit_compile", jit_compile)
         if isinstance(self.resolution, Temperature):
@@ -109,7 +135,9 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
         # Every optimizer has a seed generator, used or not, so that its saved state has the
         # same layout whatever the rounding. Its state is an optimizer variable: saved and
         # restored, so a resumed run draws exactly what the uninterrupted one would.
-        self._seed_generator = keras.random.SeedGenerator(self.seed, name=f"{self.name}_seed")
+        self._seed_generator = keras.random.SeedGenerator(
+            self.seed, name=f"{self.name}_seed"
+        )
         self._track_variable(self._seed_generator.state)
         self._noise = None
 
@@ -145,12 +173,12 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
         if self.rounding in ("nearest", "floor"):
             caveats.append(
                 f"rounding={self.rounding!r} adds no noise where a step is below half a grid cell "
-                "(those increments are exactly 0): use rounding=\"dithered\""
+                '(those increments are exactly 0): use rounding="dithered"'
             )
         elif self.rounding != "dithered":
             caveats.append(
                 f"rounding={self.rounding!r} adds noise of variance f (1 - f) cells, not 1/12: "
-                "use rounding=\"dithered\""
+                'use rounding="dithered"'
             )
         if self.compensation is not None:
             caveats.append(
@@ -158,9 +186,13 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
                 "tensor, so the chain is colder than T while the gate is on: use compensation=None"
             )
         if self.clipnorm or self.clipvalue or self.global_clipnorm:
-            caveats.append("gradient clipping changes the drift the temperature is measured against")
+            caveats.append(
+                "gradient clipping changes the drift the temperature is measured against"
+            )
         if self.use_ema and self.ema_overwrite_frequency:
-            caveats.append("ema_overwrite_frequency replaces the chain's weights by their average")
+            caveats.append(
+                "ema_overwrite_frequency replaces the chain's weights by their average"
+            )
         return caveats
 
     def _warn_unless_sampling(self):
@@ -170,7 +202,8 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
             if caveats:
                 warnings.warn(
                     f"{type(self).__name__} with a Temperature does not sample at that temperature: "
-                    + "; ".join(caveats) + ".",
+                    + "; ".join(caveats)
+                    + ".",
                     UserWarning,
                     stacklevel=3,
                 )
@@ -188,7 +221,9 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
         if isinstance(self.resolution, Temperature):
             if learning_rate is None:
                 learning_rate = self.learning_rate
-            lr = self.effective_learning_rate(ops.cast(learning_rate, "float32"))
+            lr = self.effective_learning_rate(
+                ops.cast(learning_rate, "float32")
+            )
             return self.resolution.resolution(lr)
         return ops.cast(self.resolution(step), "float32")
 
@@ -216,7 +251,9 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
         """Updates one variable; `scalars` is this update's `UpdateScalars`."""
         raise NotImplementedError
 
-    def _apply_increment(self, variable, h, step_size, scalars, step_fn=None, step_inputs=()):
+    def _apply_increment(
+        self, variable, h, step_size, scalars, step_fn=None, step_inputs=()
+    ):
         """`variable += Q(Qp (h + r)) / Qp` with `r = s * step_size * h / ||h||`.
 
         `h == step_fn(*step_inputs)`: under XLA the norm is taken of `h` computed again from
@@ -224,16 +261,22 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
         """
         dtype = h.dtype
         qp = ops.cast(scalars.resolution, dtype)
-        gate = None if self.compensation is None else ops.cast(scalars.gate, dtype)
+        gate = (
+            None if self.compensation is None else ops.cast(scalars.gate, dtype)
+        )
         noise = None
         if self.rounding in RANDOM_ROUNDING_MODES:
             # Not keras.random (100x slower under XLA on CPU, another stream per backend):
             # a counter-based hash, identical compiled or not and on every backend.
-            noise = uniform_from_seed(ops.shape(h), self._seed_generator.next(), dtype)
+            noise = uniform_from_seed(
+                ops.shape(h), self._seed_generator.next(), dtype
+            )
         norm_source = None
         if gate is not None and step_fn is not None and under_xla(h):
             norm_source = step_fn(*optimization_barrier(*step_inputs))
-        delta, error = increment_and_error(h, qp, step_size, gate, self.rounding, noise, norm_source)
+        delta, error = increment_and_error(
+            h, qp, step_size, gate, self.rounding, noise, norm_source
+        )
         self.assign_add(variable, ops.cast(delta, variable.dtype))
         if self._noise is not None:
             self._noise.accumulate(self, delta, error)
@@ -257,13 +300,22 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
             )
         if self._noise is None:  # not built yet: nothing accumulated
             nan = float("nan")
-            return dict(zero_fraction=nan, error_mean=nan, error_variance=nan, variance_ratio=nan)
+            return dict(
+                zero_fraction=nan,
+                error_mean=nan,
+                error_variance=nan,
+                variance_ratio=nan,
+            )
         return self._noise.summary(reset=reset)
 
     # -- saving -------------------------------------------------------------------------------
     def _state_variables(self):
         """The variables saved with the model: all but the noise statistics."""
-        skipped = {id(v) for v in self._noise.variables} if self._noise is not None else set()
+        skipped = (
+            {id(v) for v in self._noise.variables}
+            if self._noise is not None
+            else set()
+        )
         return [v for v in self.variables if id(v) not in skipped]
 
     def save_own_variables(self, store):
@@ -271,7 +323,9 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
             store[str(i)] = variable.numpy()
 
     def load_own_variables(self, store):
-        if not self.built:  # Keras' own message says why nothing can be restored
+        if (
+            not self.built
+        ):  # Keras' own message says why nothing can be restored
             return super().load_own_variables(store)
         saved = [store[str(i)] for i in range(len(store.keys()))]
         layout = self._saved_layout(saved)
@@ -297,7 +351,9 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
         they held the four noise statistics (with `track_noise=True`) and, with a
         deterministic rounding, no seed-generator state."""
         state = self._state_variables()
-        at = next(i for i, v in enumerate(state) if v is self._seed_generator.state)
+        at = next(
+            i for i, v in enumerate(state) if v is self._seed_generator.state
+        )
         head, seed, tail = state[:at], state[at], state[at + 1 :]
         statistics = [None] * 4
         for layout in (
@@ -307,7 +363,8 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
             head + [seed] + statistics + tail,
         ):
             if len(layout) == len(saved) and all(
-                v is None or tuple(v.shape) == tuple(np.shape(value)) for v, value in zip(layout, saved)
+                v is None or tuple(v.shape) == tuple(np.shape(value))
+                for v, value in zip(layout, saved)
             ):
                 return layout
         return None
@@ -332,7 +389,9 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
         config = dict(config)  # the base class mutates the dict it is given
         for key in ("resolution", "compensation"):
             if isinstance(config.get(key), dict):
-                config[key] = keras.saving.deserialize_keras_object(config[key], custom_objects=custom_objects)
+                config[key] = keras.saving.deserialize_keras_object(
+                    config[key], custom_objects=custom_objects
+                )
         return super().from_config(config, custom_objects=custom_objects)
 
 

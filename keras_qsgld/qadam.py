@@ -63,7 +63,9 @@ class QAdam(BackendQuantizedOptimizer):
     """
 
     _default_name = "qadam"
-    supports_temperature = False  # Adam's preconditioned step has no single temperature
+    supports_temperature = (
+        False  # Adam's preconditioned step has no single temperature
+    )
 
     def __init__(
         self,
@@ -109,8 +111,12 @@ class QAdam(BackendQuantizedOptimizer):
             gradient_accumulation_steps=gradient_accumulation_steps,
             **kwargs,
         )
-        self.beta_1 = check_real("beta_1", beta_1, minimum=0, maximum=1, exclusive_maximum=True)
-        self.beta_2 = check_real("beta_2", beta_2, minimum=0, maximum=1, exclusive_maximum=True)
+        self.beta_1 = check_real(
+            "beta_1", beta_1, minimum=0, maximum=1, exclusive_maximum=True
+        )
+        self.beta_2 = check_real(
+            "beta_2", beta_2, minimum=0, maximum=1, exclusive_maximum=True
+        )
         self.epsilon = check_real("epsilon", epsilon, minimum=0)
 
     def build(self, variables):
@@ -137,8 +143,14 @@ class QAdam(BackendQuantizedOptimizer):
         # convert_to_tensor, not cast: casting a Python float goes through float32.
         beta_1 = ops.convert_to_tensor(self.beta_1, dtype)
         beta_2 = ops.convert_to_tensor(self.beta_2, dtype)
-        m = ops.add(ops.multiply(beta_1, ops.cast(m_var, dtype)), ops.multiply(1 - beta_1, g))
-        v = ops.add(ops.multiply(beta_2, ops.cast(v_var, dtype)), ops.multiply(1 - beta_2, ops.square(g)))
+        m = ops.add(
+            ops.multiply(beta_1, ops.cast(m_var, dtype)),
+            ops.multiply(1 - beta_1, g),
+        )
+        v = ops.add(
+            ops.multiply(beta_2, ops.cast(v_var, dtype)),
+            ops.multiply(1 - beta_2, ops.square(g)),
+        )
         self.assign(m_var, ops.cast(m, m_var.dtype))
         self.assign(v_var, ops.cast(v, v_var.dtype))
         alpha = ops.divide(
@@ -147,17 +159,23 @@ class QAdam(BackendQuantizedOptimizer):
         )
         inputs = (m, v, alpha, ops.convert_to_tensor(self.epsilon, dtype))
         h = _adam_step(*inputs)
-        self._apply_increment(variable, h, alpha, scalars, step_fn=_adam_step, step_inputs=inputs)
+        self._apply_increment(
+            variable, h, alpha, scalars, step_fn=_adam_step, step_inputs=inputs
+        )
 
     def get_config(self):
         config = super().get_config()
-        config.update(beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon)
+        config.update(
+            beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon
+        )
         return config
 
 
 def _adam_step(m, v, alpha, epsilon):
     """`h = -alpha m / (sqrt(v) + epsilon)`, Adam's bias-corrected step."""
-    return ops.negative(ops.divide(ops.multiply(alpha, m), ops.add(ops.sqrt(v), epsilon)))
+    return ops.negative(
+        ops.divide(ops.multiply(alpha, m), ops.add(ops.sqrt(v), epsilon))
+    )
 
 
 QAdam.__doc__ = with_base_keyword_args(QAdam.__doc__)

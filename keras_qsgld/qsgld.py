@@ -146,7 +146,9 @@ class QSGLD(BackendQuantizedOptimizer):
             gradient_accumulation_steps=gradient_accumulation_steps,
             **kwargs,
         )
-        self.momentum = check_real("momentum", momentum, minimum=0, maximum=1, exclusive_maximum=True)
+        self.momentum = check_real(
+            "momentum", momentum, minimum=0, maximum=1, exclusive_maximum=True
+        )
         self.nesterov = check_bool("nesterov", nesterov)
         self._warn_unless_sampling()
 
@@ -190,19 +192,32 @@ class QSGLD(BackendQuantizedOptimizer):
             inputs = (g, lr, ops.cast(m, dtype), momentum)
             h, velocity = self._momentum_step(*inputs)
             self.assign(m, ops.cast(velocity, m.dtype))
-        self._apply_increment(variable, h, lr, scalars, step_fn=self._step_only, step_inputs=inputs)
+        self._apply_increment(
+            variable,
+            h,
+            lr,
+            scalars,
+            step_fn=self._step_only,
+            step_inputs=inputs,
+        )
 
     def _momentum_step(self, g, lr, m, momentum):
         """`(h, new m)` as `keras.optimizers.SGD`: `m = momentum m - lr g`, `h = m` or Nesterov's."""
         lr_g = ops.multiply(g, lr)
         velocity = ops.subtract(ops.multiply(m, momentum), lr_g)
         if self.nesterov:
-            return ops.subtract(ops.multiply(velocity, momentum), lr_g), velocity
+            return ops.subtract(
+                ops.multiply(velocity, momentum), lr_g
+            ), velocity
         return velocity, velocity
 
     def _step_only(self, *inputs):
         """`h` alone, from the inputs of `update_step`."""
-        return _sgd_step(*inputs) if self.momentum == 0 else self._momentum_step(*inputs)[0]
+        return (
+            _sgd_step(*inputs)
+            if self.momentum == 0
+            else self._momentum_step(*inputs)[0]
+        )
 
     def get_config(self):
         config = super().get_config()

@@ -49,7 +49,9 @@ def quantize(y, rounding="nearest", noise=None):
         # floor(y + 1/2) exactly. Computing y + 0.5 first would round: 0.5 - ulp gives 1, and
         # odd integers in [2**23, 2**24) (float32) tie to the even neighbour above.
         f = floor(y)
-        return ops.where(ops.greater_equal(ops.subtract(y, f), 0.5), ops.add(f, 1.0), f)
+        return ops.where(
+            ops.greater_equal(ops.subtract(y, f), 0.5), ops.add(f, 1.0), f
+        )
     if rounding == "floor":
         return floor(y)
     if rounding in RANDOM_ROUNDING_MODES:
@@ -88,7 +90,10 @@ def sum_of_squares(h):
     if m == 0:
         return ops.sum(ops.square(flat))
     head = flat if m == n else flat[:m]
-    rows = ops.sum(ops.square(ops.reshape(head, (1,) * _PAD_RANK + (m // ROW, ROW))), axis=-1)
+    rows = ops.sum(
+        ops.square(ops.reshape(head, (1,) * _PAD_RANK + (m // ROW, ROW))),
+        axis=-1,
+    )
     (rows,) = optimization_barrier(rows)
     total = ops.sum(rows)
     if m < n:
@@ -105,7 +110,9 @@ def compensation_term(h, step_size, gate, norm_source=None):
     """
     norm = ops.sqrt(sum_of_squares(h if norm_source is None else norm_source))
     positive = ops.greater(norm, 0)
-    scale = ops.where(positive, gate * step_size / ops.where(positive, norm, 1), 0)
+    scale = ops.where(
+        positive, gate * step_size / ops.where(positive, norm, 1), 0
+    )
     return ops.multiply(scale, h)
 
 
@@ -123,10 +130,22 @@ def scaled_step(h, qp, step_size=None, gate=None):
 
 def exact_integer_limit(dtype):
     """`2**24` (float32) or `2**53` (float64): from there on every float is an integer."""
-    return 2.0**53 if keras.backend.standardize_dtype(dtype) == "float64" else 2.0**24
+    return (
+        2.0**53
+        if keras.backend.standardize_dtype(dtype) == "float64"
+        else 2.0**24
+    )
 
 
-def increment_and_error(h, qp, step_size=None, gate=None, rounding="nearest", noise=None, norm_source=None):
+def increment_and_error(
+    h,
+    qp,
+    step_size=None,
+    gate=None,
+    rounding="nearest",
+    noise=None,
+    norm_source=None,
+):
     """The QSGLD increment and its rounding error in grid units.
 
     `delta = Q(y) * (1 / qp)` with `y = qp * (h + r)`, and `error = Q(y) - y`. Where `|y|` reaches
@@ -158,7 +177,9 @@ def increment_and_error(h, qp, step_size=None, gate=None, rounding="nearest", no
     return delta, error
 
 
-def quantized_increment(h, qp, step_size=None, gate=None, rounding="nearest", noise=None):
+def quantized_increment(
+    h, qp, step_size=None, gate=None, rounding="nearest", noise=None
+):
     """The QSGLD increment `delta = Q(qp * (h + r)) / qp`.
 
     Args:

@@ -20,7 +20,9 @@ from keras import ops
 def _int32(value):
     """A uint32 constant as the int32 with the same bits."""
     value &= 0xFFFFFFFF
-    return ops.convert_to_tensor(value - (1 << 32) if value >= 1 << 31 else value, dtype="int32")
+    return ops.convert_to_tensor(
+        value - (1 << 32) if value >= 1 << 31 else value, dtype="int32"
+    )
 
 
 def _shift_right_logical(x, bits):

@@ -199,25 +199,49 @@ class PosteriorSampler(keras.callbacks.Callback):
     ):
         super().__init__()
         self.burn_in = check_integer(
-            "burn_in", burn_in, minimum=0, description="a number of updates or epochs"
+            "burn_in",
+            burn_in,
+            minimum=0,
+            description="a number of updates or epochs",
         )
-        self.burn_in_unit = check_choice("burn_in_unit", burn_in_unit, BURN_IN_UNITS)
-        self.thin = check_integer("thin", thin, minimum=1, description="a number of updates")
+        self.burn_in_unit = check_choice(
+            "burn_in_unit", burn_in_unit, BURN_IN_UNITS
+        )
+        self.thin = check_integer(
+            "thin", thin, minimum=1, description="a number of updates"
+        )
         self.max_samples = (
-            None if max_samples is None
-            else check_integer("max_samples", max_samples, minimum=1, description="a number of samples")
+            None
+            if max_samples is None
+            else check_integer(
+                "max_samples",
+                max_samples,
+                minimum=1,
+                description="a number of samples",
+            )
         )
-        if directory is not None and not isinstance(directory, (str, os.PathLike)):
+        if directory is not None and not isinstance(
+            directory, (str, os.PathLike)
+        ):
             raise ValueError(
                 f"Argument `directory` must be None or a folder path. Received: directory={directory!r}"
             )
         self.directory = None if directory is None else os.fspath(directory)
         self.cycle_length = (
-            None if cycle_length is None
-            else check_integer("cycle_length", cycle_length, minimum=1, description="a number of updates")
+            None
+            if cycle_length is None
+            else check_integer(
+                "cycle_length",
+                cycle_length,
+                minimum=1,
+                description="a number of updates",
+            )
         )
         self.samples_per_cycle = check_integer(
-            "samples_per_cycle", samples_per_cycle, minimum=1, description="a number of samples"
+            "samples_per_cycle",
+            samples_per_cycle,
+            minimum=1,
+            description="a number of samples",
         )
         if self.cycle_length is None and self.samples_per_cycle != 1:
             raise ValueError(
@@ -225,7 +249,10 @@ class PosteriorSampler(keras.callbacks.Callback):
                 f"a cyclical learning rate). Received: samples_per_cycle={samples_per_cycle!r} "
                 "with cycle_length=None"
             )
-        if self.cycle_length is not None and (self.samples_per_cycle - 1) * self.thin >= self.cycle_length:
+        if (
+            self.cycle_length is not None
+            and (self.samples_per_cycle - 1) * self.thin >= self.cycle_length
+        ):
             raise ValueError(
                 f"Argument `samples_per_cycle` times `thin` must fit in a cycle: "
                 f"(samples_per_cycle - 1) * thin = {(self.samples_per_cycle - 1) * self.thin} must be "
@@ -233,14 +260,22 @@ class PosteriorSampler(keras.callbacks.Callback):
                 f"samples_per_cycle={samples_per_cycle!r}"
             )
         if isinstance(verbose, (bool, np.bool_)) or verbose not in (0, 1):
-            raise ValueError(f"Argument `verbose` must be 0 or 1. Received: verbose={verbose!r}")
+            raise ValueError(
+                f"Argument `verbose` must be 0 or 1. Received: verbose={verbose!r}"
+            )
         self.verbose = int(verbose)
         self._kept = {}  # update -> list of arrays (in memory) or path
         self._scanned = False
         self._stale = {}  # update -> path: files from after the restored update
         # In epochs, the burn-in is known in updates once fit gives the epoch length (0 is 0).
-        self._burn_in_steps = self.burn_in if self.burn_in_unit == "steps" or self.burn_in == 0 else None
-        self._last = None  # the update count at the previous check; None: not started
+        self._burn_in_steps = (
+            self.burn_in
+            if self.burn_in_unit == "steps" or self.burn_in == 0
+            else None
+        )
+        self._last = (
+            None  # the update count at the previous check; None: not started
+        )
         self._warned = set()
 
     # -- config -----------------------------------------------------------------------------
@@ -285,14 +320,21 @@ class PosteriorSampler(keras.callbacks.Callback):
         `max_samples` is not taken into account. With `burn_in_unit="epochs"` the burn-in
         is known once `fit` has started (before, this raises a `ValueError`).
         """
-        update = check_integer("update", update, minimum=0, description="an update count")
+        update = check_integer(
+            "update", update, minimum=0, description="an update count"
+        )
         burn_in = self._require_burn_in()
         if update <= burn_in or update == 0:  # update 0: the initial weights
             return False
         if self.cycle_length is None:
             return (update - burn_in) % self.thin == 0
-        before_end = (-update) % self.cycle_length  # updates until the end of the cycle
-        return before_end % self.thin == 0 and before_end // self.thin < self.samples_per_cycle
+        before_end = (
+            -update
+        ) % self.cycle_length  # updates until the end of the cycle
+        return (
+            before_end % self.thin == 0
+            and before_end // self.thin < self.samples_per_cycle
+        )
 
     def _count_between(self, low, high):
         """How many sample updates lie in `(low, high]` (ignoring `max_samples`)."""
@@ -347,7 +389,12 @@ class PosteriorSampler(keras.callbacks.Callback):
         batches = (self.params or {}).get("steps")
         if batches is None:
             return None
-        accumulation = getattr(unwrap_optimizer(optimizer), "gradient_accumulation_steps", None) or 1
+        accumulation = (
+            getattr(
+                unwrap_optimizer(optimizer), "gradient_accumulation_steps", None
+            )
+            or 1
+        )
         return (epochs * batches) // accumulation
 
     def _resolve_burn_in(self, optimizer):
@@ -368,7 +415,9 @@ class PosteriorSampler(keras.callbacks.Callback):
     def _check_run_length(self, start, end):
         """Warnings when the run [start, end] of updates keeps fewer samples than asked."""
         burn_in = self._burn_in_steps
-        unit = f"{self.burn_in} epochs = " if self.burn_in_unit == "epochs" else ""
+        unit = (
+            f"{self.burn_in} epochs = " if self.burn_in_unit == "epochs" else ""
+        )
         if burn_in >= end:
             self._warn_once(
                 "burn_in",
@@ -383,7 +432,8 @@ class PosteriorSampler(keras.callbacks.Callback):
         expected = have + self._count_between(start, end)
         if expected < self.max_samples:
             how = (
-                f"every {self.thin} updates" if self.cycle_length is None
+                f"every {self.thin} updates"
+                if self.cycle_length is None
                 else f"{self.samples_per_cycle} per cycle of {self.cycle_length} updates"
             )
             self._warn_once(
@@ -397,14 +447,18 @@ class PosteriorSampler(keras.callbacks.Callback):
     def _start(self, model, epoch):
         optimizer = model.optimizer
         if optimizer is None:
-            raise ValueError("PosteriorSampler: the model has no optimizer; compile it before fit.")
+            raise ValueError(
+                "PosteriorSampler: the model has no optimizer; compile it before fit."
+            )
         self._check_optimizer(optimizer)
         self._resolve_burn_in(optimizer)
         start = _to_int(optimizer.iterations)
         self._last = start
         if self.directory is not None:
             os.makedirs(self.directory, exist_ok=True)
-            for name in os.listdir(self.directory):  # leftovers of a write that was killed
+            for name in os.listdir(
+                self.directory
+            ):  # leftovers of a write that was killed
                 if _TEMPORARY_FILE.match(name):
                     os.remove(os.path.join(self.directory, name))
             found = _scan(self.directory)
@@ -432,7 +486,9 @@ class PosteriorSampler(keras.callbacks.Callback):
                 for u in later:
                     del self._kept[u]
         if self._kept and start > 0:
-            self._say(f"resuming at update {start} with {len(self._kept)} samples kept")
+            self._say(
+                f"resuming at update {start} with {len(self._kept)} samples kept"
+            )
         elif start > 0:
             burn_in = self._burn_in_steps
             if burn_in > start:
@@ -443,7 +499,11 @@ class PosteriorSampler(keras.callbacks.Callback):
                 where = "no burn-in"
             self._say(f"starting at update {start}; {where}")
         epochs = (self.params or {}).get("epochs")
-        remaining = None if epochs is None else self._updates_after(optimizer, max(epochs - epoch, 0))
+        remaining = (
+            None
+            if epochs is None
+            else self._updates_after(optimizer, max(epochs - epoch, 0))
+        )
         if remaining is not None:
             self._check_run_length(start, start + remaining)
 
@@ -458,11 +518,15 @@ class PosteriorSampler(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self._last is None or self._full():
             return
-        model = self.model  # on JAX this syncs the weights from the training state
+        model = (
+            self.model
+        )  # on JAX this syncs the weights from the training state
         now = _to_int(model.optimizer.iterations)
         if now <= self._last:
             return
-        due = [u for u in range(self._last + 1, now + 1) if self.is_sample_step(u)]
+        due = [
+            u for u in range(self._last + 1, now + 1) if self.is_sample_step(u)
+        ]
         self._last = now
         if not due:
             return
@@ -486,28 +550,39 @@ class PosteriorSampler(keras.callbacks.Callback):
         burn_in = self._burn_in_steps
         total = f"/{self.max_samples}" if self.max_samples is not None else ""
         if now <= burn_in:
-            self._say(f"burn-in, update {now} of {burn_in}; {len(self._kept)}{total} samples", epoch)
+            self._say(
+                f"burn-in, update {now} of {burn_in}; {len(self._kept)}{total} samples",
+                epoch,
+            )
         else:
             last = max(self._kept) if self._kept else None
             where = f", last after update {last}" if last is not None else ""
-            self._say(f"{len(self._kept)}{total} samples{where} (update {now})", epoch)
+            self._say(
+                f"{len(self._kept)}{total} samples{where} (update {now})", epoch
+            )
 
     def on_train_end(self, logs=None):
         self._last = None
 
     # -- keeping one sample -------------------------------------------------------------------------
     def _full(self):
-        return self.max_samples is not None and len(self._kept) >= self.max_samples
+        return (
+            self.max_samples is not None and len(self._kept) >= self.max_samples
+        )
 
     def _keep(self, model, update):
         if self.directory is None:
             # Copies: on the torch backend get_weights() can share memory with the variables.
-            self._kept[update] = [np.array(w, copy=True) for w in model.get_weights()]
+            self._kept[update] = [
+                np.array(w, copy=True) for w in model.get_weights()
+            ]
             return
         path = os.path.join(self.directory, sample_file_name(update))
         # A name of this process's own (several workers may write the same sample), then an
         # atomic rename: a killed write never leaves a truncated sample file.
-        temporary = os.path.join(self.directory, f".tmp-sample-{update:09d}-{os.getpid()}.weights.h5")
+        temporary = os.path.join(
+            self.directory, f".tmp-sample-{update:09d}-{os.getpid()}.weights.h5"
+        )
         skip = [model.optimizer] if model.optimizer is not None else None
         keras.saving.save_weights(model, temporary, objects_to_skip=skip)
         os.replace(temporary, path)
@@ -534,7 +609,9 @@ def _check_not_probabilities(outputs):
     is as likely as a probability.)"""
     rows = outputs.reshape(-1, outputs.shape[-1])
     sums = rows.sum(axis=1)
-    if np.all(rows >= 0) and np.all(np.abs(sums - 1.0) <= PROBABILITY_TOLERANCE):
+    if np.all(rows >= 0) and np.all(
+        np.abs(sums - 1.0) <= PROBABILITY_TOLERANCE
+    ):
         raise ValueError(
             "Argument `from_logits=True` needs a model that outputs logits, but the model "
             "outputs are probabilities already (all >= 0, each row summing to 1: a softmax "
@@ -546,14 +623,18 @@ def _check_not_probabilities(outputs):
 def _sample_list(samples):
     if isinstance(samples, PosteriorSampler):
         samples = samples.samples
-    if isinstance(samples, (str, os.PathLike, np.ndarray)) or not hasattr(samples, "__iter__"):
+    if isinstance(samples, (str, os.PathLike, np.ndarray)) or not hasattr(
+        samples, "__iter__"
+    ):
         raise ValueError(
             "Argument `samples` must be a list of samples (weight lists or .weights.h5 paths) "
             f"or a PosteriorSampler. Received: samples of type {type(samples).__name__}"
         )
     samples = list(samples)
     if not samples:
-        raise ValueError("Argument `samples` must hold at least one sample. Received: samples=[]")
+        raise ValueError(
+            "Argument `samples` must hold at least one sample. Received: samples=[]"
+        )
     return samples
 
 
@@ -569,7 +650,11 @@ def _load_sample(model, sample, index, num_weights):
             raise ValueError(
                 f"Argument `samples` holds a path that does not exist. Received: samples[{index}]={path!r}"
             )
-        skip = [model.optimizer] if getattr(model, "optimizer", None) is not None else None
+        skip = (
+            [model.optimizer]
+            if getattr(model, "optimizer", None) is not None
+            else None
+        )
         model.load_weights(path, objects_to_skip=skip)
         return
     if not isinstance(sample, (list, tuple)) or len(sample) != num_weights:
@@ -596,7 +681,10 @@ def _as_float64(outputs):
             )
         outputs = next(iter(outputs.values()))
     if isinstance(outputs, (list, tuple)):
-        return [np.asarray(keras.ops.convert_to_numpy(o), dtype=np.float64) for o in outputs]
+        return [
+            np.asarray(keras.ops.convert_to_numpy(o), dtype=np.float64)
+            for o in outputs
+        ]
     return np.asarray(keras.ops.convert_to_numpy(outputs), dtype=np.float64)
 
 
@@ -609,7 +697,9 @@ def _predict(model, x, batch_size, verbose):
     predict step is traced for one shape only; the padding rows are dropped.
     """
     if not isinstance(x, np.ndarray):
-        return _as_float64(model.predict(x, batch_size=batch_size, verbose=verbose))
+        return _as_float64(
+            model.predict(x, batch_size=batch_size, verbose=verbose)
+        )
     n = len(x)
     size = min(batch_size or 32, n)
     parts = []
@@ -617,11 +707,17 @@ def _predict(model, x, batch_size, verbose):
         batch = x[start : start + size]
         rows = len(batch)
         if rows < size:
-            batch = np.concatenate([batch, np.repeat(batch[-1:], size - rows, axis=0)])
+            batch = np.concatenate(
+                [batch, np.repeat(batch[-1:], size - rows, axis=0)]
+            )
         out = _as_float64(model.predict_on_batch(batch))
-        parts.append([o[:rows] for o in out] if isinstance(out, list) else out[:rows])
+        parts.append(
+            [o[:rows] for o in out] if isinstance(out, list) else out[:rows]
+        )
     if isinstance(parts[0], list):
-        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+        return [
+            np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))
+        ]
     return np.concatenate(parts)
 
 
@@ -696,17 +792,25 @@ def posterior_predictive(
             f"Argument `model` must be a keras.Model. Received: model of type {type(model).__name__}"
         )
     if not model.built:
-        raise ValueError("Argument `model` must be built (call it on data, or build it) before predicting.")
+        raise ValueError(
+            "Argument `model` must be built (call it on data, or build it) before predicting."
+        )
     samples = _sample_list(samples)
     if isinstance(x, np.ndarray) and (x.ndim == 0 or len(x) == 0):
-        raise ValueError(f"Argument `x` must hold at least one example. Received: x with shape {x.shape}")
+        raise ValueError(
+            f"Argument `x` must hold at least one example. Received: x with shape {x.shape}"
+        )
     if batch_size is not None:
-        batch_size = check_integer("batch_size", batch_size, minimum=1, description="a batch size")
+        batch_size = check_integer(
+            "batch_size", batch_size, minimum=1, description="a batch size"
+        )
     task = check_choice("task", task, TASKS)
     from_logits = check_bool("from_logits", from_logits)
     model_variance = check_bool("model_variance", model_variance)
     if isinstance(verbose, (bool, np.bool_)) or verbose not in (0, 1, 2):
-        raise ValueError(f"Argument `verbose` must be 0, 1 or 2. Received: verbose={verbose!r}")
+        raise ValueError(
+            f"Argument `verbose` must be 0, 1 or 2. Received: verbose={verbose!r}"
+        )
     if task == "regression" and from_logits:
         raise ValueError(
             "Argument `from_logits` applies to classification only. "
@@ -739,7 +843,11 @@ def posterior_predictive(
                         _check_not_probabilities(outputs)
                     outputs = _sigmoid(outputs) if binary else _softmax(outputs)
                 else:
-                    rows = outputs.reshape(-1, outputs.shape[-1]) if outputs.ndim > 1 else outputs
+                    rows = (
+                        outputs.reshape(-1, outputs.shape[-1])
+                        if outputs.ndim > 1
+                        else outputs
+                    )
                     check_probabilities(rows, name="model outputs")
                 total = outputs if total is None else total + outputs
                 continue
@@ -784,4 +892,10 @@ def posterior_predictive(
     return mean, variance
 
 
-__all__ = ["PosteriorSampler", "posterior_predictive", "sample_file_name", "BURN_IN_UNITS", "TASKS"]
+__all__ = [
+    "PosteriorSampler",
+    "posterior_predictive",
+    "sample_file_name",
+    "BURN_IN_UNITS",
+    "TASKS",
+]

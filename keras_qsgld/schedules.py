@@ -27,7 +27,9 @@ DEFAULT_ETA = 2.0**19  # the authors' resolution scale
 DEFAULT_BASE = 2.0
 DEFAULT_KAPPA = 2.0
 DEFAULT_TAU0 = 10.0  # epochs: DEFAULT_WARMUP_FRACTION of a 50-epoch run
-DEFAULT_WARMUP_FRACTION = 0.2  # the paper's tau0 = 0.2 x the epoch budget (40 of 200 epochs)
+DEFAULT_WARMUP_FRACTION = (
+    0.2  # the paper's tau0 = 0.2 x the epoch budget (40 of 200 epochs)
+)
 GATES = ("logistic", "tanh")
 
 # Qp must keep 1 / Qp and Qp * step finite and normal in float32, the precision of the update.
@@ -57,7 +59,11 @@ def check_steps_per_epoch(steps_per_epoch, name="steps_per_epoch"):
     if steps_per_epoch is None:
         return None
     return check_real(
-        name, steps_per_epoch, minimum=0, exclusive_minimum=True, description="a number of updates"
+        name,
+        steps_per_epoch,
+        minimum=0,
+        exclusive_minimum=True,
+        description="a number of updates",
     )
 
 
@@ -97,7 +103,9 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
     @steps_per_epoch.setter
     def steps_per_epoch(self, value):
         self._steps_per_epoch = check_steps_per_epoch(value)
-        self._steps_per_epoch_from_fit = False  # QSGLDMonitor marks its own settings
+        self._steps_per_epoch_from_fit = (
+            False  # QSGLDMonitor marks its own settings
+        )
         self._steps_per_epoch_changed()
 
     def _steps_per_epoch_changed(self):
@@ -116,7 +124,9 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def epochs(self, step):
         """`t = step / steps_per_epoch`, in float64 (float32 on JAX without x64 mode)."""
-        return ops.divide(ops.cast(step, widest_float()), self._require_steps_per_epoch())
+        return ops.divide(
+            ops.cast(step, widest_float()), self._require_steps_per_epoch()
+        )
 
 
 @keras.saving.register_keras_serializable(package="keras_qsgld")
@@ -158,9 +168,19 @@ class ResolutionSchedule(EpochSchedule):
           Langevin Dynamics Based on Quantization with Increasing Resolution.
     """
 
-    def __init__(self, eta=DEFAULT_ETA, base=DEFAULT_BASE, steps_per_epoch=None, name="ResolutionSchedule"):
-        self.eta = check_real("eta", eta, minimum=0, exclusive_minimum=True, description="a scale")
-        self.base = check_real("base", base, minimum=MIN_BASE, description=_BASE_DESCRIPTION)
+    def __init__(
+        self,
+        eta=DEFAULT_ETA,
+        base=DEFAULT_BASE,
+        steps_per_epoch=None,
+        name="ResolutionSchedule",
+    ):
+        self.eta = check_real(
+            "eta", eta, minimum=0, exclusive_minimum=True, description="a scale"
+        )
+        self.base = check_real(
+            "base", base, minimum=MIN_BASE, description=_BASE_DESCRIPTION
+        )
         super().__init__(steps_per_epoch, name)
         low, high = self._exponent_range()
         for p in (low, high):
@@ -174,7 +194,11 @@ class ResolutionSchedule(EpochSchedule):
 
     def _exponent(self, epochs):
         """`floor(log_base(ln(t + 2)))` in float64 NumPy, as the formula reads."""
-        return int(np.floor(np.log(np.log(np.float64(epochs) + 2.0)) / np.log(self.base)))
+        return int(
+            np.floor(
+                np.log(np.log(np.float64(epochs) + 2.0)) / np.log(self.base)
+            )
+        )
 
     def _exponent_range(self):
         return self._exponent(0.0), self._exponent(_MAX_EPOCHS)
@@ -190,17 +214,29 @@ class ResolutionSchedule(EpochSchedule):
             low, high = self._exponent_range()
             thresholds = []
             for p in range(low + 1, high + 1):
-                start = spe * (math.exp(self.base**p) - 2.0) if self.base**p < 700 else math.inf
+                start = (
+                    spe * (math.exp(self.base**p) - 2.0)
+                    if self.base**p < 700
+                    else math.inf
+                )
                 if start >= 2.0**63:  # beyond any int64 step count
                     break
                 step = max(0, math.floor(start) - 2)
-                while self._exponent(np.float64(step) / spe) < p:  # the float64 formula decides
+                while (
+                    self._exponent(np.float64(step) / spe) < p
+                ):  # the float64 formula decides
                     step += 1
                 thresholds.append(step)
-            qp = [self.eta * self.base**p for p in range(low, low + len(thresholds) + 1)]
+            qp = [
+                self.eta * self.base**p
+                for p in range(low, low + len(thresholds) + 1)
+            ]
             # Python numbers, not NumPy arrays: constants that torch.compile traces without a
             # graph break (it does not follow NumPy arrays into a tensor conversion).
-            self._table = (tuple(thresholds), tuple(float(np.float32(v)) for v in qp))
+            self._table = (
+                tuple(thresholds),
+                tuple(float(np.float32(v)) for v in qp),
+            )
         return self._table
 
     def exponent(self, step):
@@ -212,7 +248,10 @@ class ResolutionSchedule(EpochSchedule):
     def __call__(self, step):
         with keras.name_scope(self.name):
             thresholds, qp = self._exponent_table()
-            return ops.take(ops.convert_to_tensor(qp, "float32"), _count_passed(step, thresholds))
+            return ops.take(
+                ops.convert_to_tensor(qp, "float32"),
+                _count_passed(step, thresholds),
+            )
 
     def breakpoints(self, max_epoch):
         """Epochs `e ** (base ** p) - 2` in `(0, max_epoch]` where `Qp` changes (for plots)."""
@@ -224,7 +263,12 @@ class ResolutionSchedule(EpochSchedule):
         return points
 
     def get_config(self):
-        return {"eta": self.eta, "base": self.base, **self._clock_config(), "name": self.name}
+        return {
+            "eta": self.eta,
+            "base": self.base,
+            **self._clock_config(),
+            "name": self.name,
+        }
 
 
 def _count_passed(step, thresholds):
@@ -237,7 +281,9 @@ def _count_passed(step, thresholds):
         thresholds = tuple(t for t in thresholds if t <= top)
     if not thresholds:
         return ops.convert_to_tensor(0, "int32")
-    passed = ops.greater_equal(step, ops.convert_to_tensor(list(thresholds), dtype=dtype))
+    passed = ops.greater_equal(
+        step, ops.convert_to_tensor(list(thresholds), dtype=dtype)
+    )
     return ops.sum(ops.cast(passed, "int32"))
 
 
@@ -286,13 +332,17 @@ class CompensationSchedule(EpochSchedule):
         gate="logistic",
         name="CompensationSchedule",
     ):
-        self.kappa = check_real("kappa", kappa, minimum=0, description="a slope per epoch")
+        self.kappa = check_real(
+            "kappa", kappa, minimum=0, description="a slope per epoch"
+        )
         self.tau0 = check_real("tau0", tau0, description="a time in epochs")
         self.gate = check_choice("gate", gate, GATES)
         super().__init__(steps_per_epoch, name)
 
     @classmethod
-    def from_budget(cls, epochs, warmup_fraction=DEFAULT_WARMUP_FRACTION, **kwargs):
+    def from_budget(
+        cls, epochs, warmup_fraction=DEFAULT_WARMUP_FRACTION, **kwargs
+    ):
         """The paper's choice `tau0 = warmup_fraction * epochs` (0.2 in the paper).
 
         Args:
@@ -301,15 +351,27 @@ class CompensationSchedule(EpochSchedule):
                 the compensation is on. Default 0.2.
             **kwargs: the other arguments of `CompensationSchedule`.
         """
-        epochs = check_real("epochs", epochs, minimum=0, exclusive_minimum=True, description="an epoch budget")
+        epochs = check_real(
+            "epochs",
+            epochs,
+            minimum=0,
+            exclusive_minimum=True,
+            description="an epoch budget",
+        )
         warmup_fraction = check_real(
-            "warmup_fraction", warmup_fraction, minimum=0, maximum=1, description="a fraction"
+            "warmup_fraction",
+            warmup_fraction,
+            minimum=0,
+            maximum=1,
+            description="a fraction",
         )
         return cls(tau0=warmup_fraction * epochs, **kwargs)
 
     def __call__(self, step):
         with keras.name_scope(self.name):
-            x = ops.multiply(-self.kappa, ops.subtract(self.epochs(step), self.tau0))
+            x = ops.multiply(
+                -self.kappa, ops.subtract(self.epochs(step), self.tau0)
+            )
             if self.gate == "tanh":
                 s = ops.divide(ops.add(_tanh(x), 1.0), 2.0)
             else:
@@ -329,10 +391,14 @@ class CompensationSchedule(EpochSchedule):
 def _tanh(x):
     """`ops.tanh` in the dtype of `x` (Keras 3.15 on JAX computes it in float32 for float64)."""
     t = ops.tanh(x)
-    if keras.backend.standardize_dtype(t.dtype) == keras.backend.standardize_dtype(x.dtype):
+    if keras.backend.standardize_dtype(
+        t.dtype
+    ) == keras.backend.standardize_dtype(x.dtype):
         return t
     e = ops.exp(ops.multiply(-2.0, ops.abs(x)))
-    return ops.multiply(ops.sign(x), ops.divide(ops.subtract(1.0, e), ops.add(1.0, e)))
+    return ops.multiply(
+        ops.sign(x), ops.divide(ops.subtract(1.0, e), ops.add(1.0, e))
+    )
 
 
 @keras.saving.register_keras_serializable(package="keras_qsgld")
@@ -473,6 +539,9 @@ def epoch_schedules(optimizer):
     """The optimizer's schedules that count in epochs (those `QSGLDMonitor` checks)."""
     return [
         s
-        for s in (getattr(optimizer, "resolution", None), getattr(optimizer, "compensation", None))
+        for s in (
+            getattr(optimizer, "resolution", None),
+            getattr(optimizer, "compensation", None),
+        )
         if isinstance(s, EpochSchedule)
     ]

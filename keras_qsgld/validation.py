@@ -37,9 +37,13 @@ def _number_text(x):
 def _range_text(minimum, maximum, exclusive_minimum, exclusive_maximum):
     parts = []
     if minimum is not None:
-        parts.append(f"{'>' if exclusive_minimum else '>='} {_number_text(minimum)}")
+        parts.append(
+            f"{'>' if exclusive_minimum else '>='} {_number_text(minimum)}"
+        )
     if maximum is not None:
-        parts.append(f"{'<' if exclusive_maximum else '<='} {_number_text(maximum)}")
+        parts.append(
+            f"{'<' if exclusive_maximum else '<='} {_number_text(maximum)}"
+        )
     return " and ".join(parts)
 
 
@@ -69,16 +73,30 @@ def check_real(
         wanted += f" {bounds}"
     if not allow_infinite:
         wanted += ", finite"
-    if number is None or math.isnan(number) or (not allow_infinite and math.isinf(number)):
-        raise ValueError(f"Argument `{name}` must be {wanted}. Received: {name}={value!r}")
-    too_low = minimum is not None and (number <= minimum if exclusive_minimum else number < minimum)
-    too_high = maximum is not None and (number >= maximum if exclusive_maximum else number > maximum)
+    if (
+        number is None
+        or math.isnan(number)
+        or (not allow_infinite and math.isinf(number))
+    ):
+        raise ValueError(
+            f"Argument `{name}` must be {wanted}. Received: {name}={value!r}"
+        )
+    too_low = minimum is not None and (
+        number <= minimum if exclusive_minimum else number < minimum
+    )
+    too_high = maximum is not None and (
+        number >= maximum if exclusive_maximum else number > maximum
+    )
     if too_low or too_high:
-        raise ValueError(f"Argument `{name}` must be {wanted}. Received: {name}={value!r}")
+        raise ValueError(
+            f"Argument `{name}` must be {wanted}. Received: {name}={value!r}"
+        )
     return number
 
 
-def check_integer(name, value, minimum=None, maximum=None, description="an integer"):
+def check_integer(
+    name, value, minimum=None, maximum=None, description="an integer"
+):
     """Returns `value` as a Python int: Python or NumPy integers and 0-d integer arrays.
 
     Floats are refused even when integral (a seed of 2.5 or 2.0 is a mistake).
@@ -90,15 +108,23 @@ def check_integer(name, value, minimum=None, maximum=None, description="an integ
     else:
         try:
             array = np.asarray(value)
-            number = int(array) if array.ndim == 0 and array.dtype.kind in "iu" else None
+            number = (
+                int(array)
+                if array.ndim == 0 and array.dtype.kind in "iu"
+                else None
+            )
         except Exception:
             number = None
     bounds = _range_text(minimum, maximum, False, False)
     wanted = f"{description} {bounds}" if bounds else description
-    if number is None or (minimum is not None and number < minimum) or (
-        maximum is not None and number > maximum
+    if (
+        number is None
+        or (minimum is not None and number < minimum)
+        or (maximum is not None and number > maximum)
     ):
-        raise ValueError(f"Argument `{name}` must be {wanted}. Received: {name}={value!r}")
+        raise ValueError(
+            f"Argument `{name}` must be {wanted}. Received: {name}={value!r}"
+        )
     return number
 
 
@@ -106,11 +132,15 @@ def check_bool(name, value):
     """Returns `value` if it is a bool (Python or NumPy); anything else raises."""
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
-    raise ValueError(f"Argument `{name}` must be True or False. Received: {name}={value!r}")
+    raise ValueError(
+        f"Argument `{name}` must be True or False. Received: {name}={value!r}"
+    )
 
 
 def check_choice(name, value, choices):
     """Returns `value` if it is one of `choices` (strings compared exactly)."""
     if isinstance(value, str) and value in choices:
         return value
-    raise ValueError(f"Argument `{name}` must be one of {tuple(choices)}. Received: {name}={value!r}")
+    raise ValueError(
+        f"Argument `{name}` must be one of {tuple(choices)}. Received: {name}={value!r}"
+    )

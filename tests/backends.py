@@ -73,9 +73,15 @@ class CompiledApply:
         self.variables = list(variables)
         optimizer.build(self.variables)
         if BACKEND == "jax":
-            self._step = Compiled(lambda opt_values, values, grads: optimizer.stateless_apply(opt_values, grads, values))
+            self._step = Compiled(
+                lambda opt_values, values, grads: optimizer.stateless_apply(
+                    opt_values, grads, values
+                )
+            )
         else:
-            self._step = Compiled(lambda grads: optimizer.apply(grads, self.variables))
+            self._step = Compiled(
+                lambda grads: optimizer.apply(grads, self.variables)
+            )
         self.traces = self._step.traces
 
     def __call__(self, grads):
@@ -84,7 +90,9 @@ class CompiledApply:
             self._step(grads)
             return
         values, opt_values = self._step(
-            [v.value for v in self.optimizer.variables], [v.value for v in self.variables], grads
+            [v.value for v in self.optimizer.variables],
+            [v.value for v in self.variables],
+            grads,
         )
         for variable, value in zip(self.variables, values):
             variable.assign(value)
@@ -111,7 +119,10 @@ def tensor(x):
 
 _FLOAT64_MARKS = [
     pytest.mark.float64,  # `pytest -m float64` selects them for the JAX x64 run
-    pytest.mark.skipif(not float64_available(), reason="float64 on JAX needs x64 mode (JAX_ENABLE_X64=1)"),
+    pytest.mark.skipif(
+        not float64_available(),
+        reason="float64 on JAX needs x64 mode (JAX_ENABLE_X64=1)",
+    ),
 ]
 
 

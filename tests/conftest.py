@@ -21,15 +21,19 @@ os.environ.setdefault("KERAS_HOME", tempfile.mkdtemp(prefix="keras_home_"))
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "backends(*names): run only on these Keras backends (skipped on the others)"
+        "markers",
+        "backends(*names): run only on these Keras backends (skipped on the others)",
     )
-    config.addinivalue_line("markers", "float64: needs float64 maths (JAX: only with JAX_ENABLE_X64=1)")
+    config.addinivalue_line(
+        "markers",
+        "float64: needs float64 maths (JAX: only with JAX_ENABLE_X64=1)",
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -37,7 +41,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         marker = item.get_closest_marker("backends")
         if marker is not None and backend not in marker.args:
-            item.add_marker(pytest.mark.skip(reason=f"runs on {', '.join(marker.args)}; this is {backend}"))
+            item.add_marker(
+                pytest.mark.skip(
+                    reason=f"runs on {', '.join(marker.args)}; this is {backend}"
+                )
+            )
 
 
 @pytest.fixture

@@ -47,7 +47,11 @@ def gate(step, kappa=2.0, tau0=10.0, steps_per_epoch=1, kind="logistic"):
     x = -kappa * (t - tau0)
     if kind == "logistic":
         # 1 / (1 + e^-x), written to avoid overflow for large |x|.
-        return np.where(x >= 0, 1.0 / (1.0 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1.0 + np.exp(-np.abs(x))))
+        return np.where(
+            x >= 0,
+            1.0 / (1.0 + np.exp(-np.abs(x))),
+            np.exp(-np.abs(x)) / (1.0 + np.exp(-np.abs(x))),
+        )
     if kind == "tanh":
         return (np.tanh(x) + 1.0) / 2.0
     raise ValueError(kind)
@@ -101,7 +105,15 @@ def _schedule(value):
 
 
 def qsgld_trajectory(
-    w0, grads, lr, resolution_fn, compensation_fn=None, rounding="nearest", momentum=0.0, nesterov=False, noise=None
+    w0,
+    grads,
+    lr,
+    resolution_fn,
+    compensation_fn=None,
+    rounding="nearest",
+    momentum=0.0,
+    nesterov=False,
+    noise=None,
 ):
     """Runs QSGLD on fixed gradients.
 
@@ -117,7 +129,11 @@ def qsgld_trajectory(
         dict with `weights` (list over steps of lists of arrays, after each step), `y`
         (the scaled steps `Qp (h + r)`), `qp` and `gate` per step, and the final `momentums`.
     """
-    qp_fn, s_fn, lr_fn = _schedule(resolution_fn), _schedule(compensation_fn), _schedule(lr)
+    qp_fn, s_fn, lr_fn = (
+        _schedule(resolution_fn),
+        _schedule(compensation_fn),
+        _schedule(lr),
+    )
     w = [np.asarray(x, dtype=np.float64).copy() for x in w0]
     m = [np.zeros_like(x) for x in w]
     out = dict(weights=[], y=[], qp=[], gate=[])
@@ -135,7 +151,11 @@ def qsgld_trajectory(
             else:
                 h = -lr * g
             y = scaled_step(h, qp, lr, s)
-            w[i] = w[i] + quantize(y, rounding, None if noise is None else noise[k][i]) / qp
+            w[i] = (
+                w[i]
+                + quantize(y, rounding, None if noise is None else noise[k][i])
+                / qp
+            )
             ys.append(y)
         out["weights"].append([x.copy() for x in w])
         out["y"].append(ys)
@@ -162,7 +182,11 @@ def qadam_trajectory(
     Same arguments and return value as `qsgld_trajectory` (with `momentums` and
     `velocities` the final Adam moments, and `alpha` the step sizes per step).
     """
-    qp_fn, s_fn, lr_fn = _schedule(resolution_fn), _schedule(compensation_fn), _schedule(lr)
+    qp_fn, s_fn, lr_fn = (
+        _schedule(resolution_fn),
+        _schedule(compensation_fn),
+        _schedule(lr),
+    )
     w = [np.asarray(x, dtype=np.float64).copy() for x in w0]
     m = [np.zeros_like(x) for x in w]
     v = [np.zeros_like(x) for x in w]
@@ -172,7 +196,9 @@ def qadam_trajectory(
         lr = lr_fn(k)
         qp = qp_fn(k + 1)
         s = None if s_fn is None else s_fn(k + 1)
-        alpha = lr * math.sqrt(1.0 - beta_2 ** (k + 1)) / (1.0 - beta_1 ** (k + 1))
+        alpha = (
+            lr * math.sqrt(1.0 - beta_2 ** (k + 1)) / (1.0 - beta_1 ** (k + 1))
+        )
         ys = []
         for i in range(len(w)):
             g = np.asarray(grads[i][k], dtype=np.float64)
@@ -180,7 +206,11 @@ def qadam_trajectory(
             v[i] = beta_2 * v[i] + (1.0 - beta_2) * g * g
             h = -alpha * m[i] / (np.sqrt(v[i]) + epsilon)
             y = scaled_step(h, qp, alpha, s)
-            w[i] = w[i] + quantize(y, rounding, None if noise is None else noise[k][i]) / qp
+            w[i] = (
+                w[i]
+                + quantize(y, rounding, None if noise is None else noise[k][i])
+                / qp
+            )
             ys.append(y)
         out["weights"].append([x.copy() for x in w])
         out["y"].append(ys)
@@ -200,7 +230,13 @@ def boundary_distance(y, rounding="nearest"):
 
 
 def assert_increment_matches(
-    delta, y_ref, qp, rounding="nearest", rel_margin=1e-6, max_ambiguous=0.01, grid_atol=0.0
+    delta,
+    y_ref,
+    qp,
+    rounding="nearest",
+    rel_margin=1e-6,
+    max_ambiguous=0.01,
+    grid_atol=0.0,
 ):
     """Checks an implementation's increment `delta` against the reference's scaled step.
 
@@ -211,12 +247,20 @@ def assert_increment_matches(
     cells) allows for a `delta` measured as a difference of float32 weights.
     """
     cells = np.asarray(delta, dtype=np.float64) * float(qp)
-    np.testing.assert_allclose(cells, np.round(cells), rtol=0, atol=grid_atol, err_msg="increment is not on the grid 1/Qp")
+    np.testing.assert_allclose(
+        cells,
+        np.round(cells),
+        rtol=0,
+        atol=grid_atol,
+        err_msg="increment is not on the grid 1/Qp",
+    )
     cells = np.round(cells)
     expected = quantize(y_ref, rounding)
     margin = rel_margin * (1.0 + np.abs(y_ref))
     clear = boundary_distance(y_ref, rounding) > margin
-    assert np.sum(~clear) <= max(1, max_ambiguous * clear.size), f"{np.sum(~clear)} entries are ambiguous"
+    assert np.sum(~clear) <= max(1, max_ambiguous * clear.size), (
+        f"{np.sum(~clear)} entries are ambiguous"
+    )
     np.testing.assert_array_equal(cells[clear], expected[clear])
     assert np.all(np.abs(cells - expected) <= 1)
 
@@ -243,4 +287,6 @@ def uniform_from_seed(shape, seed):
         key_b = _lowbias32(seed[1] + key_a)
         index = np.arange(int(np.prod(shape)), dtype=np.uint32)
         bits = _lowbias32(_lowbias32(index ^ key_a) + key_b)
-    return ((bits >> np.uint32(8)).astype(np.float32) * np.float32(2.0**-24)).reshape(shape)
+    return (
+        (bits >> np.uint32(8)).astype(np.float32) * np.float32(2.0**-24)
+    ).reshape(shape)

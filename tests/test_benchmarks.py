@@ -27,29 +27,51 @@ from benchmarks import optimizers as bopt
 
 BACKEND = keras.backend.backend()
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TENSORFLOW_SCRIPTS = ("quality", "global_opt", "diagnostics", "cifar", "langevin_double_well", "eager_xla")
+TENSORFLOW_SCRIPTS = (
+    "quality",
+    "global_opt",
+    "diagnostics",
+    "cifar",
+    "langevin_double_well",
+    "eager_xla",
+)
 # TensorFlow's own C++ log lines (start-up, device probes): not the scripts' output.
-TF_LOG_LINE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl)")
+TF_LOG_LINE = re.compile(
+    r"^([IWEF]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl)"
+)
 
 
 def run_module(module, *args, **kwargs):
     """`python -m benchmarks.MODULE ARGS` from the repository root -> CompletedProcess."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run(
-        [sys.executable, "-m", f"benchmarks.{module}", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=600, **kwargs,
+        [sys.executable, "-m", f"benchmarks.{module}", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kwargs,
     )
 
 
 def script_lines(stderr):
     """The lines of stderr that the script wrote (TensorFlow's C++ log lines left out)."""
-    return [line for line in stderr.splitlines() if line.strip() and not TF_LOG_LINE.match(line)]
+    return [
+        line
+        for line in stderr.splitlines()
+        if line.strip() and not TF_LOG_LINE.match(line)
+    ]
 
 
 def _table_rows(path):
     with open(path) as f:
-        lines = [line for line in f.read().splitlines() if line.startswith("| ")]
-    return lines[1:]  # without the header (the |---| line does not start with "| ")
+        lines = [
+            line for line in f.read().splitlines() if line.startswith("| ")
+        ]
+    return lines[
+        1:
+    ]  # without the header (the |---| line does not start with "| ")
 
 
 def _check_table(path, min_rows=1):
@@ -94,7 +116,9 @@ def test_time_interleaved_calls_each_function_as_asked():
         return fn
 
     first = {}
-    times = common.time_interleaved({"a": make("a"), "b": make("b")}, repeats=3, warmup=2, first_calls=first)
+    times = common.time_interleaved(
+        {"a": make("a"), "b": make("b")}, repeats=3, warmup=2, first_calls=first
+    )
     assert calls == {"a": 5, "b": 5}
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
     assert all(t >= 0 for v in times.values() for t in v)
@@ -126,7 +150,9 @@ def test_gaussian_sgld_step_and_variance():
     step = keras.ops.convert_to_numpy(var) - 0.0
     noise = step + lr * grad  # NumPy reference: w1 = w0 - lr g + sigma xi
     sigma = 1.0 / (qp * math.sqrt(12.0))
-    assert noise.mean() == pytest.approx(0.0, abs=5 * sigma / math.sqrt(noise.size))
+    assert noise.mean() == pytest.approx(
+        0.0, abs=5 * sigma / math.sqrt(noise.size)
+    )
     # Sample variance of 20000 normals: relative standard error sqrt(2 / n) = 1%.
     assert noise.var() == pytest.approx(sigma**2, rel=0.05)
     # The seed generator's state is an optimizer variable (saved, advanced every step).
@@ -153,7 +179,16 @@ def test_optimizer_list_is_data_driven():
     from keras_qsgld.schedules import DEFAULT_ETA, DEFAULT_WARMUP_FRACTION
 
     names = bopt.available()
-    for name in ("sgd", "sgd_momentum", "adam", "adamw", "qsgld", "qsgd", "qadam", "sgld"):
+    for name in (
+        "sgd",
+        "sgd_momentum",
+        "adam",
+        "adamw",
+        "qsgld",
+        "qsgd",
+        "qadam",
+        "sgld",
+    ):
         assert name in names
     assert bopt.EXTRA_ROUNDINGS
     for mode in bopt.EXTRA_ROUNDINGS:
@@ -162,12 +197,30 @@ def test_optimizer_list_is_data_driven():
     assert bopt.build("qsgd", 0.01, 10, 5).compensation is None
     qsgld = bopt.build("qsgld", 0.01, 10, 5)
     assert qsgld.compensation.tau0 == pytest.approx(DEFAULT_WARMUP_FRACTION * 5)
-    assert qsgld.resolution.eta == DEFAULT_ETA and qsgld.resolution.steps_per_epoch == 10
+    assert (
+        qsgld.resolution.eta == DEFAULT_ETA
+        and qsgld.resolution.steps_per_epoch == 10
+    )
     # The ablations' knobs reach the schedules.
-    variant = bopt.paper_qsgld(0.01, 10, 5, seed=3, compensation=False, rounding="dithered", eta=2.0**10)
-    assert variant.compensation is None and variant.rounding == "dithered" and variant.resolution.eta == 2.0**10
+    variant = bopt.paper_qsgld(
+        0.01,
+        10,
+        5,
+        seed=3,
+        compensation=False,
+        rounding="dithered",
+        eta=2.0**10,
+    )
+    assert (
+        variant.compensation is None
+        and variant.rounding == "dithered"
+        and variant.resolution.eta == 2.0**10
+    )
     assert bopt.default_learning_rate("qadam") == DEFAULT_LEARNING_RATE["qadam"]
-    assert bopt.default_learning_rate("qsgld_dithered") == DEFAULT_LEARNING_RATE["sgd"]  # its family's
+    assert (
+        bopt.default_learning_rate("qsgld_dithered")
+        == DEFAULT_LEARNING_RATE["sgd"]
+    )  # its family's
     with pytest.raises(common.UsageError, match="--optimizers"):
         bopt.parse_optimizers("sgd,nope", names)
     with pytest.raises(ValueError, match="name"):
@@ -175,12 +228,22 @@ def test_optimizer_list_is_data_driven():
 
 
 # -- one-line errors and Ctrl-C, as a command -------------------------------------------------
-@pytest.mark.backends("tensorflow")  # subprocesses: once, not in every backend's run
+@pytest.mark.backends(
+    "tensorflow"
+)  # subprocesses: once, not in every backend's run
 @pytest.mark.parametrize(
     "module, args, message",
     [
-        ("speed", ["--rounds", "0"], "argument --rounds: must be an integer >= 1"),
-        ("speed", ["--backends", "tf"], "Argument `--backends` must name backends"),
+        (
+            "speed",
+            ["--rounds", "0"],
+            "argument --rounds: must be an integer >= 1",
+        ),
+        (
+            "speed",
+            ["--backends", "tf"],
+            "Argument `--backends` must name backends",
+        ),
         ("report", ["--published", "no/such/folder"], "Argument `--published`"),
         ("global_opt", ["--dims", "2,x"], "Argument `--dims`"),
     ],
@@ -190,19 +253,39 @@ def test_user_error_is_one_line_and_exit_code_2(module, args, message):
     assert result.returncode == 2, result.stderr
     lines = script_lines(result.stderr)
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"benchmarks.{module}: error: ") and message in lines[0]
+    assert (
+        lines[0].startswith(f"benchmarks.{module}: error: ")
+        and message in lines[0]
+    )
 
 
-@pytest.mark.backends("tensorflow")  # a subprocess of each backend: once, not in every run
+@pytest.mark.backends(
+    "tensorflow"
+)  # a subprocess of each backend: once, not in every run
 def test_ctrl_c_is_one_line_that_says_how_to_resume(tmp_path):
     """Ctrl-C (SIGINT to the process group, as a terminal sends it) while a backend's own
     process measures: the parent says how to resume, in one line, and exits with 130."""
-    args = ["--quick", "--backends", "jax,torch", "--tables", "apply", "--modes", "jit,eager",
-            "--output-dir", str(tmp_path), "--force"]
+    args = [
+        "--quick",
+        "--backends",
+        "jax,torch",
+        "--tables",
+        "apply",
+        "--modes",
+        "jit,eager",
+        "--output-dir",
+        str(tmp_path),
+        "--force",
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     process = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.speed", *args], cwd=ROOT, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        [sys.executable, "-m", "benchmarks.speed", *args],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
     try:
         for line in process.stdout:  # wait until the jax process measures
@@ -217,9 +300,15 @@ def test_ctrl_c_is_one_line_that_says_how_to_resume(tmp_path):
     assert process.returncode == 130, stderr
     lines = script_lines(stderr)
     assert len(lines) == 1, stderr
-    assert lines[0].startswith("benchmarks.speed: interrupted") and "to resume" in lines[0]
+    assert (
+        lines[0].startswith("benchmarks.speed: interrupted")
+        and "to resume" in lines[0]
+    )
     # The command to rerun, without --force (which would recompute what is done).
-    assert "python -m benchmarks.speed --quick --backends jax,torch" in lines[0] and "--force" not in lines[0]
+    assert (
+        "python -m benchmarks.speed --quick --backends jax,torch" in lines[0]
+        and "--force" not in lines[0]
+    )
 
 
 def test_harness_imports_no_backend():
@@ -231,11 +320,22 @@ def test_harness_imports_no_backend():
         "print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))"
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     machine, imported = result.stdout.splitlines()
     assert imported == "[]"
-    assert "TensorFlow" in machine and "JAX" in machine and "PyTorch" in machine and "Keras" in machine
+    assert (
+        "TensorFlow" in machine
+        and "JAX" in machine
+        and "PyTorch" in machine
+        and "Keras" in machine
+    )
 
 
 @pytest.mark.backends("jax", "torch")
@@ -255,18 +355,26 @@ def test_global_opt_functions_against_numpy():
     ref = {
         "rastrigin": 20 + np.sum(x**2 - 10 * np.cos(2 * np.pi * x), -1),
         "ackley": -20 * np.exp(-0.2 * np.sqrt(np.mean(x**2, -1)))
-        - np.exp(np.mean(np.cos(2 * np.pi * x), -1)) + 20 + np.e,
+        - np.exp(np.mean(np.cos(2 * np.pi * x), -1))
+        + 20
+        + np.e,
         "styblinski_tang": 0.5 * np.sum(x**4 - 16 * x**2 + 5 * x, -1),
     }
     grad_st = 0.5 * (4 * x**3 - 32 * x + 5)
     for name, expected in ref.items():
         got = global_opt.value(name, tf.constant(x)).numpy()
         np.testing.assert_allclose(got, expected, rtol=1e-5)
-    np.testing.assert_allclose(global_opt.gradient("styblinski_tang", tf.constant(x)).numpy(), grad_st, rtol=1e-5)
+    np.testing.assert_allclose(
+        global_opt.gradient("styblinski_tang", tf.constant(x)).numpy(),
+        grad_st,
+        rtol=1e-5,
+    )
     # The minima and the Styblinski-Tang barrier are stationary points of the 1-D function.
     for root in (global_opt.ST_MIN, global_opt.ST_BARRIER):
         assert abs(4 * root**3 - 32 * root + 5) < 1e-5
-    assert global_opt.f_star("styblinski_tang", 1) == pytest.approx(-39.16617, abs=1e-4)
+    assert global_opt.f_star("styblinski_tang", 1) == pytest.approx(
+        -39.16617, abs=1e-4
+    )
 
 
 @pytest.mark.backends("tensorflow")
@@ -274,13 +382,17 @@ def test_global_opt_quick(tmp_path):
     from benchmarks import global_opt
 
     out = str(tmp_path / "global")
-    (path,) = global_opt.main(["--quick", "--seeds", "1", "--output-dir", out, "--dims", "2"])
+    (path,) = global_opt.main(
+        ["--quick", "--seeds", "1", "--output-dir", out, "--dims", "2"]
+    )
     text, _ = _check_table(path, min_rows=3 * len(global_opt.methods()))
     assert "qsgld_anneal" in text and "sgld_fixed" in text
     # Resumable: a second run reads every result back instead of recomputing.
     with open(os.path.join(out, "global.jsonl")) as f:
         n = len(f.readlines())
-    global_opt.main(["--quick", "--seeds", "1", "--output-dir", out, "--dims", "2"])
+    global_opt.main(
+        ["--quick", "--seeds", "1", "--output-dir", out, "--dims", "2"]
+    )
     with open(os.path.join(out, "global.jsonl")) as f:
         assert len(f.readlines()) == n
 
@@ -289,8 +401,21 @@ def test_global_opt_quick(tmp_path):
 def test_diagnostics_quick(tmp_path):
     from benchmarks import diagnostics
 
-    paths = diagnostics.main(["--quick", "--seeds", "1", "--output-dir", str(tmp_path), "--coords", "64"])
-    assert [os.path.basename(p) for p in paths] == ["whitenoise.md", "stationary.md"]
+    paths = diagnostics.main(
+        [
+            "--quick",
+            "--seeds",
+            "1",
+            "--output-dir",
+            str(tmp_path),
+            "--coords",
+            "64",
+        ]
+    )
+    assert [os.path.basename(p) for p in paths] == [
+        "whitenoise.md",
+        "stationary.md",
+    ]
     _check_table(paths[0], min_rows=3)
     _check_table(paths[1], min_rows=4)
     # Dithered rounding makes the error uniform by construction: the measured stationary
@@ -300,14 +425,18 @@ def test_diagnostics_quick(tmp_path):
     dithered = [r["record"] for r in records if "r=dithered" in r["key"]]
     if dithered:
         for rec in dithered:
-            assert rec["var"] / rec["var_formula"] == pytest.approx(1.0, abs=0.35)
+            assert rec["var"] / rec["var_formula"] == pytest.approx(
+                1.0, abs=0.35
+            )
 
 
 @pytest.mark.backends("tensorflow")
 def test_quality_quick(tmp_path):
     from benchmarks import quality
 
-    paths = quality.main(["--quick", "--output-dir", str(tmp_path), "--datasets", "digits"])
+    paths = quality.main(
+        ["--quick", "--output-dir", str(tmp_path), "--datasets", "digits"]
+    )
     names = [os.path.basename(p) for p in paths]
     assert names == ["quality.md", "ingredients.md", "ablation.md"]
     assert os.path.exists(tmp_path / "lr.md")
@@ -318,48 +447,97 @@ def test_quality_quick(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "backend", [pytest.param(b, marks=pytest.mark.backends(b)) for b in ("tensorflow", "jax", "torch")]
+    "backend",
+    [
+        pytest.param(b, marks=pytest.mark.backends(b))
+        for b in ("tensorflow", "jax", "torch")
+    ],
 )
 def test_speed_quick(backend, tmp_path):
     """Every table and mode of this backend, in this process (tiny sizes)."""
     from benchmarks import speed
 
     out = str(tmp_path)
-    paths = speed.main(["--quick", "--backends", backend, "--output-dir", out, "--warmup", "1"])
-    assert [os.path.basename(p) for p in paths] == ["apply.md", "step.md", "breakdown.md"]
-    apply_modes, step_modes = speed.APPLY_MODES[backend], speed.STEP_MODES[backend]
-    variants = 2 if backend == "tensorflow" else 0  # graph, eager: qsgld again with jit_compile=False
-    text, rows = _check_table(paths[0], min_rows=2 * len(apply_modes) + variants)
-    assert all(row.startswith(f"| {backend} (") for row in rows)  # "| jax (cpu) |": where it ran
+    paths = speed.main(
+        ["--quick", "--backends", backend, "--output-dir", out, "--warmup", "1"]
+    )
+    assert [os.path.basename(p) for p in paths] == [
+        "apply.md",
+        "step.md",
+        "breakdown.md",
+    ]
+    apply_modes, step_modes = (
+        speed.APPLY_MODES[backend],
+        speed.STEP_MODES[backend],
+    )
+    variants = (
+        2 if backend == "tensorflow" else 0
+    )  # graph, eager: qsgld again with jit_compile=False
+    text, rows = _check_table(
+        paths[0], min_rows=2 * len(apply_modes) + variants
+    )
+    assert all(
+        row.startswith(f"| {backend} (") for row in rows
+    )  # "| jax (cpu) |": where it ran
     for mode in apply_modes:
         assert f"| {mode} | qsgld |" in text and f"| {mode} | sgd |" in text
     if backend == "tensorflow":
-        assert "| graph | qsgld (jit_compile=False) |" in text and "| eager | qsgld (jit_compile=False) |" in text
+        assert (
+            "| graph | qsgld (jit_compile=False) |" in text
+            and "| eager | qsgld (jit_compile=False) |" in text
+        )
     text, rows = _check_table(paths[1], min_rows=2 * len(step_modes))
     for mode in step_modes:
         assert f"| {mode} | qsgld |" in text
     assert all("| sgd |" in row for row in rows)  # QSGLD's baseline
     text, _ = _check_table(paths[2], min_rows=4 * len(apply_modes))
-    assert "per-tensor norms only, one reduction each" in text and "QSGLD's two-level sum" in text
+    assert (
+        "per-tensor norms only, one reduction each" in text
+        and "QSGLD's two-level sum" in text
+    )
     # Resumable: a second run reads every record back instead of measuring again.
-    sizes = {t: len(open(os.path.join(out, f"{t}.jsonl")).readlines()) for t in ("apply", "step", "breakdown")}
-    speed.main(["--quick", "--backends", backend, "--output-dir", out, "--warmup", "1"])
-    assert sizes == {t: len(open(os.path.join(out, f"{t}.jsonl")).readlines()) for t in sizes}
+    sizes = {
+        t: len(open(os.path.join(out, f"{t}.jsonl")).readlines())
+        for t in ("apply", "step", "breakdown")
+    }
+    speed.main(
+        ["--quick", "--backends", backend, "--output-dir", out, "--warmup", "1"]
+    )
+    assert sizes == {
+        t: len(open(os.path.join(out, f"{t}.jsonl")).readlines()) for t in sizes
+    }
 
 
-@pytest.mark.backends("tensorflow")  # runs JAX and PyTorch in processes of their own: once
+@pytest.mark.backends(
+    "tensorflow"
+)  # runs JAX and PyTorch in processes of their own: once
 def test_speed_gathers_the_backends_into_one_table(tmp_path):
     """Several backends: each measures in a process of its own (resumable per backend), and
     one table holds them all, each with its ratios to SGD of its own run."""
     from benchmarks import speed
 
-    args = ["--quick", "--backends", "jax,torch", "--tables", "apply", "--modes", "jit,eager",
-            "--output-dir", str(tmp_path), "--warmup", "1"]
+    args = [
+        "--quick",
+        "--backends",
+        "jax,torch",
+        "--tables",
+        "apply",
+        "--modes",
+        "jit,eager",
+        "--output-dir",
+        str(tmp_path),
+        "--warmup",
+        "1",
+    ]
     (path,) = speed.main(args)
     text, rows = _check_table(path, min_rows=4)
-    assert [row.split(" | ")[0] for row in rows] == ["| jax (cpu)"] * 2 + ["| torch (cpu)"] * 2
+    assert [row.split(" | ")[0] for row in rows] == ["| jax (cpu)"] * 2 + [
+        "| torch (cpu)"
+    ] * 2
     assert "| jit | sgd |" in text and "| eager | qsgld |" in text
-    assert all(row.split(" | ")[6] == "1" for row in rows if "| sgd |" in row)  # ratio to SGD
+    assert all(
+        row.split(" | ")[6] == "1" for row in rows if "| sgd |" in row
+    )  # ratio to SGD
     assert "JAX" in text and "PyTorch" in text  # the machine line names both
     with open(tmp_path / "apply.jsonl") as f:
         stored = f.readlines()
@@ -372,7 +550,10 @@ def test_speed_gathers_the_backends_into_one_table(tmp_path):
 @pytest.mark.parametrize(
     "script",
     ["speed", "report"]
-    + [pytest.param(name, marks=pytest.mark.backends("tensorflow")) for name in TENSORFLOW_SCRIPTS],
+    + [
+        pytest.param(name, marks=pytest.mark.backends("tensorflow"))
+        for name in TENSORFLOW_SCRIPTS
+    ],
 )
 def test_every_script_has_help(script, capsys):
     module = importlib.import_module(f"benchmarks.{script}")
@@ -386,12 +567,28 @@ def test_every_script_has_help(script, capsys):
 @pytest.mark.backends("tensorflow")
 def test_cifar_without_data_is_one_line_and_exit_2(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.cifar", "--data-dir", str(tmp_path / "none"), "--output-dir", str(tmp_path)],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.cifar",
+            "--data-dir",
+            str(tmp_path / "none"),
+            "--output-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2
     lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("benchmarks.cifar: error: ") and "--data-dir" in lines[0]
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("benchmarks.cifar: error: ")
+        and "--data-dir" in lines[0]
+    )
     assert not (tmp_path / "cifar.md").exists()
 
 
@@ -399,7 +596,9 @@ def test_cifar_quick_and_report(tmp_path):
     from benchmarks import cifar, report
 
     published = tmp_path / "published"
-    (path,) = cifar.main(["--quick", "--output-dir", str(published / "gpu" / "cifar")])
+    (path,) = cifar.main(
+        ["--quick", "--output-dir", str(published / "gpu" / "cifar")]
+    )
     text, _ = _check_table(path, min_rows=2)
     assert "synthetic" in text
     output = str(tmp_path / "BENCHMARKS.md")
@@ -407,5 +606,11 @@ def test_cifar_quick_and_report(tmp_path):
     with open(output) as f:
         md = f.read()
     assert "Short run of the paper's CIFAR protocol" in md
-    assert "speed/apply" in missing and "gpu/speed/apply" in missing and "gpu/cifar/cifar" not in missing
-    assert "qsgld_lean" not in md and "LeanQSGLD" not in md  # the removed prototype
+    assert (
+        "speed/apply" in missing
+        and "gpu/speed/apply" in missing
+        and "gpu/cifar/cifar" not in missing
+    )
+    assert (
+        "qsgld_lean" not in md and "LeanQSGLD" not in md
+    )  # the removed prototype

@@ -15,7 +15,12 @@ import numpy as np
 import pytest
 
 from keras_qsgld.experiments import datasets
-from keras_qsgld.experiments.datasets import DatasetUnavailableError, hold_out, load_dataset, repeat_from_epoch
+from keras_qsgld.experiments.datasets import (
+    DatasetUnavailableError,
+    hold_out,
+    load_dataset,
+    repeat_from_epoch,
+)
 
 pytestmark = pytest.mark.backends("tensorflow")
 
@@ -36,17 +41,25 @@ def arrays(ds):
 def raw_split(tfds, name, split):
     """The unscaled examples TFDS yields, in order (the reference for the scaling)."""
     builder = tfds.builder(name)
-    ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+    ds = builder.as_dataset(
+        split=split, as_supervised=True, shuffle_files=False
+    )
     xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
     return np.stack(xs), np.stack(ys)
 
 
 @pytest.mark.parametrize(
     "name, shape, classes",
-    [("fashion_mnist", (28, 28, 1), 10), ("cifar10", (32, 32, 3), 10), ("cifar100", (32, 32, 3), 100)],
+    [
+        ("fashion_mnist", (28, 28, 1), 10),
+        ("cifar10", (32, 32, 3), 10),
+        ("cifar100", (32, 32, 3), 100),
+    ],
 )
 def test_tfds_loaders_under_mock_data(name, shape, classes, tfds):
-    with tfds.testing.mock_data(num_examples=MOCK_N, policy=tfds.testing.MockPolicy.USE_CODE):
+    with tfds.testing.mock_data(
+        num_examples=MOCK_N, policy=tfds.testing.MockPolicy.USE_CODE
+    ):
         bundle = load_dataset(name, batch_size=8, shuffle=False)
         raw_x, raw_y = raw_split(tfds, name, "test")
         x_test, y_test = arrays(bundle.test)
@@ -68,13 +81,19 @@ def test_tfds_loaders_under_mock_data(name, shape, classes, tfds):
 
 
 def test_tfds_max_examples_and_drop_remainder(tfds):
-    with tfds.testing.mock_data(num_examples=MOCK_N, policy=tfds.testing.MockPolicy.USE_CODE):
-        bundle = load_dataset("cifar10", batch_size=6, max_examples=15, drop_remainder=True)
+    with tfds.testing.mock_data(
+        num_examples=MOCK_N, policy=tfds.testing.MockPolicy.USE_CODE
+    ):
+        bundle = load_dataset(
+            "cifar10", batch_size=6, max_examples=15, drop_remainder=True
+        )
         x_train, _ = arrays(bundle.train)
         x_test, _ = arrays(bundle.test)
     assert bundle.num_train == 15 and bundle.num_test == 15
     assert bundle.steps_per_epoch == 15 // 6
-    assert len(x_train) == 12  # the last partial batch is dropped from training only
+    assert (
+        len(x_train) == 12
+    )  # the last partial batch is dropped from training only
     assert len(x_test) == 15
 
 
@@ -89,11 +108,14 @@ def test_digits_for_real():
     assert bundle.input_shape == (8, 8, 1) and x_train.shape == (1437, 8, 8, 1)
     digits = load_digits()
     # The two splits are a partition of the 1797 images, scaled by 1/16.
-    both = np.concatenate([x_train, x_test]).reshape(1797, 64).astype(np.float64)
+    both = (
+        np.concatenate([x_train, x_test]).reshape(1797, 64).astype(np.float64)
+    )
     key = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731  sort rows
     np.testing.assert_array_equal(key(both), key(digits.data / 16.0))
     np.testing.assert_array_equal(
-        np.bincount(np.concatenate([y_train, y_test])), np.bincount(digits.target)
+        np.bincount(np.concatenate([y_train, y_test])),
+        np.bincount(digits.target),
     )
     # Stratified: every class in the test split, in proportion.
     expected = 360 * np.bincount(digits.target) / 1797
@@ -114,14 +136,18 @@ def test_mnist1d_for_real_and_global_rng_untouched():
     assert (bundle.num_train, bundle.num_test) == (4000, 1000)
     assert bundle.input_shape == (40, 1)
     np.testing.assert_allclose(x_train[..., 0], data["x"], rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(x_test[..., 0], data["x_test"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        x_test[..., 0], data["x_test"], rtol=1e-6, atol=1e-6
+    )
     np.testing.assert_array_equal(y_train, data["y"])
     np.testing.assert_array_equal(y_test, data["y_test"])
 
 
 def test_shuffle_is_seeded_and_reshuffles_each_epoch():
     def order(seed, epochs=2):
-        bundle = load_dataset("digits", batch_size=512, seed=seed, max_examples=300)
+        bundle = load_dataset(
+            "digits", batch_size=512, seed=seed, max_examples=300
+        )
         return [arrays(bundle.train)[0].reshape(300, -1) for _ in range(epochs)]
 
     a0, a1 = order(0)
@@ -131,9 +157,15 @@ def test_shuffle_is_seeded_and_reshuffles_each_epoch():
     np.testing.assert_array_equal(a1, b1)
     assert not np.array_equal(a0, a1)  # a new order each epoch
     assert not np.array_equal(a0, c0)  # another seed, another order
-    plain = arrays(load_dataset("digits", batch_size=512, shuffle=False, max_examples=300).train)[0]
+    plain = arrays(
+        load_dataset(
+            "digits", batch_size=512, shuffle=False, max_examples=300
+        ).train
+    )[0]
     key = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731
-    np.testing.assert_array_equal(key(a0), key(plain.reshape(300, -1)))  # same examples
+    np.testing.assert_array_equal(
+        key(a0), key(plain.reshape(300, -1))
+    )  # same examples
 
 
 def test_resumed_stream_gets_the_orders_of_an_uninterrupted_run():
@@ -142,80 +174,136 @@ def test_resumed_stream_gets_the_orders_of_an_uninterrupted_run():
 
     def passes(stream, n, steps):
         it = iter(stream)
-        return [np.concatenate([next(it)[0].numpy() for _ in range(steps)]) for _ in range(n)]
+        return [
+            np.concatenate([next(it)[0].numpy() for _ in range(steps)])
+            for _ in range(n)
+        ]
 
     def bundle():
-        return load_dataset("digits", batch_size=64, augment=True, seed=3, max_examples=200)
+        return load_dataset(
+            "digits", batch_size=64, augment=True, seed=3, max_examples=200
+        )
 
     steps = bundle().steps_per_epoch
     uninterrupted = passes(repeat_from_epoch(bundle().train), 4, steps)
     resumed = passes(repeat_from_epoch(bundle().train, 2), 2, steps)
     np.testing.assert_array_equal(resumed[0], uninterrupted[2])
     np.testing.assert_array_equal(resumed[1], uninterrupted[3])
-    assert not np.array_equal(uninterrupted[1], uninterrupted[2])  # each pass its own order
+    assert not np.array_equal(
+        uninterrupted[1], uninterrupted[2]
+    )  # each pass its own order
     with pytest.raises(ValueError, match="first_epoch"):
         repeat_from_epoch(bundle().train, -1)
 
 
 def test_hold_out_is_a_fixed_split_of_known_length():
-    bundle = load_dataset("digits", batch_size=16, shuffle=False, max_examples=100)
+    bundle = load_dataset(
+        "digits", batch_size=16, shuffle=False, max_examples=100
+    )
     train, validation, num_train, steps = hold_out(bundle, 0.2, seed=1)
     assert (num_train, steps) == (80, 5)
     assert int(train.cardinality()) == 5 and int(validation.cardinality()) == 2
     first = np.concatenate([x.numpy() for x, _ in bundle.train])[:20]
-    np.testing.assert_array_equal(np.concatenate([x.numpy() for x, _ in validation]), first)
+    np.testing.assert_array_equal(
+        np.concatenate([x.numpy() for x, _ in validation]), first
+    )
     for fraction in (0, 1, 0.999):
         with pytest.raises(ValueError, match="fraction"):
-            hold_out(load_dataset("digits", batch_size=16, shuffle=False, max_examples=5), fraction)
+            hold_out(
+                load_dataset(
+                    "digits", batch_size=16, shuffle=False, max_examples=5
+                ),
+                fraction,
+            )
 
 
 def test_augmentation_is_a_crop_of_the_padded_image():
-    plain, _ = arrays(load_dataset("digits", batch_size=64, shuffle=False, max_examples=64).train)
+    plain, _ = arrays(
+        load_dataset(
+            "digits", batch_size=64, shuffle=False, max_examples=64
+        ).train
+    )
     aug, _ = arrays(
-        load_dataset("digits", batch_size=64, shuffle=False, augment=True, max_examples=64).train
+        load_dataset(
+            "digits",
+            batch_size=64,
+            shuffle=False,
+            augment=True,
+            max_examples=64,
+        ).train
     )
     assert aug.shape == plain.shape
     moved = 0
     for p, a in zip(plain[..., 0], aug[..., 0]):
         padded = np.pad(p, 2)
-        crops = [padded[i : i + 8, j : j + 8] for i in range(5) for j in range(5)]
+        crops = [
+            padded[i : i + 8, j : j + 8] for i in range(5) for j in range(5)
+        ]
         assert any(np.array_equal(a, c) for c in crops)
         moved += not np.array_equal(a, p)
     assert moved > 0
     # test data is never augmented
-    test_aug, _ = arrays(load_dataset("digits", batch_size=64, augment=True, max_examples=64).test)
-    test_plain, _ = arrays(load_dataset("digits", batch_size=64, max_examples=64).test)
+    test_aug, _ = arrays(
+        load_dataset(
+            "digits", batch_size=64, augment=True, max_examples=64
+        ).test
+    )
+    test_plain, _ = arrays(
+        load_dataset("digits", batch_size=64, max_examples=64).test
+    )
     np.testing.assert_array_equal(test_aug, test_plain)
 
 
 def test_mnist1d_augmentation_is_a_circular_shift():
-    plain, _ = arrays(load_dataset("mnist1d", batch_size=64, shuffle=False, max_examples=32).train)
+    plain, _ = arrays(
+        load_dataset(
+            "mnist1d", batch_size=64, shuffle=False, max_examples=32
+        ).train
+    )
     aug, _ = arrays(
-        load_dataset("mnist1d", batch_size=64, shuffle=False, augment=True, max_examples=32).train
+        load_dataset(
+            "mnist1d",
+            batch_size=64,
+            shuffle=False,
+            augment=True,
+            max_examples=32,
+        ).train
     )
     for p, a in zip(plain[:, :, 0], aug[:, :, 0]):
         assert any(np.array_equal(a, np.roll(p, s)) for s in range(-4, 5))
 
 
-def test_unreachable_download_fails_fast_and_names_data_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets, "host_reachable", lambda host, port, timeout=5.0: False)
+def test_unreachable_download_fails_fast_and_names_data_dir(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(
+        datasets, "host_reachable", lambda host, port, timeout=5.0: False
+    )
     start = time.perf_counter()
     with pytest.raises(DatasetUnavailableError, match="--data-dir") as info:
         load_dataset("cifar10", data_dir=str(tmp_path))
     assert time.perf_counter() - start < 60  # not TFDS' ~200 s of retries
-    assert str(tmp_path) in str(info.value) and "can't be reached" in str(info.value)
+    assert str(tmp_path) in str(info.value) and "can't be reached" in str(
+        info.value
+    )
     assert isinstance(info.value, RuntimeError)
 
 
 def test_failed_download_is_a_clear_error(tmp_path, monkeypatch, tfds):
-    monkeypatch.setattr(datasets, "host_reachable", lambda host, port, timeout=5.0: True)
+    monkeypatch.setattr(
+        datasets, "host_reachable", lambda host, port, timeout=5.0: True
+    )
 
     def refuse(self, *args, **kwargs):
         raise ConnectionError("Max retries exceeded")
 
-    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", refuse)
+    monkeypatch.setattr(
+        tfds.core.DatasetBuilder, "download_and_prepare", refuse
+    )
     monkeypatch.setattr(datasets, "_tfds_is_mocked", lambda tfds: False)
-    with pytest.raises(DatasetUnavailableError, match="ConnectionError.*--data-dir"):
+    with pytest.raises(
+        DatasetUnavailableError, match="ConnectionError.*--data-dir"
+    ):
         load_dataset("fashion_mnist", data_dir=str(tmp_path))
 
 
@@ -226,7 +314,9 @@ def test_download_false(tmp_path):
 
 def test_host_reachable_is_false_for_an_unresolvable_host():
     # .invalid never resolves (RFC 2606); the check must not hang.
-    assert datasets.host_reachable("qsgld-test.invalid", 80, timeout=3.0) is False
+    assert (
+        datasets.host_reachable("qsgld-test.invalid", 80, timeout=3.0) is False
+    )
 
 
 @pytest.mark.parametrize(
@@ -235,7 +325,10 @@ def test_host_reachable_is_false_for_an_unresolvable_host():
         (dict(name="mnist"), "name"),
         (dict(name="digits", batch_size=0), "batch_size"),
         (dict(name="digits", max_examples=0), "max_examples"),
-        (dict(name="digits", batch_size=2000, drop_remainder=True), "batch_size"),
+        (
+            dict(name="digits", batch_size=2000, drop_remainder=True),
+            "batch_size",
+        ),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -248,15 +341,21 @@ def test_import_is_cheap():
         "import sys, keras_qsgld; "
         "print([m for m in ('tensorflow_datasets', 'mnist1d') if m in sys.modules])"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_prepared_data_is_used_without_any_network_check(tmp_path, monkeypatch, tfds):
+def test_prepared_data_is_used_without_any_network_check(
+    tmp_path, monkeypatch, tfds
+):
     import tensorflow as tf
 
     def no_network(*args, **kwargs):
-        raise AssertionError("the network must not be checked when the data is prepared")
+        raise AssertionError(
+            "the network must not be checked when the data is prepared"
+        )
 
     images = np.arange(6 * 32 * 32 * 3, dtype=np.uint8).reshape(6, 32, 32, 3)
     labels = np.arange(6, dtype=np.int64)
@@ -267,12 +366,26 @@ def test_prepared_data_is_used_without_any_network_check(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(datasets, "host_reachable", no_network)
     monkeypatch.setattr(datasets, "_tfds_is_mocked", lambda tfds: False)
-    monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
-    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_network)
+    monkeypatch.setattr(
+        tfds.core.DatasetBuilder, "is_prepared", lambda self: True
+    )
+    monkeypatch.setattr(
+        tfds.core.DatasetBuilder, "download_and_prepare", no_network
+    )
     monkeypatch.setattr(tfds.core.DatasetBuilder, "as_dataset", as_dataset)
-    bundle = load_dataset("cifar10", batch_size=4, data_dir=str(tmp_path), max_examples=5, shuffle=False)
+    bundle = load_dataset(
+        "cifar10",
+        batch_size=4,
+        data_dir=str(tmp_path),
+        max_examples=5,
+        shuffle=False,
+    )
     # without split metadata in data_dir the examples are counted, capped by max_examples
-    assert (bundle.num_train, bundle.num_test, bundle.steps_per_epoch) == (5, 5, 2)
+    assert (bundle.num_train, bundle.num_test, bundle.steps_per_epoch) == (
+        5,
+        5,
+        2,
+    )
     x, y = arrays(bundle.test)
     np.testing.assert_allclose(x, (images[:5] / 255.0 - 0.5) / 0.5, atol=1e-6)
     np.testing.assert_array_equal(y, labels[:5])
@@ -287,6 +400,8 @@ def test_download_check_goes_through_the_proxy(monkeypatch):
     assert datasets.download_endpoint("cifar10") == ("www.cs.toronto.edu", 443)
     monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
     assert datasets.download_endpoint("cifar100") == ("proxy.example", 3128)
-    assert datasets.download_endpoint("fashion_mnist")[0].startswith("fashion-mnist")  # http
+    assert datasets.download_endpoint("fashion_mnist")[0].startswith(
+        "fashion-mnist"
+    )  # http
     monkeypatch.setenv("http_proxy", "proxy2.example")
     assert datasets.download_endpoint("fashion_mnist") == ("proxy2.example", 80)

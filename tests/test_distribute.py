@@ -15,10 +15,14 @@ import pytest
 
 from tests.scripts import runner
 
-pytestmark = pytest.mark.backends("tensorflow")  # tf.distribute: TensorFlow's own machinery
+pytestmark = pytest.mark.backends(
+    "tensorflow"
+)  # tf.distribute: TensorFlow's own machinery
 
 OPTIMIZERS = ("qsgld", "qadam")
-QP = 2.0**19  # ResolutionSchedule(eta=2**19) over 2 epochs stays at 2**19 after epoch 0.718
+QP = (
+    2.0**19
+)  # ResolutionSchedule(eta=2**19) over 2 epochs stays at 2**19 after epoch 0.718
 # Float summation order may flip the rounding of a coordinate that sits within ~1e-7 of a
 # rounding boundary: allow a few grid cells on a small share of coordinates.
 MAX_CELLS = 4
@@ -29,14 +33,19 @@ MAX_DIFFERING_SHARE = 0.05
 def result(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mirrored")
     out, log = tmp / "result.npz", tmp / "log.txt"
-    runner.run("mirrored_train.py", "--out", out, "--replicas", 2, timeout=300, log=log)
+    runner.run(
+        "mirrored_train.py", "--out", out, "--replicas", 2, timeout=300, log=log
+    )
     data = np.load(out)
     arrays = {k: data[k] for k in data.files if k != "meta"}
     return arrays, json.loads(str(data["meta"]))
 
 
 def _weights(arrays, prefix):
-    keys = sorted((k for k in arrays if k.startswith(prefix + "/")), key=lambda k: int(k.rsplit("/", 1)[1]))
+    keys = sorted(
+        (k for k in arrays if k.startswith(prefix + "/")),
+        key=lambda k: int(k.rsplit("/", 1)[1]),
+    )
     return [arrays[k] for k in keys]
 
 
@@ -70,8 +79,14 @@ def test_two_logical_devices_in_sync(result):
 def test_mirrored_matches_single_device(result, name):
     arrays, meta = result
     init = _weights(arrays, "init")
-    _assert_close_on_grid(_weights(arrays, f"{name}/single"), _weights(arrays, f"{name}/mirrored"), init)
-    np.testing.assert_allclose(meta[name]["mirrored_loss"], meta[name]["single_loss"], rtol=1e-4)
+    _assert_close_on_grid(
+        _weights(arrays, f"{name}/single"),
+        _weights(arrays, f"{name}/mirrored"),
+        init,
+    )
+    np.testing.assert_allclose(
+        meta[name]["mirrored_loss"], meta[name]["single_loss"], rtol=1e-4
+    )
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
@@ -81,7 +96,9 @@ def test_replicas_hold_identical_weights(result, name):
     # Model weights (4) and optimizer variables (iterations, learning rate, slots...).
     assert len(replica0) > 4
     for key in replica0:
-        np.testing.assert_array_equal(arrays[key], arrays[key.replace("/replica0/", "/replica1/")])
+        np.testing.assert_array_equal(
+            arrays[key], arrays[key.replace("/replica0/", "/replica1/")]
+        )
 
 
 def test_noise_statistics_count_each_step_once(result):
@@ -89,9 +106,13 @@ def test_noise_statistics_count_each_step_once(result):
     m = meta["qsgld"]
     # The count is in units of "all trainable weights once": one per optimizer step.
     assert m["single_noise_count"] == pytest.approx(16.0, rel=1e-6)
-    assert m["mirrored_noise_count"] == pytest.approx(m["single_noise_count"], rel=1e-6)
+    assert m["mirrored_noise_count"] == pytest.approx(
+        m["single_noise_count"], rel=1e-6
+    )
     single, mirrored = m["single_noise"], m["mirrored_noise"]
-    assert mirrored["error_variance"] == pytest.approx(single["error_variance"], rel=1e-2)
+    assert mirrored["error_variance"] == pytest.approx(
+        single["error_variance"], rel=1e-2
+    )
     assert abs(mirrored["error_mean"] - single["error_mean"]) < 1e-3
     assert mirrored["zero_fraction"] == single["zero_fraction"]
 
@@ -105,7 +126,9 @@ def test_custom_loop_takes_the_non_xla_path_under_a_strategy(result):
     assert loop["mirrored_xla_update_step_built"] is False
     assert loop["mirrored_iterations"] == 4
     _assert_close_on_grid(
-        _weights(arrays, "custom/single"), _weights(arrays, "custom/mirrored"), _weights(arrays, "init")
+        _weights(arrays, "custom/single"),
+        _weights(arrays, "custom/mirrored"),
+        _weights(arrays, "init"),
     )
 
 

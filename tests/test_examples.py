@@ -28,12 +28,15 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("tensorboard")
 pytest.importorskip("sklearn")
 
-from examples import demo, fit  # noqa: E402
-from keras_qsgld.callbacks import MONITOR_KEYS  # noqa: E402
-from keras_qsgld.experiments import fitting  # noqa: E402
-from keras_qsgld.experiments.defaults import DEFAULT_LEARNING_RATE, DEFAULT_MODEL  # noqa: E402
-from tests.backends import BACKEND  # noqa: E402
-from tests.scripts import runner  # noqa: E402
+from examples import demo, fit
+from keras_qsgld.callbacks import MONITOR_KEYS
+from keras_qsgld.experiments import fitting
+from keras_qsgld.experiments.defaults import (
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_MODEL,
+)
+from tests.backends import BACKEND
+from tests.scripts import runner
 
 ROOT = runner.ROOT
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -55,19 +58,30 @@ def read_rows(path):
 
 def script_messages(stderr):
     """The lines of a script's stderr, without TensorFlow's native start-up logs."""
-    return [line for line in stderr.splitlines() if line.strip() and not NATIVE_LOG.match(line)]
+    return [
+        line
+        for line in stderr.splitlines()
+        if line.strip() and not NATIVE_LOG.match(line)
+    ]
 
 
 def run_script(*args, env=None, timeout=300):
     """`python ARGS` from the repository root with the tests' backend; stdout and stderr apart."""
     return subprocess.run(
-        [sys.executable, *map(str, args)], cwd=ROOT, env=env or runner.script_env(),
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, *map(str, args)],
+        cwd=ROOT,
+        env=env or runner.script_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def events(folder):
-    return sorted(p.relative_to(folder).parent.as_posix() for p in folder.rglob("events.out.tfevents.*"))
+    return sorted(
+        p.relative_to(folder).parent.as_posix()
+        for p in folder.rglob("events.out.tfevents.*")
+    )
 
 
 def check_run_files(run_dir, quantized):
@@ -75,10 +89,21 @@ def check_run_files(run_dir, quantized):
     rows = read_rows(run_dir / "log.csv")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert (run_dir / "curves.png").read_bytes()[:8] == PNG_MAGIC
-    assert events(run_dir / "tensorboard") == ["test", "train"]  # one event file each
+    assert events(run_dir / "tensorboard") == [
+        "test",
+        "train",
+    ]  # one event file each
     columns = set(rows[0])
-    assert {"epoch", "loss", "accuracy", "test_loss", "test_accuracy"} <= columns
-    assert not any(c.startswith("val_") for c in columns)  # the test split is called "test"
+    assert {
+        "epoch",
+        "loss",
+        "accuracy",
+        "test_loss",
+        "test_accuracy",
+    } <= columns
+    assert not any(
+        c.startswith("val_") for c in columns
+    )  # the test split is called "test"
     assert (set(MONITOR_KEYS) <= columns) == quantized
     assert len(rows) == metrics["epochs"] == len(metrics["history"]["loss"])
     for key in ("loss", "test_accuracy"):
@@ -90,37 +115,106 @@ def check_run_files(run_dir, quantized):
 # -- the command line (no training) ----------------------------------------------------
 def test_presets_and_learning_rates():
     config = fit.parse_args(["--preset", "paper-fashion-mnist"])
-    assert (config.dataset, config.model, config.batch_size, config.epochs) == ("fashion_mnist", "cnn", 100, 200)
-    assert (config.augment, config.shuffle, config.drop_remainder) == (False, False, True)
-    assert config.gate_off_epoch() == pytest.approx(40.0)  # 0.2 x 200 epochs, as in the paper
+    assert (config.dataset, config.model, config.batch_size, config.epochs) == (
+        "fashion_mnist",
+        "cnn",
+        100,
+        200,
+    )
+    assert (config.augment, config.shuffle, config.drop_remainder) == (
+        False,
+        False,
+        True,
+    )
+    assert config.gate_off_epoch() == pytest.approx(
+        40.0
+    )  # 0.2 x 200 epochs, as in the paper
     assert config.optimizers == ("qsgld", "sgd", "adam")
-    assert [config.learning_rate(n) for n in config.optimizers] == [0.01, 0.01, 0.02]
-    config = fit.parse_args(["--preset", "paper-cifar100", "--epochs", "10", "--shuffle", "--lr", "0.3"])
-    assert (config.dataset, config.model, config.depth, config.batch_size) == ("cifar100", "cifar_resnet", 50, 100)
-    assert config.epochs == 10 and config.gate_off_epoch() == pytest.approx(2.0) and config.shuffle is True
+    assert [config.learning_rate(n) for n in config.optimizers] == [
+        0.01,
+        0.01,
+        0.02,
+    ]
+    config = fit.parse_args(
+        [
+            "--preset",
+            "paper-cifar100",
+            "--epochs",
+            "10",
+            "--shuffle",
+            "--lr",
+            "0.3",
+        ]
+    )
+    assert (config.dataset, config.model, config.depth, config.batch_size) == (
+        "cifar100",
+        "cifar_resnet",
+        50,
+        100,
+    )
+    assert (
+        config.epochs == 10
+        and config.gate_off_epoch() == pytest.approx(2.0)
+        and config.shuffle is True
+    )
     assert config.learning_rate("adam") == 0.3
-    config = fit.parse_args(["--lr", "qsgld=0.05,adam=0.002", "--optimizer", "qsgld,adam,sgd"])
-    assert [config.learning_rate(n) for n in config.optimizers] == [0.05, 0.002, DEFAULT_LEARNING_RATE["sgd"]]
-    assert (config.dataset, config.model_name()) == ("digits", DEFAULT_MODEL["digits"])
+    config = fit.parse_args(
+        ["--lr", "qsgld=0.05,adam=0.002", "--optimizer", "qsgld,adam,sgd"]
+    )
+    assert [config.learning_rate(n) for n in config.optimizers] == [
+        0.05,
+        0.002,
+        DEFAULT_LEARNING_RATE["sgd"],
+    ]
+    assert (config.dataset, config.model_name()) == (
+        "digits",
+        DEFAULT_MODEL["digits"],
+    )
 
 
 def test_defaults_come_from_the_one_table():
     config = fit.parse_args([])
-    assert all(config.learning_rate(n) == DEFAULT_LEARNING_RATE[n] for n in fitting.OPTIMIZERS)
+    assert all(
+        config.learning_rate(n) == DEFAULT_LEARNING_RATE[n]
+        for n in fitting.OPTIMIZERS
+    )
     for dataset, model in DEFAULT_MODEL.items():
         assert fit.parse_args(["--dataset", dataset]).model_name() == model
-    assert fit.parse_args(["--dataset", "cifar10", "--model", "resnet50"]).model_name() == "resnet50"
+    assert (
+        fit.parse_args(
+            ["--dataset", "cifar10", "--model", "resnet50"]
+        ).model_name()
+        == "resnet50"
+    )
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--optimizer", "sgd,foo"], "argument --optimizer: expected distinct names"),
-        (["--optimizer", "sgd,sgd"], "argument --optimizer: expected distinct names"),
-        (["--lr", "qsgld=-1"], "argument --lr: expected a finite number > 0, received '-1'"),
-        (["--lr", "x"], "argument --lr: expected a finite number > 0, received 'x'"),
-        (["--epochs", "0"], "argument --epochs: expected an integer >= 1, received '0'"),
-        (["--eta", "nan"], "argument --eta: expected a finite number > 0, received 'nan'"),
+        (
+            ["--optimizer", "sgd,foo"],
+            "argument --optimizer: expected distinct names",
+        ),
+        (
+            ["--optimizer", "sgd,sgd"],
+            "argument --optimizer: expected distinct names",
+        ),
+        (
+            ["--lr", "qsgld=-1"],
+            "argument --lr: expected a finite number > 0, received '-1'",
+        ),
+        (
+            ["--lr", "x"],
+            "argument --lr: expected a finite number > 0, received 'x'",
+        ),
+        (
+            ["--epochs", "0"],
+            "argument --epochs: expected an integer >= 1, received '0'",
+        ),
+        (
+            ["--eta", "nan"],
+            "argument --eta: expected a finite number > 0, received 'nan'",
+        ),
     ],
 )
 def test_bad_command_lines(argv, message, capsys):
@@ -136,11 +230,31 @@ def test_help_lists_every_setting(capsys):
         fit.parse_args(["--help"])
     assert info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for flag in ("--dataset", "--model", "--optimizer", "--lr", "--eta", "--base", "--kappa",
-                 "--tau0", "--gate", "--rounding", "--momentum", "--epochs", "--batch-size",
-                 "--seed", "--jit-compile", "--data-dir", "--output-dir", "--backup-dir", "--preset"):
+    for flag in (
+        "--dataset",
+        "--model",
+        "--optimizer",
+        "--lr",
+        "--eta",
+        "--base",
+        "--kappa",
+        "--tau0",
+        "--gate",
+        "--rounding",
+        "--momentum",
+        "--epochs",
+        "--batch-size",
+        "--seed",
+        "--jit-compile",
+        "--data-dir",
+        "--output-dir",
+        "--backup-dir",
+        "--preset",
+    ):
         assert flag in text
-    assert "deletes its previous log.csv and tensorboard/" in text  # a rerun starts clean
+    assert (
+        "deletes its previous log.csv and tensorboard/" in text
+    )  # a rerun starts clean
     assert "KERAS_BACKEND=jax" in text
 
 
@@ -148,25 +262,45 @@ def test_every_optimizer_builds():
     config = fit.parse_args(["--optimizer", ",".join(fitting.OPTIMIZERS)])
     for name in config.optimizers:
         optimizer = fitting.make_optimizer(name, config, steps_per_epoch=7)
-        assert float(optimizer.learning_rate) == pytest.approx(DEFAULT_LEARNING_RATE[name])
-    qsgld = fitting.make_optimizer("qsgld", fit.parse_args(["--rounding", "dithered", "--seed", "5"]), 7)
+        assert float(optimizer.learning_rate) == pytest.approx(
+            DEFAULT_LEARNING_RATE[name]
+        )
+    qsgld = fitting.make_optimizer(
+        "qsgld", fit.parse_args(["--rounding", "dithered", "--seed", "5"]), 7
+    )
     assert qsgld.rounding == "dithered" and qsgld.seed == 5
-    assert qsgld.resolution.steps_per_epoch == qsgld.compensation.steps_per_epoch == 7
+    assert (
+        qsgld.resolution.steps_per_epoch
+        == qsgld.compensation.steps_per_epoch
+        == 7
+    )
 
 
 # -- training in this process (TensorFlow) ---------------------------------------------
 @tensorflow_only
 def test_fit_on_digits_end_to_end_and_a_rerun_starts_clean(tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["--dataset", "digits", "--epochs", "1", "--batch-size", "64", "--max-examples", "256",
-            "--output-dir", str(out)] + QUICK
+    argv = [
+        "--dataset",
+        "digits",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--max-examples",
+        "256",
+        "--output-dir",
+        str(out),
+    ] + QUICK
     assert fit.main(argv + ["--optimizer", "qsgld,sgd"]) == 0
     for name in ("qsgld", "sgd"):
         _, metrics = check_run_files(out / name, quantized=name == "qsgld")
         assert metrics["optimizer"] == name and metrics["dataset"] == "digits"
         assert metrics["steps_per_epoch"] == 4 and metrics["num_train"] == 256
         assert metrics["learning_rate"] == DEFAULT_LEARNING_RATE[name]
-    config = json.loads((out / "qsgld" / "metrics.json").read_text())["optimizer_config"]
+    config = json.loads((out / "qsgld" / "metrics.json").read_text())[
+        "optimizer_config"
+    ]
     # the schedules count epochs of this data, tau0 = 0.2 x epochs, noise tracked for the monitor
     assert config["resolution"]["config"]["steps_per_epoch"] == 4
     assert config["compensation"]["config"]["steps_per_epoch"] == 4
@@ -177,7 +311,9 @@ def test_fit_on_digits_end_to_end_and_a_rerun_starts_clean(tmp_path, capsys):
     assert "| test loss | test acc |" in table and "best" not in table
     assert "learning rates: qsgld 0.01, sgd 0.01" in table
     assert (out / "comparison.png").read_bytes()[:8] == PNG_MAGIC
-    assert "| optimizer | lr |" in capsys.readouterr().out  # the table is printed
+    assert (
+        "| optimizer | lr |" in capsys.readouterr().out
+    )  # the table is printed
 
     # The same command again: the run's log.csv and tensorboard/ start anew.
     assert fit.main(argv + ["--optimizer", "qsgld", "--no-plots"]) == 0
@@ -189,17 +325,38 @@ def test_fit_on_digits_end_to_end_and_a_rerun_starts_clean(tmp_path, capsys):
 def test_fit_on_mocked_cifar10_with_paper_preset(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     out = tmp_path / "out"
-    with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
+    with tfds.testing.mock_data(
+        num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE
+    ):
         rc = fit.main(
-            ["--preset", "paper-cifar10", "--optimizer", "qsgld", "--depth", "8", "--epochs", "1",
-             "--batch-size", "8", "--output-dir", str(out)] + QUICK
+            [
+                "--preset",
+                "paper-cifar10",
+                "--optimizer",
+                "qsgld",
+                "--depth",
+                "8",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--output-dir",
+                str(out),
+            ]
+            + QUICK
         )
     assert rc == 0
     rows, metrics = check_run_files(out / "qsgld", quantized=True)
-    assert metrics["dataset"] == "cifar10" and metrics["model"] == "cifar_resnet8"
-    assert metrics["num_train"] == 16 and metrics["steps_per_epoch"] == 2  # drop_remainder
+    assert (
+        metrics["dataset"] == "cifar10" and metrics["model"] == "cifar_resnet8"
+    )
+    assert (
+        metrics["num_train"] == 16 and metrics["steps_per_epoch"] == 2
+    )  # drop_remainder
     assert metrics["learning_rate"] == 0.01
-    assert float(rows[0]["qsgld_qp"]) == 2.0**19  # Qp at step 2 = epoch 1 > 0.718
+    assert (
+        float(rows[0]["qsgld_qp"]) == 2.0**19
+    )  # Qp at step 2 = epoch 1 > 0.718
     assert not (out / "comparison.md").exists()  # one optimizer: no comparison
 
 
@@ -207,12 +364,32 @@ def test_fit_on_mocked_cifar10_with_paper_preset(tmp_path):
 def test_demo_runs_and_names_the_learning_rates(tmp_path, capsys, monkeypatch):
     titles = []
     plot = fitting.plot_curves
-    monkeypatch.setattr(fitting, "plot_curves", lambda h, path, title: (titles.append(title), plot(h, path, title)))
-    assert demo.main(["--output-dir", str(tmp_path), "--epochs", "1", "--max-examples", "128", "--verbose", "0"]) == 0
+    monkeypatch.setattr(
+        fitting,
+        "plot_curves",
+        lambda h, path, title: (titles.append(title), plot(h, path, title)),
+    )
+    assert (
+        demo.main(
+            [
+                "--output-dir",
+                str(tmp_path),
+                "--epochs",
+                "1",
+                "--max-examples",
+                "128",
+                "--verbose",
+                "0",
+            ]
+        )
+        == 0
+    )
     table = (tmp_path / "comparison.md").read_text()
     for name in ("qsgld", "sgd", "adam"):
         assert f"| {name} |" in table
-    assert "learning rates: qsgld 0.05, sgd 0.05, adam 0.001" in titles[-1]  # comparison.png's title
+    assert (
+        "learning rates: qsgld 0.05, sgd 0.05, adam 0.001" in titles[-1]
+    )  # comparison.png's title
     assert (tmp_path / "comparison.png").read_bytes()[:8] == PNG_MAGIC
     assert "Qp = " in capsys.readouterr().out
 
@@ -220,16 +397,38 @@ def test_demo_runs_and_names_the_learning_rates(tmp_path, capsys, monkeypatch):
 # -- fit.py on every backend (subprocesses) --------------------------------------------
 def test_fit_module_smoke_run(tmp_path):
     """`python -m examples.fit` on this backend: trains, and says which backend it ran on."""
-    result = run_script("-m", "examples.fit", "--dataset", "digits", "--epochs", "1", "--max-examples", "128",
-                        "--no-plots", "--output-dir", tmp_path, *QUICK)
+    result = run_script(
+        "-m",
+        "examples.fit",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "1",
+        "--max-examples",
+        "128",
+        "--no-plots",
+        "--output-dir",
+        tmp_path,
+        *QUICK,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     metrics = json.loads((tmp_path / "qsgld" / "metrics.json").read_text())
     assert metrics["backend"] == BACKEND and metrics["steps_per_epoch"] == 1
     assert f"{BACKEND} backend" in result.stdout
 
 
-FIT_ARGS = ["--dataset", "digits", "--optimizer", "qsgld", "--epochs", "3", "--augment",
-            "--no-plots", "--verbose", "0"]
+FIT_ARGS = [
+    "--dataset",
+    "digits",
+    "--optimizer",
+    "qsgld",
+    "--epochs",
+    "3",
+    "--augment",
+    "--no-plots",
+    "--verbose",
+    "0",
+]
 KILL_AT = 30  # 12 steps per epoch (1437 digits, batch 128): in epoch 2, after 2 backups
 
 
@@ -241,38 +440,79 @@ def test_fit_backup_dir_resumes_bitwise_after_sigkill(tmp_path):
     full, resumed = tmp_path / "w_full", tmp_path / "w_resumed"
     full.mkdir()
     resumed.mkdir()
-    runner.run("fit_killable.py", *FIT_ARGS, "--output-dir", tmp_path / "o_full",
-               "--backup-dir", tmp_path / "b_full",
-               env=runner.script_env(FIT_WEIGHTS_DIR=full), log=tmp_path / "full.log")
-    command = [*FIT_ARGS, "--output-dir", tmp_path / "o_resumed", "--backup-dir", tmp_path / "b_resumed"]
-    proc = runner.start("fit_killable.py", *command, log=tmp_path / "killed.log",
-                        env=runner.script_env(FIT_KILL_AT_STEP=KILL_AT, FIT_KILL_MARKER=tmp_path / "marker"))
+    runner.run(
+        "fit_killable.py",
+        *FIT_ARGS,
+        "--output-dir",
+        tmp_path / "o_full",
+        "--backup-dir",
+        tmp_path / "b_full",
+        env=runner.script_env(FIT_WEIGHTS_DIR=full),
+        log=tmp_path / "full.log",
+    )
+    command = [
+        *FIT_ARGS,
+        "--output-dir",
+        tmp_path / "o_resumed",
+        "--backup-dir",
+        tmp_path / "b_resumed",
+    ]
+    proc = runner.start(
+        "fit_killable.py",
+        *command,
+        log=tmp_path / "killed.log",
+        env=runner.script_env(
+            FIT_KILL_AT_STEP=KILL_AT, FIT_KILL_MARKER=tmp_path / "marker"
+        ),
+    )
     try:
         runner.wait_for(tmp_path / "marker", proc, timeout=240)
     finally:
         assert runner.kill(proc) == -signal.SIGKILL
-    meta = json.loads((tmp_path / "b_resumed" / "qsgld" / "training_metadata.json").read_text())
-    assert meta["epoch"] == 2  # the backup of the end of epoch 1; the kill came in epoch 2
+    meta = json.loads(
+        (
+            tmp_path / "b_resumed" / "qsgld" / "training_metadata.json"
+        ).read_text()
+    )
+    assert (
+        meta["epoch"] == 2
+    )  # the backup of the end of epoch 1; the kill came in epoch 2
     assert len(read_rows(tmp_path / "o_resumed" / "qsgld" / "log.csv")) == 2
-    runner.run("fit_killable.py", *command, env=runner.script_env(FIT_WEIGHTS_DIR=resumed),
-               log=tmp_path / "resumed.log")
+    runner.run(
+        "fit_killable.py",
+        *command,
+        env=runner.script_env(FIT_WEIGHTS_DIR=resumed),
+        log=tmp_path / "resumed.log",
+    )
     assert "resuming after epoch 2" in (tmp_path / "resumed.log").read_text()
     a, b = np.load(full / "qsgld.npz"), np.load(resumed / "qsgld.npz")
-    assert sorted(a.files) == sorted(b.files) and any(k.startswith("optimizer/") for k in a.files)
-    for key in a.files:  # the weights and the optimizer variables (iterations, ...)
+    assert sorted(a.files) == sorted(b.files) and any(
+        k.startswith("optimizer/") for k in a.files
+    )
+    for (
+        key
+    ) in a.files:  # the weights and the optimizer variables (iterations, ...)
         assert a[key].tobytes() == b[key].tobytes(), f"{key} differs"
     # The resumed log continues the interrupted one: the same rows and values.
     log = (tmp_path / "o_full" / "qsgld" / "log.csv").read_text()
     assert (tmp_path / "o_resumed" / "qsgld" / "log.csv").read_text() == log
-    assert not (tmp_path / "b_resumed" / "qsgld").exists()  # deleted after the finished fit
+    assert not (
+        tmp_path / "b_resumed" / "qsgld"
+    ).exists()  # deleted after the finished fit
 
 
 # -- user errors and Ctrl-C: one line on stderr ----------------------------------------
 def no_network_env():
     """The tests' environment with every download going to a closed local port."""
     proxy = f"http://127.0.0.1:{runner.free_ports(1)[0]}"
-    return runner.script_env(https_proxy=proxy, http_proxy=proxy, HTTPS_PROXY=proxy,
-                             HTTP_PROXY=proxy, no_proxy="", NO_PROXY="")
+    return runner.script_env(
+        https_proxy=proxy,
+        http_proxy=proxy,
+        HTTPS_PROXY=proxy,
+        HTTP_PROXY=proxy,
+        no_proxy="",
+        NO_PROXY="",
+    )
 
 
 # The one-line machinery is the same on every backend; on JAX and PyTorch only the path that
@@ -280,26 +520,47 @@ def no_network_env():
 @pytest.mark.parametrize(
     "args, expected",
     [
-        pytest.param(["examples/fit.py", "--dataset", "cifar10", "--data-dir", "{tmp}"],
-                     "fit.py: error: Data set 'cifar10' is not prepared", id="fit-no-data"),
-        pytest.param(["examples/fit.py", "--base", "0.5", "--no-plots"],
-                     "fit.py: error: Argument `base` must be", id="fit-setting", marks=tensorflow_only),
-        pytest.param(["examples/demo.py", "--epochs", "x"],
-                     "demo.py: error: argument --epochs: expected an integer >= 1, received 'x'",
-                     id="demo-args", marks=tensorflow_only),
-        pytest.param(["examples/distributed.py", "--optimizer", "sgd"],
-                     "distributed.py: error: argument --optimizer: invalid choice: 'sgd'",
-                     id="distributed-args", marks=tensorflow_only),
-        pytest.param(["tuning/search.py", "--dataset", "cifar10", "--data-dir", "{tmp}"],
-                     "search.py: error: Data set 'cifar10' is not prepared", id="search-no-data",
-                     marks=tensorflow_only),
-        pytest.param(["tuning/search.py", "--eta-min", "8", "--eta-max", "4"],
-                     "search.py: error: Argument `eta_min` must be <= `eta_max`", id="search-space",
-                     marks=tensorflow_only),
+        pytest.param(
+            ["examples/fit.py", "--dataset", "cifar10", "--data-dir", "{tmp}"],
+            "fit.py: error: Data set 'cifar10' is not prepared",
+            id="fit-no-data",
+        ),
+        pytest.param(
+            ["examples/fit.py", "--base", "0.5", "--no-plots"],
+            "fit.py: error: Argument `base` must be",
+            id="fit-setting",
+            marks=tensorflow_only,
+        ),
+        pytest.param(
+            ["examples/demo.py", "--epochs", "x"],
+            "demo.py: error: argument --epochs: expected an integer >= 1, received 'x'",
+            id="demo-args",
+            marks=tensorflow_only,
+        ),
+        pytest.param(
+            ["examples/distributed.py", "--optimizer", "sgd"],
+            "distributed.py: error: argument --optimizer: invalid choice: 'sgd'",
+            id="distributed-args",
+            marks=tensorflow_only,
+        ),
+        pytest.param(
+            ["tuning/search.py", "--dataset", "cifar10", "--data-dir", "{tmp}"],
+            "search.py: error: Data set 'cifar10' is not prepared",
+            id="search-no-data",
+            marks=tensorflow_only,
+        ),
+        pytest.param(
+            ["tuning/search.py", "--eta-min", "8", "--eta-max", "4"],
+            "search.py: error: Argument `eta_min` must be <= `eta_max`",
+            id="search-space",
+            marks=tensorflow_only,
+        ),
     ],
 )
 def test_user_errors_are_one_line_with_exit_code_2(args, expected, tmp_path):
-    result = run_script(*(a.format(tmp=tmp_path) for a in args), env=no_network_env())
+    result = run_script(
+        *(a.format(tmp=tmp_path) for a in args), env=no_network_env()
+    )
     lines = script_messages(result.stderr)
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1 and lines[0].startswith(expected), lines
@@ -311,37 +572,69 @@ def test_user_errors_are_one_line_with_exit_code_2(args, expected, tmp_path):
 def test_changed_search_settings_are_one_line(tmp_path):
     project = tmp_path / "digits_mlp_random"
     project.mkdir()
-    args = ["tuning/search.py", "--smoke", "--tuner", "random", "--max-examples", "64",
-            "--directory", tmp_path, "--verbose", "0"]
-    settings = {"batch_size": 16}  # the search there was started with another batch size
+    args = [
+        "tuning/search.py",
+        "--smoke",
+        "--tuner",
+        "random",
+        "--max-examples",
+        "64",
+        "--directory",
+        tmp_path,
+        "--verbose",
+        "0",
+    ]
+    settings = {
+        "batch_size": 16
+    }  # the search there was started with another batch size
     (project / "qsgld_search_settings.json").write_text(json.dumps(settings))
     result = run_script(*args)
     lines = script_messages(result.stderr)
     assert result.returncode == 2, result.stderr
-    assert len(lines) == 1 and lines[0].startswith(f"search.py: error: The search in {project} was started with other settings")
+    assert len(lines) == 1 and lines[0].startswith(
+        f"search.py: error: The search in {project} was started with other settings"
+    )
     assert "batch_size: 16 -> 64" in lines[0] and "--overwrite" in lines[0]
 
 
 @tensorflow_only  # whatever the tests' backend, it runs the script on JAX
-@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="needs jax installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("jax") is None, reason="needs jax installed"
+)
 def test_distributed_refuses_another_backend_in_one_line():
-    result = run_script("examples/distributed.py", "--epochs", "1", env=runner.script_env(KERAS_BACKEND="jax"))
+    result = run_script(
+        "examples/distributed.py",
+        "--epochs",
+        "1",
+        env=runner.script_env(KERAS_BACKEND="jax"),
+    )
     lines = script_messages(result.stderr)
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1 and lines[0].startswith(
-        "distributed.py: error: tf.distribute needs the TensorFlow backend; KERAS_BACKEND=jax"), lines
+        "distributed.py: error: tf.distribute needs the TensorFlow backend; KERAS_BACKEND=jax"
+    ), lines
 
 
 def interrupt_when(ready, args, timeout=240):
     """Starts `python ARGS`, sends it SIGINT (Ctrl-C) once `ready()`; returns (code, stderr lines)."""
-    proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT, env=runner.script_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, *map(str, args)],
+        cwd=ROOT,
+        env=runner.script_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + timeout
-        while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        while (
+            not ready() and proc.poll() is None and time.monotonic() < deadline
+        ):
             time.sleep(0.1)
-        assert proc.poll() is None, f"it ended ({proc.returncode}) too early: {proc.stderr.read()[-3000:]}"
+        assert proc.poll() is None, (
+            f"it ended ({proc.returncode}) too early: {proc.stderr.read()[-3000:]}"
+        )
         assert ready(), f"not ready within {timeout} s"
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
@@ -355,23 +648,58 @@ def test_ctrl_c_in_fit_says_how_to_resume(tmp_path):
     backup = tmp_path / "backup"
     code, lines = interrupt_when(
         (tmp_path / "out" / "qsgld").exists,  # made just before `fit`
-        ["examples/fit.py", "--dataset", "digits", "--epochs", "100000", "--max-examples", "256",
-         "--no-plots", "--verbose", "0", "--output-dir", tmp_path / "out", "--backup-dir", backup],
+        [
+            "examples/fit.py",
+            "--dataset",
+            "digits",
+            "--epochs",
+            "100000",
+            "--max-examples",
+            "256",
+            "--no-plots",
+            "--verbose",
+            "0",
+            "--output-dir",
+            tmp_path / "out",
+            "--backup-dir",
+            backup,
+        ],
     )
     assert code == 130
-    assert lines == [f"fit.py: interrupted; rerun the same command to resume from the last finished epoch "
-                     f"(backups in {backup})"]
+    assert lines == [
+        f"fit.py: interrupted; rerun the same command to resume from the last finished epoch "
+        f"(backups in {backup})"
+    ]
 
 
 def test_ctrl_c_in_search_says_how_to_resume(tmp_path):
     code, lines = interrupt_when(
-        lambda: any((tmp_path / "digits_mlp_random").glob("trial_*")),  # the first trial has begun
-        ["-m", "tuning.search", "--smoke", "--tuner", "random", "--max-trials", "1000", "--epochs", "1000",
-         "--max-examples", "128", "--directory", tmp_path, "--verbose", "0"],
+        lambda: any(
+            (tmp_path / "digits_mlp_random").glob("trial_*")
+        ),  # the first trial has begun
+        [
+            "-m",
+            "tuning.search",
+            "--smoke",
+            "--tuner",
+            "random",
+            "--max-trials",
+            "1000",
+            "--epochs",
+            "1000",
+            "--max-examples",
+            "128",
+            "--directory",
+            tmp_path,
+            "--verbose",
+            "0",
+        ],
     )
     assert code == 130
-    assert lines == ["search.py: interrupted; rerun the same command to resume the search; "
-                     "finished trials are kept (--overwrite starts anew)"]
+    assert lines == [
+        "search.py: interrupted; rerun the same command to resume the search; "
+        "finished trials are kept (--overwrite starts anew)"
+    ]
 
 
 SWALLOWED_CTRL_C = """
@@ -410,8 +738,14 @@ def test_ctrl_c_that_a_library_swallows_still_ends_the_script():
 # -- JAX: keras.distribution.DataParallel (docs/scaling.md) ----------------------------
 def scaling_guide_snippet():
     text = (ROOT / "docs" / "scaling.md").read_text()
-    blocks = re.findall(r"<!-- tested: test_jax_data_parallel_matches_one_device -->\n```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) == 1, "docs/scaling.md must hold the DataParallel snippet, marked for this test"
+    blocks = re.findall(
+        r"<!-- tested: test_jax_data_parallel_matches_one_device -->\n```python\n(.*?)```",
+        text,
+        flags=re.S,
+    )
+    assert len(blocks) == 1, (
+        "docs/scaling.md must hold the DataParallel snippet, marked for this test"
+    )
     return blocks[0]
 
 
@@ -433,16 +767,27 @@ def test_jax_data_parallel_matches_one_device(tmp_path):
     float summation order (a few grid cells 1/Qp at most)."""
     out = tmp_path / "weights.npz"
     code = scaling_guide_snippet() + REFERENCE.replace("OUT", repr(str(out)))
-    env = runner.script_env(KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = runner.script_env(
+        KERAS_BACKEND="jax",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )
     result = run_script("-c", code, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     weights = np.load(out)
-    assert int(weights["parallel_devices"]) == 2  # the model was replicated over two devices
+    assert (
+        int(weights["parallel_devices"]) == 2
+    )  # the model was replicated over two devices
     qp = float(weights["qp"])
     n = len([k for k in weights.files if k.startswith("parallel/")])
     assert n == 4
     for i in range(n):
-        cells = np.abs(weights[f"parallel/{i}"].astype(np.float64) - weights[f"single/{i}"].astype(np.float64)) * qp
+        cells = (
+            np.abs(
+                weights[f"parallel/{i}"].astype(np.float64)
+                - weights[f"single/{i}"].astype(np.float64)
+            )
+            * qp
+        )
         assert cells.max() <= 4, (i, cells.max())
         assert np.mean(cells > 0) <= 0.05
 
@@ -451,9 +796,16 @@ def test_jax_data_parallel_matches_one_device(tmp_path):
 @pytest.mark.parametrize(
     "module, args, message",
     [
-        ("examples.fit", ["--epochs", "0"], "fit.py: error: argument --epochs: expected an integer >= 1, received '0'"),
-        ("tuning.search", ["--max-trials", "0"],
-         "search.py: error: argument --max-trials: expected an integer >= 1, received '0'"),
+        (
+            "examples.fit",
+            ["--epochs", "0"],
+            "fit.py: error: argument --epochs: expected an integer >= 1, received '0'",
+        ),
+        (
+            "tuning.search",
+            ["--max-trials", "0"],
+            "search.py: error: argument --max-trials: expected an integer >= 1, received '0'",
+        ),
     ],
 )
 def test_a_bad_flag_is_exactly_one_line_on_stderr(module, args, message):

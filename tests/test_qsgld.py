@@ -1,10 +1,10 @@
 """QSGLD against the independent NumPy reference: multi-step trajectories and the update rule."""
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 from keras import ops
+
 import keras_qsgld
 from tests import reference as ref
 
@@ -14,15 +14,23 @@ SPE = 2  # two steps per epoch: Qp changes at steps 2 and 11, the gate switches 
 ETA = 2.0**10
 KAPPA, TAU0 = 2.0, 2.0
 SHAPES = [(7, 5), (5,)]
-SCALES = [1.0, 0.01]  # y ~ 100 cells for the kernel, ~ 1 cell for the bias (the dead zone)
+SCALES = [
+    1.0,
+    0.01,
+]  # y ~ 100 cells for the kernel, ~ 1 cell for the bias (the dead zone)
 
 
 def make_problem(seed=0, steps=STEPS):
     """Weights on the grid 2**-12 (float32 sums stay exact) and fixed gradients."""
     rng = np.random.default_rng(seed)
     w0 = [rng.integers(-4096, 4096, shape) / 4096.0 for shape in SHAPES]
-    grads = [rng.normal(0, scale, (steps,) + shape) for shape, scale in zip(SHAPES, SCALES)]
-    return [w.astype(np.float32) for w in w0], [g.astype(np.float32) for g in grads]
+    grads = [
+        rng.normal(0, scale, (steps,) + shape)
+        for shape, scale in zip(SHAPES, SCALES)
+    ]
+    return [w.astype(np.float32) for w in w0], [
+        g.astype(np.float32) for g in grads
+    ]
 
 
 def run(optimizer, w0, grads, dtype="float32"):
@@ -30,8 +38,12 @@ def run(optimizer, w0, grads, dtype="float32"):
     variables = [keras.Variable(w, dtype=dtype) for w in w0]
     history = []
     for k in range(len(grads[0])):
-        optimizer.apply([ops.convert_to_tensor(g[k], dtype=dtype) for g in grads], variables)
-        history.append([np.asarray(v.numpy(), dtype=np.float64) for v in variables])
+        optimizer.apply(
+            [ops.convert_to_tensor(g[k], dtype=dtype) for g in grads], variables
+        )
+        history.append(
+            [np.asarray(v.numpy(), dtype=np.float64) for v in variables]
+        )
     return history, variables
 
 
@@ -39,7 +51,13 @@ def assert_trajectory_matches(history, w0, expected, rounding, **kwargs):
     previous = [np.asarray(w, dtype=np.float64) for w in w0]
     for k, weights in enumerate(history):
         for i, w in enumerate(weights):
-            ref.assert_increment_matches(w - previous[i], expected["y"][k][i], expected["qp"][k], rounding, **kwargs)
+            ref.assert_increment_matches(
+                w - previous[i],
+                expected["y"][k][i],
+                expected["qp"][k],
+                rounding,
+                **kwargs,
+            )
         previous = weights
 
 
@@ -47,7 +65,9 @@ def schedules(gate):
     resolution = keras_qsgld.ResolutionSchedule(eta=ETA, steps_per_epoch=SPE)
     compensation = None
     if gate is not None:
-        compensation = keras_qsgld.CompensationSchedule(kappa=KAPPA, tau0=TAU0, steps_per_epoch=SPE, gate=gate)
+        compensation = keras_qsgld.CompensationSchedule(
+            kappa=KAPPA, tau0=TAU0, steps_per_epoch=SPE, gate=gate
+        )
     ref_resolution = lambda k: ref.resolution(k, eta=ETA, steps_per_epoch=SPE)  # noqa: E731
     ref_gate = None
     if gate is not None:
@@ -77,8 +97,12 @@ def test_trajectory_matches_reference(gate, rounding, momentum, nesterov):
         jit_compile=False,
     )
     history, _ = run(opt, w0, grads)
-    expected = ref.qsgld_trajectory(w0, grads, LR, ref_resolution, ref_gate, rounding, momentum, nesterov)
-    assert len(set(expected["qp"])) == 3  # the run crosses two resolution changes
+    expected = ref.qsgld_trajectory(
+        w0, grads, LR, ref_resolution, ref_gate, rounding, momentum, nesterov
+    )
+    assert (
+        len(set(expected["qp"])) == 3
+    )  # the run crosses two resolution changes
     assert_trajectory_matches(history, w0, expected, rounding)
     if momentum:
         for slot, want in zip(opt.momentums, expected["momentums"]):
@@ -92,7 +116,12 @@ def test_compensation_changes_the_trajectory():
     runs = {}
     for gate in (None, "logistic"):
         resolution, compensation, _, _ = schedules(gate)
-        opt = keras_qsgld.QSGLD(LR, resolution=resolution, compensation=compensation, jit_compile=False)
+        opt = keras_qsgld.QSGLD(
+            LR,
+            resolution=resolution,
+            compensation=compensation,
+            jit_compile=False,
+        )
         runs[gate] = run(opt, w0, grads)[0]
     assert not np.array_equal(runs[None][0][0], runs["logistic"][0][0])
 
@@ -105,7 +134,9 @@ def test_no_compensation_is_exactly_quantized_sgd(rounding):
     g = rng.normal(0, 0.1, (20, 10)).astype(np.float32)
     qp = np.float32(4096.0)
     lr = np.float32(0.05)
-    opt = keras_qsgld.QSGLD(0.05, resolution=4096.0, compensation=None, rounding=rounding)
+    opt = keras_qsgld.QSGLD(
+        0.05, resolution=4096.0, compensation=None, rounding=rounding
+    )
     variable = keras.Variable(w)
     opt.apply([ops.convert_to_tensor(g)], [variable])
     y = qp * -(g * lr)
@@ -114,15 +145,17 @@ def test_no_compensation_is_exactly_quantized_sgd(rounding):
     # A constant gate of 0 is the same; a gate of 1 is not.
     for gate, same in ((0.0, True), (1.0, False)):
         other = keras.Variable(w)
-        keras_qsgld.QSGLD(0.05, resolution=4096.0, compensation=gate, rounding=rounding).apply(
-            [ops.convert_to_tensor(g)], [other]
-        )
+        keras_qsgld.QSGLD(
+            0.05, resolution=4096.0, compensation=gate, rounding=rounding
+        ).apply([ops.convert_to_tensor(g)], [other])
         assert np.array_equal(other.numpy(), variable.numpy()) == same
 
 
 def test_constant_gate_matches_reference():
     w0, grads = make_problem(steps=4)
-    opt = keras_qsgld.QSGLD(LR, resolution=512.0, compensation=0.7, jit_compile=False)
+    opt = keras_qsgld.QSGLD(
+        LR, resolution=512.0, compensation=0.7, jit_compile=False
+    )
     history, _ = run(opt, w0, grads)
     expected = ref.qsgld_trajectory(w0, grads, LR, 512.0, 0.7)
     assert_trajectory_matches(history, w0, expected, "nearest")
@@ -144,18 +177,35 @@ def test_first_update_uses_step_zero():
         before = variable.numpy().astype(np.float64)
         opt.apply([ops.convert_to_tensor(g[k])], [variable])
         seen.append(variable.numpy() - before)
-    np.testing.assert_array_equal(seen[0], ref.increment(-0.1 * g[0].astype(np.float64), 4.0))
-    ref.assert_increment_matches(seen[1], ref.scaled_step(-0.1 * g[1].astype(np.float64), 2.0**12), 2.0**12)
-    assert np.any(seen[1] * 4 != np.round(seen[1] * 4))  # off the coarse grid after step 0
+    np.testing.assert_array_equal(
+        seen[0], ref.increment(-0.1 * g[0].astype(np.float64), 4.0)
+    )
+    ref.assert_increment_matches(
+        seen[1],
+        ref.scaled_step(-0.1 * g[1].astype(np.float64), 2.0**12),
+        2.0**12,
+    )
+    assert np.any(
+        seen[1] * 4 != np.round(seen[1] * 4)
+    )  # off the coarse grid after step 0
 
 
 def test_learning_rate_schedule():
     w0, grads = make_problem(steps=6)
-    decay = keras.optimizers.schedules.ExponentialDecay(0.2, decay_steps=1, decay_rate=0.7)
+    decay = keras.optimizers.schedules.ExponentialDecay(
+        0.2, decay_steps=1, decay_rate=0.7
+    )
     resolution, compensation, ref_resolution, ref_gate = schedules("logistic")
-    opt = keras_qsgld.QSGLD(decay, resolution=resolution, compensation=compensation, jit_compile=False)
+    opt = keras_qsgld.QSGLD(
+        decay,
+        resolution=resolution,
+        compensation=compensation,
+        jit_compile=False,
+    )
     history, _ = run(opt, w0, grads)
-    expected = ref.qsgld_trajectory(w0, grads, lambda k: 0.2 * 0.7**k, ref_resolution, ref_gate)
+    expected = ref.qsgld_trajectory(
+        w0, grads, lambda k: 0.2 * 0.7**k, ref_resolution, ref_gate
+    )
     assert_trajectory_matches(history, w0, expected, "nearest")
 
 
@@ -163,20 +213,33 @@ def test_learning_rate_schedule():
 @pytest.mark.parametrize("rounding", ["nearest", "floor"])
 def test_zero_gradients_give_no_nan(gate, rounding):
     resolution, compensation, _, _ = schedules(gate)
-    opt = keras_qsgld.QSGLD(LR, resolution=resolution, compensation=compensation, rounding=rounding, momentum=0.5)
+    opt = keras_qsgld.QSGLD(
+        LR,
+        resolution=resolution,
+        compensation=compensation,
+        rounding=rounding,
+        momentum=0.5,
+    )
     w0 = [np.ones((3, 2), np.float32), np.full((4,), 2.0, np.float32)]
-    grads = [np.zeros((3, 3, 2), np.float32), np.random.default_rng(0).normal(0, 1, (3, 4)).astype(np.float32)]
+    grads = [
+        np.zeros((3, 3, 2), np.float32),
+        np.random.default_rng(0).normal(0, 1, (3, 4)).astype(np.float32),
+    ]
     history, _ = run(opt, w0, grads)
     for weights in history:
         assert all(np.all(np.isfinite(w)) for w in weights)
-        np.testing.assert_array_equal(weights[0], w0[0])  # zero gradient, zero increment
+        np.testing.assert_array_equal(
+            weights[0], w0[0]
+        )  # zero gradient, zero increment
     assert not np.array_equal(history[-1][1], w0[1])
 
 
 def test_increments_lie_on_the_grid_of_the_schedule():
     w0, grads = make_problem(steps=STEPS)
     resolution, compensation, ref_resolution, _ = schedules("tanh")
-    opt = keras_qsgld.QSGLD(LR, resolution=resolution, compensation=compensation, momentum=0.9)
+    opt = keras_qsgld.QSGLD(
+        LR, resolution=resolution, compensation=compensation, momentum=0.9
+    )
     history, _ = run(opt, w0, grads)
     previous = w0
     for k, weights in enumerate(history):
@@ -192,17 +255,27 @@ def test_resolution_and_gate_accessors():
     opt = keras_qsgld.QSGLD(resolution=resolution, compensation=compensation)
     for k in range(0, 40, 3):
         assert float(opt.resolution_at(k)) == ref_resolution(k)
-        assert float(opt.gate_at(k)) == pytest.approx(float(ref_gate(k)), abs=1e-6)
+        assert float(opt.gate_at(k)) == pytest.approx(
+            float(ref_gate(k)), abs=1e-6
+        )
     assert keras_qsgld.QSGLD().gate_at(5) is None
-    assert float(keras_qsgld.QSGLD(resolution=300.0).resolution_at(123)) == 300.0
+    assert (
+        float(keras_qsgld.QSGLD(resolution=300.0).resolution_at(123)) == 300.0
+    )
     assert float(keras_qsgld.QSGLD(compensation=0.25).gate_at(7)) == 0.25
     default = keras_qsgld.QSGLD()
     assert isinstance(default.resolution, keras_qsgld.ResolutionSchedule)
-    assert default.resolution.steps_per_epoch is None  # set by hand or by QSGLDMonitor in fit
+    assert (
+        default.resolution.steps_per_epoch is None
+    )  # set by hand or by QSGLDMonitor in fit
     default.resolution.steps_per_epoch = 100
-    assert float(default.resolution_at(0)) == 2.0**18  # the default: eta = 2**19, Qp(0) = eta / 2
+    assert (
+        float(default.resolution_at(0)) == 2.0**18
+    )  # the default: eta = 2**19, Qp(0) = eta / 2
     # A float becomes a serializable Constant schedule: `resolution` has one type.
-    assert isinstance(keras_qsgld.QSGLD(resolution=300.0).resolution, keras_qsgld.Constant)
+    assert isinstance(
+        keras_qsgld.QSGLD(resolution=300.0).resolution, keras_qsgld.Constant
+    )
 
 
 def test_schedule_step_is_where_the_next_update_evaluates():
@@ -211,7 +284,12 @@ def test_schedule_step_is_where_the_next_update_evaluates():
     read just before each update, and on no coarser one."""
     for cls in (keras_qsgld.QSGLD, keras_qsgld.QAdam):
         # Qp = 1 until step 1 (t = 1 > e - 2), 2 from there: visible on the first update.
-        opt = cls(0.3, resolution=keras_qsgld.ResolutionSchedule(eta=2.0, steps_per_epoch=1))
+        opt = cls(
+            0.3,
+            resolution=keras_qsgld.ResolutionSchedule(
+                eta=2.0, steps_per_epoch=1
+            ),
+        )
         variable = keras.Variable(np.zeros(40, np.float32))
         g = np.random.default_rng(0).normal(0, 1, (3, 40)).astype(np.float32)
         for k in range(3):
@@ -220,7 +298,9 @@ def test_schedule_step_is_where_the_next_update_evaluates():
             opt.apply([ops.convert_to_tensor(g[k])], [variable])
             cells = (variable.numpy() - before) * qp
             np.testing.assert_array_equal(cells, np.round(cells))
-            assert np.any((variable.numpy() - before) * qp / 2 != np.round(cells / 2))
+            assert np.any(
+                (variable.numpy() - before) * qp / 2 != np.round(cells / 2)
+            )
         assert int(opt.schedule_step) == (3 if cls is keras_qsgld.QSGLD else 4)
 
 
@@ -229,18 +309,31 @@ def test_noise_statistics_match_reference(rounding):
     w0, grads = make_problem(steps=5)
     resolution, compensation, ref_resolution, ref_gate = schedules("logistic")
     opt = keras_qsgld.QSGLD(
-        LR, resolution=resolution, compensation=compensation, rounding=rounding, track_noise=True, jit_compile=False
+        LR,
+        resolution=resolution,
+        compensation=compensation,
+        rounding=rounding,
+        track_noise=True,
+        jit_compile=False,
     )
     run(opt, w0, grads)
-    expected = ref.qsgld_trajectory(w0, grads, LR, ref_resolution, ref_gate, rounding)
+    expected = ref.qsgld_trajectory(
+        w0, grads, LR, ref_resolution, ref_gate, rounding
+    )
     y = np.concatenate([np.ravel(y) for ys in expected["y"] for y in ys])
     q = ref.quantize(y, rounding)
     stats = opt.noise_statistics(reset=True)
     assert stats["zero_fraction"] == pytest.approx(np.mean(q == 0), abs=1e-6)
     assert stats["error_mean"] == pytest.approx(np.mean(q - y), abs=1e-4)
-    assert stats["error_variance"] == pytest.approx(np.var(q - y), rel=1e-3, abs=1e-4)
-    assert stats["variance_ratio"] == pytest.approx(12 * stats["error_variance"])
-    assert np.isnan(opt.noise_statistics()["error_mean"])  # reset: nothing since
+    assert stats["error_variance"] == pytest.approx(
+        np.var(q - y), rel=1e-3, abs=1e-4
+    )
+    assert stats["variance_ratio"] == pytest.approx(
+        12 * stats["error_variance"]
+    )
+    assert np.isnan(
+        opt.noise_statistics()["error_mean"]
+    )  # reset: nothing since
     with pytest.raises(ValueError, match="track_noise"):
         keras_qsgld.QSGLD().noise_statistics()
 

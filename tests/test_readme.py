@@ -22,7 +22,11 @@ def test_quick_start_runs_as_pasted(tmp_path):
     code = quick_start()
     assert "keras_qsgld.QSGLDMonitor()" in code and "track_noise=True" in code
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=runner.script_env(), capture_output=True, text=True,
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=runner.script_env(),
+        capture_output=True,
+        text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -30,7 +30,9 @@ def _assert_bitwise_equal(a, b, prefixes=("weight/", "optimizer/")):
     keys = sorted(k for k in a if k.startswith(prefixes))
     assert keys and keys == sorted(k for k in b if k.startswith(prefixes))
     for key in keys:
-        assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
+        assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, (
+            key
+        )
         assert a[key].tobytes() == b[key].tobytes(), f"{key} differs"
 
 
@@ -48,23 +50,43 @@ def _kill_mid_run(script, args, marker, log, env=None, timeout=180):
 def killed_backup(tmp_path_factory):
     """An uninterrupted run, and the backup directory left by a run SIGKILLed at step 13."""
     tmp = tmp_path_factory.mktemp("resume")
-    runner.run("resume_train.py", "--backup-dir", tmp / "b_full", "--out", tmp / "full.npz",
-               log=tmp / "full.log")
+    runner.run(
+        "resume_train.py",
+        "--backup-dir",
+        tmp / "b_full",
+        "--out",
+        tmp / "full.npz",
+        log=tmp / "full.log",
+    )
     _kill_mid_run(
         "resume_train.py",
-        ["--backup-dir", tmp / "b_killed", "--out", tmp / "never.npz",
-         "--kill-at-step", KILL_AT, "--marker", tmp / "marker"],
-        tmp / "marker", tmp / "killed.log",
+        [
+            "--backup-dir",
+            tmp / "b_killed",
+            "--out",
+            tmp / "never.npz",
+            "--kill-at-step",
+            KILL_AT,
+            "--marker",
+            tmp / "marker",
+        ],
+        tmp / "marker",
+        tmp / "killed.log",
     )
     assert not (tmp / "never.npz").exists()
     return tmp
 
 
 def test_killed_mid_epoch_after_a_mid_epoch_backup(killed_backup):
-    meta = json.loads((killed_backup / "b_killed" / "training_metadata.json").read_text())
+    meta = json.loads(
+        (killed_backup / "b_killed" / "training_metadata.json").read_text()
+    )
     # BackupAndRestore(save_freq=3) saved after global step 12 = epoch 1, batch index 3:
     # mid-epoch, and the kill came one step later, before the next backup.
-    assert meta == {"epoch": 12 // STEPS_PER_EPOCH, "batch": 12 % STEPS_PER_EPOCH - 1}
+    assert meta == {
+        "epoch": 12 // STEPS_PER_EPOCH,
+        "batch": 12 % STEPS_PER_EPOCH - 1,
+    }
     assert (killed_backup / "b_killed" / "latest.weights.h5").stat().st_size > 0
 
 
@@ -72,14 +94,22 @@ def test_resume_after_sigkill_is_bitwise_identical(killed_backup):
     tmp = killed_backup
     backup = tmp / "b_exact"
     shutil.copytree(tmp / "b_killed", backup)
-    runner.run("resume_train.py", "--backup-dir", backup, "--out", tmp / "resumed.npz",
-               log=tmp / "resumed.log")
+    runner.run(
+        "resume_train.py",
+        "--backup-dir",
+        backup,
+        "--out",
+        tmp / "resumed.npz",
+        log=tmp / "resumed.log",
+    )
     full, resumed = _load(tmp / "full.npz"), _load(tmp / "resumed.npz")
     assert int(full["resumed_from"]) == 0
     assert int(resumed["resumed_from"]) == 12
     # Weights, iterations, learning rate, generator state and momentum slots: bit for bit.
     _assert_bitwise_equal(full, resumed)
-    assert not backup.exists()  # BackupAndRestore deletes its backup after a finished fit
+    assert (
+        not backup.exists()
+    )  # BackupAndRestore deletes its backup after a finished fit
 
 
 def test_stock_backup_and_restore_replays_the_interrupted_epoch(killed_backup):
@@ -88,11 +118,18 @@ def test_stock_backup_and_restore_replays_the_interrupted_epoch(killed_backup):
     tmp = killed_backup
     backup = tmp / "b_stock"
     shutil.copytree(tmp / "b_killed", backup)
-    runner.run("resume_train.py", "--mode", "stock", "--backup-dir", backup,
-               "--out", tmp / "stock.npz", log=tmp / "stock.log")
+    runner.run(
+        "resume_train.py",
+        "--mode",
+        "stock",
+        "--backup-dir",
+        backup,
+        "--out",
+        tmp / "stock.npz",
+        log=tmp / "stock.log",
+    )
     full, stock = _load(tmp / "full.npz"), _load(tmp / "stock.npz")
     # optimizer/0 is `iterations`: 12 restored + (3 - 1) epochs of 8 steps.
     assert int(full["optimizer/0"]) == EPOCHS * STEPS_PER_EPOCH
     assert int(stock["optimizer/0"]) == 12 + (EPOCHS - 1) * STEPS_PER_EPOCH
     assert not np.array_equal(full["weight/0"], stock["weight/0"])
-

@@ -19,17 +19,19 @@ import pytest
 
 pytest.importorskip("keras_tuner")
 pytest.importorskip("sklearn")
-pytest.importorskip("tensorboard")  # KerasTuner imports it in every trial under TensorFlow
+pytest.importorskip(
+    "tensorboard"
+)  # KerasTuner imports it in every trial under TensorFlow
 
-import keras  # noqa: E402
+import keras
 
-import keras_qsgld  # noqa: E402
-from examples import fit  # noqa: E402
-from keras_qsgld.experiments import hypermodel as hm  # noqa: E402
-from keras_qsgld.experiments.cli import UserError  # noqa: E402
-from keras_qsgld.experiments.defaults import DEFAULT_LEARNING_RATE  # noqa: E402
+import keras_qsgld
+from examples import fit
+from keras_qsgld.experiments import hypermodel as hm
+from keras_qsgld.experiments.cli import UserError
+from keras_qsgld.experiments.defaults import DEFAULT_LEARNING_RATE
 from tests import reference  # noqa: E402  (the NumPy formulas)
-from tuning import search  # noqa: E402
+from tuning import search
 
 # The searches train in this process on tf.data pipelines: TensorFlow only (a PyTorch test
 # process must not load TensorFlow; `tuning/search.py` itself runs on every backend, see
@@ -37,9 +39,19 @@ from tuning import search  # noqa: E402
 pytestmark = pytest.mark.backends("tensorflow")
 
 REPO = Path(__file__).resolve().parent.parent
-DIGITS_TRAIN = 1437  # scikit-learn digits: 1797 images, 360 held out as the test split
+DIGITS_TRAIN = (
+    1437  # scikit-learn digits: 1797 images, 360 held out as the test split
+)
 # Tiny data: 320 digits, 10 % of them for validation, batches of 32.
-TINY = ["--smoke", "--max-examples", "320", "--batch-size", "32", "--verbose", "0"]
+TINY = [
+    "--smoke",
+    "--max-examples",
+    "320",
+    "--batch-size",
+    "32",
+    "--verbose",
+    "0",
+]
 
 
 def expected_steps(max_examples=320, fraction=0.1, batch_size=32):
@@ -61,8 +73,13 @@ def recording(base=hm.QSGLDHyperModel, interrupt_at=None):
 
         def fit(self, hp, model, *args, **kwargs):
             Recording.fitted_values.append(dict(hp.values))
-            if interrupt_at is not None and len(Recording.fitted_values) == interrupt_at:
-                raise KeyboardInterrupt("simulated crash in the middle of a trial")
+            if (
+                interrupt_at is not None
+                and len(Recording.fitted_values) == interrupt_at
+            ):
+                raise KeyboardInterrupt(
+                    "simulated crash in the middle of a trial"
+                )
             return super().fit(hp, model, *args, **kwargs)
 
     return Recording
@@ -81,43 +98,88 @@ def test_search_space_validation_and_cli():
     with pytest.raises(SystemExit):
         search.parse_args(["--validation-fraction", "1.0"])
     args = search.parse_args([])
-    assert (args.dataset, args.model, args.depth, args.tuner) == ("cifar10", "cifar_resnet", 50, "hyperband")
+    assert (args.dataset, args.model, args.depth, args.tuner) == (
+        "cifar10",
+        "cifar_resnet",
+        50,
+        "hyperband",
+    )
     assert args.project_name == "cifar10_cifar_resnet_hyperband"
     assert not args.overwrite
     args = search.parse_args(["--smoke", "--tuner", "random"])
-    assert (args.dataset, args.model, args.epochs) == ("digits", "mlp", search.SMOKE["epochs"])
-    args = search.parse_args(["--dataset", "mnist1d"])  # the data set's default model
-    assert (args.model, args.project_name) == ("cnn1d", "mnist1d_cnn1d_hyperband")
+    assert (args.dataset, args.model, args.epochs) == (
+        "digits",
+        "mlp",
+        search.SMOKE["epochs"],
+    )
+    args = search.parse_args(
+        ["--dataset", "mnist1d"]
+    )  # the data set's default model
+    assert (args.model, args.project_name) == (
+        "cnn1d",
+        "mnist1d_cnn1d_hyperband",
+    )
 
 
 def test_default_hypermodel_is_cifar_resnet50_with_prebuilt_optimizer():
     import keras_tuner as kt
 
     # Each hyperparameter's default is the paper's, from the one table of defaults.
-    assert vars(search.make_space(search.parse_args([]))) == vars(hm.SearchSpace())
+    assert vars(search.make_space(search.parse_args([]))) == vars(
+        hm.SearchSpace()
+    )
     assert hm.SearchSpace().learning_rate == DEFAULT_LEARNING_RATE["qsgld"]
-    args = search.parse_args([])  # the CLI defaults: cifar10, cifar_resnet depth 50, Hyperband
+    args = search.parse_args(
+        []
+    )  # the CLI defaults: cifar10, cifar_resnet depth 50, Hyperband
     info = dict(input_shape=(32, 32, 3), num_classes=10, steps_per_epoch=352)
     hypermodel = search.make_hypermodel(args, info)
     hp = kt.HyperParameters()
     model = hypermodel.build(hp)
-    weighted = [layer for layer in model.layers
-                if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]
+    weighted = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
+    ]
     assert len(weighted) == 50  # 6n + 2 with n = 8
     assert model.output_shape == (None, 10)
-    assert model.optimizer.built  # before any weights load (Hyperband continuation)
+    assert (
+        model.optimizer.built
+    )  # before any weights load (Hyperband continuation)
     sampling = {p.name: p.sampling for p in hp.space}
-    assert sampling == {"eta": "log", "base": "linear", "kappa": "log", "tau0_fraction": "linear"}
+    assert sampling == {
+        "eta": "log",
+        "base": "linear",
+        "kappa": "log",
+        "tau0_fraction": "linear",
+    }
     bounds = {p.name: (p.min_value, p.max_value) for p in hp.space}
     assert bounds["eta"] == (2.0**10, 2.0**22)
     # The defaults of the space are the authors' values.
-    assert hp.values == dict(eta=2.0**19, base=2.0, kappa=2.0, tau0_fraction=0.2)
+    assert hp.values == dict(
+        eta=2.0**19, base=2.0, kappa=2.0, tau0_fraction=0.2
+    )
     opt = model.optimizer
-    assert opt.resolution.steps_per_epoch == opt.compensation.steps_per_epoch == 352
+    assert (
+        opt.resolution.steps_per_epoch
+        == opt.compensation.steps_per_epoch
+        == 352
+    )
     assert opt.compensation.tau0 == pytest.approx(0.2 * args.max_epochs)
     # Bounds come from the command line; a searched learning rate is log-scaled.
-    args = search.parse_args(["--eta-min", "4096", "--eta-max", "8192", "--tune-learning-rate",
-                              "--lr-min", "0.01", "--lr-max", "0.1"])
+    args = search.parse_args(
+        [
+            "--eta-min",
+            "4096",
+            "--eta-max",
+            "8192",
+            "--tune-learning-rate",
+            "--lr-min",
+            "0.01",
+            "--lr-max",
+            "0.1",
+        ]
+    )
     hp = kt.HyperParameters()
     search.make_space(args).declare(hp)
     bounds = {p.name: (p.min_value, p.max_value, p.sampling) for p in hp.space}
@@ -126,8 +188,17 @@ def test_default_hypermodel_is_cifar_resnet50_with_prebuilt_optimizer():
 
 
 def test_validation_holdout_is_a_fixed_disjoint_split_with_known_sizes():
-    args = search.parse_args(["--smoke", "--max-examples", "100", "--batch-size", "16",
-                              "--validation-fraction", "0.2"])
+    args = search.parse_args(
+        [
+            "--smoke",
+            "--max-examples",
+            "100",
+            "--batch-size",
+            "16",
+            "--validation-fraction",
+            "0.2",
+        ]
+    )
     train, validation, info = search.load_data(args)
     assert info["num_train"] == 80
     assert info["steps_per_epoch"] == 5
@@ -139,26 +210,40 @@ def test_validation_holdout_is_a_fixed_disjoint_split_with_known_sizes():
 
     from keras_qsgld.experiments.datasets import load_dataset
 
-    full = load_dataset("digits", batch_size=16, shuffle=False, max_examples=100).train
+    full = load_dataset(
+        "digits", batch_size=16, shuffle=False, max_examples=100
+    ).train
     everything = sorted(rows(full))
     val_rows, train_rows = rows(validation), rows(train)
     assert len(val_rows) == 20 and len(train_rows) == 80
-    assert sorted(val_rows + train_rows) == everything  # a partition of the training set
-    assert val_rows == rows(full)[:20]  # the first examples, the same in every epoch
+    assert (
+        sorted(val_rows + train_rows) == everything
+    )  # a partition of the training set
+    assert (
+        val_rows == rows(full)[:20]
+    )  # the first examples, the same in every epoch
     assert val_rows == rows(validation)
-    assert sorted(rows(train)) == sorted(train_rows)  # reshuffled, same examples
+    assert sorted(rows(train)) == sorted(
+        train_rows
+    )  # reshuffled, same examples
     assert rows(train) != train_rows
 
 
 def test_make_optimizer_schedules_match_reference():
-    values = dict(eta=3000.0, base=1.7, kappa=0.5, tau0_fraction=0.25, learning_rate=0.05)
+    values = dict(
+        eta=3000.0, base=1.7, kappa=0.5, tau0_fraction=0.25, learning_rate=0.05
+    )
     opt = hm.make_optimizer(values, steps_per_epoch=7, epochs=12)
     steps = np.array([0, 1, 6, 7, 50, 300, 2000])
     qp = np.array([float(opt.resolution_at(int(k))) for k in steps])
-    np.testing.assert_allclose(qp, reference.resolution(steps, 3000.0, 1.7, 7), rtol=1e-6)
+    np.testing.assert_allclose(
+        qp, reference.resolution(steps, 3000.0, 1.7, 7), rtol=1e-6
+    )
     gate = np.array([float(opt.gate_at(int(k))) for k in steps])
     t = steps / 7
-    np.testing.assert_allclose(gate, 1 / (1 + np.exp(0.5 * (t - 0.25 * 12))), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        gate, 1 / (1 + np.exp(0.5 * (t - 0.25 * 12))), rtol=1e-5, atol=1e-7
+    )
 
 
 def test_smoke_hyperband_end_to_end_and_continuation_keeps_iterations(tmp_path):
@@ -166,8 +251,17 @@ def test_smoke_hyperband_end_to_end_and_continuation_keeps_iterations(tmp_path):
     out = tmp_path / "out"
     # Momentum gives the optimizer slot variables: without them `iterations` would load even
     # into an unbuilt optimizer, and the continuation check below could not fail.
-    args = search.parse_args(TINY + ["--momentum", "0.9", "--directory", str(tmp_path),
-                                     "--output-dir", str(out)])
+    args = search.parse_args(
+        TINY
+        + [
+            "--momentum",
+            "0.9",
+            "--directory",
+            str(tmp_path),
+            "--output-dir",
+            str(out),
+        ]
+    )
     record = search.run(args, hypermodel_class=cls)
     steps = expected_steps()
 
@@ -197,24 +291,46 @@ def test_smoke_hyperband_end_to_end_and_continuation_keeps_iterations(tmp_path):
     assert isinstance(opt.resolution, keras_qsgld.ResolutionSchedule)
     assert isinstance(opt.compensation, keras_qsgld.CompensationSchedule)
     assert (opt.resolution.eta, opt.resolution.base) == (v["eta"], v["base"])
-    assert (opt.compensation.kappa, opt.compensation.tau0) == (v["kappa"], best["tau0"])
-    assert opt.resolution.steps_per_epoch == opt.compensation.steps_per_epoch == steps
+    assert (opt.compensation.kappa, opt.compensation.tau0) == (
+        v["kappa"],
+        best["tau0"],
+    )
+    assert (
+        opt.resolution.steps_per_epoch
+        == opt.compensation.steps_per_epoch
+        == steps
+    )
     k = np.array([0, steps, 10 * steps])
-    np.testing.assert_allclose([float(opt.resolution_at(int(i))) for i in k],
-                               reference.resolution(k, v["eta"], v["base"], steps), rtol=1e-6)
+    np.testing.assert_allclose(
+        [float(opt.resolution_at(int(i))) for i in k],
+        reference.resolution(k, v["eta"], v["base"], steps),
+        rtol=1e-6,
+    )
     assert float(opt.learning_rate) == pytest.approx(v["learning_rate"])
     assert opt.momentum == 0.9
     # ... and the same through keras' own deserialization, as a fit script would.
-    again = keras.optimizers.deserialize({"class_name": "keras_qsgld>QSGLD", "config": config})
+    again = keras.optimizers.deserialize(
+        {"class_name": "keras_qsgld>QSGLD", "config": config}
+    )
     assert isinstance(again, keras_qsgld.QSGLD)
 
     # The fit script's command line says the same.
     config = fit.parse_args(best["fit_args"])
     assert config.optimizers == ("qsgld",)
     assert (config.eta, config.base, config.kappa, config.gate_off_epoch()) == (
-        v["eta"], v["base"], v["kappa"], best["tau0"])
-    assert (config.learning_rate("qsgld"), config.momentum, config.epochs) == (v["learning_rate"], 0.9, 3)
-    assert best["fit_command"].startswith("python examples/fit.py --dataset digits --model mlp")
+        v["eta"],
+        v["base"],
+        v["kappa"],
+        best["tau0"],
+    )
+    assert (config.learning_rate("qsgld"), config.momentum, config.epochs) == (
+        v["learning_rate"],
+        0.9,
+        3,
+    )
+    assert best["fit_command"].startswith(
+        "python examples/fit.py --dataset digits --model mlp"
+    )
 
     png = (out / "objective_vs_hyperparameters.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -228,13 +344,27 @@ def test_smoke_hyperband_end_to_end_and_continuation_keeps_iterations(tmp_path):
     assert len(continued) == 1 and len(fresh) == 5
     for f in continued:
         assert f["initial_epoch"] == 1
-        assert f["start_iteration"] == (by_id[f["trial_id"]]["best_step"] + 1) * steps > 0
+        assert (
+            f["start_iteration"]
+            == (by_id[f["trial_id"]]["best_step"] + 1) * steps
+            > 0
+        )
     assert all(f["start_iteration"] == 0 for f in fresh)
 
 
 def test_interrupted_search_resumes_remaining_trials(tmp_path):
-    argv = TINY + ["--tuner", "bayesian", "--max-trials", "3", "--epochs", "1",
-                   "--num-initial-points", "2", "--directory", str(tmp_path)]
+    argv = TINY + [
+        "--tuner",
+        "bayesian",
+        "--max-trials",
+        "3",
+        "--epochs",
+        "1",
+        "--num-initial-points",
+        "2",
+        "--directory",
+        str(tmp_path),
+    ]
     crashing = recording(interrupt_at=2)
     with pytest.raises(KeyboardInterrupt):
         search.run(search.parse_args(argv), hypermodel_class=crashing)
@@ -249,7 +379,9 @@ def test_interrupted_search_resumes_remaining_trials(tmp_path):
     assert len(resumed.fitted_values) == 2
     assert resumed.fitted_values[0] == interrupted
     assert first not in resumed.fitted_values
-    assert json.loads((project / "trial_0" / "trial.json").read_text()) == trial0
+    assert (
+        json.loads((project / "trial_0" / "trial.json").read_text()) == trial0
+    )
     trials = json.loads((project / "trials.json").read_text())
     assert [t["trial_id"] for t in trials] == ["0", "1", "2"]
     assert record["score"] == max(t["score"] for t in trials)
@@ -281,15 +413,38 @@ def processes():
 
 def test_distributed_chief_and_two_workers(tmp_path, processes):
     port = _free_port()
-    argv = [sys.executable, str(REPO / "tuning" / "search.py"), *TINY, "--tuner", "random",
-            "--max-trials", "3", "--epochs", "1", "--directory", str(tmp_path)]
-    env = dict(os.environ, KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(port),
-               TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
+    argv = [
+        sys.executable,
+        str(REPO / "tuning" / "search.py"),
+        *TINY,
+        "--tuner",
+        "random",
+        "--max-trials",
+        "3",
+        "--epochs",
+        "1",
+        "--directory",
+        str(tmp_path),
+    ]
+    env = dict(
+        os.environ,
+        KERASTUNER_ORACLE_IP="127.0.0.1",
+        KERASTUNER_ORACLE_PORT=str(port),
+        TF_NUM_INTRAOP_THREADS="1",
+        TF_NUM_INTEROP_THREADS="1",
+    )
     for tuner_id in ("chief", "tuner0", "tuner1"):
         log = open(tmp_path / f"{tuner_id}.log", "w")
-        processes.append(subprocess.Popen(
-            argv, env=dict(env, KERASTUNER_TUNER_ID=tuner_id), cwd=REPO, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True))
+        processes.append(
+            subprocess.Popen(
+                argv,
+                env=dict(env, KERASTUNER_TUNER_ID=tuner_id),
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         log.close()
     # The chief waits (in 20 s sleeps) until every worker has been told to stop.
     deadline = time.monotonic() + 170
@@ -297,7 +452,9 @@ def test_distributed_chief_and_two_workers(tmp_path, processes):
         try:
             proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            logs = {p.name: p.read_text()[-2000:] for p in tmp_path.glob("*.log")}
+            logs = {
+                p.name: p.read_text()[-2000:] for p in tmp_path.glob("*.log")
+            }
             pytest.fail(f"distributed search did not finish in time: {logs}")
     logs = {p.stem: p.read_text() for p in tmp_path.glob("*.log")}
     assert [p.returncode for p in processes] == [0, 0, 0], logs
@@ -305,10 +462,15 @@ def test_distributed_chief_and_two_workers(tmp_path, processes):
     assert "Worker tuner1 finished." in logs["tuner1"]
 
     project = tmp_path / "digits_mlp_random"
-    states = [json.loads(p.read_text())["status"] for p in sorted(project.glob("trial_*/trial.json"))]
+    states = [
+        json.loads(p.read_text())["status"]
+        for p in sorted(project.glob("trial_*/trial.json"))
+    ]
     assert states == ["COMPLETED"] * 3
     best = json.loads((project / "best_hyperparameters.json").read_text())
     trials = json.loads((project / "trials.json").read_text())
     assert len(trials) == 3
     assert best["score"] == max(t["score"] for t in trials)
-    keras_qsgld.QSGLD.from_config(json.loads((project / "qsgld_config.json").read_text()))
+    keras_qsgld.QSGLD.from_config(
+        json.loads((project / "qsgld_config.json").read_text())
+    )

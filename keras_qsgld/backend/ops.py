@@ -33,7 +33,9 @@ def tensorflow_graph_under_xla():
         from tensorflow.python.ops import control_flow_util
     except ImportError:
         return False
-    return control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())
+    return control_flow_util.GraphOrParentsInXlaContext(
+        tf_ops.get_default_graph()
+    )
 
 
 def optimization_barrier(*xs):

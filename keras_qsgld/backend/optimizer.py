@@ -10,8 +10,12 @@ Keras' trainers.
 import keras
 
 if keras.backend.backend() == "tensorflow":
-    from keras_qsgld.backend.tensorflow import TFQuantizedOptimizer as BackendQuantizedOptimizer
+    from keras_qsgld.backend.tensorflow import (
+        TFQuantizedOptimizer as BackendQuantizedOptimizer,
+    )
 else:
-    from keras_qsgld.optimizer import QuantizedOptimizer as BackendQuantizedOptimizer
+    from keras_qsgld.optimizer import (
+        QuantizedOptimizer as BackendQuantizedOptimizer,
+    )
 
 __all__ = ["BackendQuantizedOptimizer"]

@@ -26,15 +26,27 @@ class TFQuantizedOptimizer(QuantizedOptimizer):
     _xla_update_step = None  # the compiled update, made on first use
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
-        if self.jit_compile and not tf.distribute.has_strategy() and not tensorflow_graph_under_xla():
+        grads = [
+            tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+            for g in grads
+        ]
+        if (
+            self.jit_compile
+            and not tf.distribute.has_strategy()
+            and not tensorflow_graph_under_xla()
+        ):
             # tf.Variables (not Keras wrappers) so the function receives them as variables.
             trainable_variables = [
-                v.value if isinstance(v, keras.Variable) else v for v in trainable_variables
+                v.value if isinstance(v, keras.Variable) else v
+                for v in trainable_variables
             ]
             learning_rate = tf.convert_to_tensor(learning_rate, tf.float32)
-            return self._compiled_update_step()(grads, trainable_variables, learning_rate)
-        return super()._backend_update_step(grads, trainable_variables, learning_rate)
+            return self._compiled_update_step()(
+                grads, trainable_variables, learning_rate
+            )
+        return super()._backend_update_step(
+            grads, trainable_variables, learning_rate
+        )
 
     def _compiled_update_step(self):
         compiled = self._xla_update_step
@@ -42,7 +54,9 @@ class TFQuantizedOptimizer(QuantizedOptimizer):
             # A partial, not a bound method: TensorFlow's retracing detector keys functions by
             # their code object, which every instance's bound method shares, and warned when
             # several optimizers compiled one after another (a learning-rate sweep).
-            update = functools.partial(QuantizedOptimizer._backend_update_step, self)
+            update = functools.partial(
+                QuantizedOptimizer._backend_update_step, self
+            )
             compiled = tf.function(update, jit_compile=True, autograph=False)
             # Stored around the attribute tracker: a tf.function is no optimizer state.
             self.__dict__["_xla_update_step"] = compiled

@@ -60,8 +60,15 @@ def _number(kind, convert, minimum, exclusive):
             value = convert(text)
         except ValueError:
             value = None
-        if value is None or not math.isfinite(value) or value < minimum or (exclusive and value == minimum):
-            raise argparse.ArgumentTypeError(f"expected {wanted}, received {text!r}")
+        if (
+            value is None
+            or not math.isfinite(value)
+            or value < minimum
+            or (exclusive and value == minimum)
+        ):
+            raise argparse.ArgumentTypeError(
+                f"expected {wanted}, received {text!r}"
+            )
         return value
 
     parse.__name__ = wanted  # argparse names the type in some messages
@@ -110,14 +117,21 @@ class _InsistentInterrupt:
 
     def __enter__(self):
         # Only where Python's own Ctrl-C handling is in place (not under a caller's handler).
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
             self._previous = signal.signal(signal.SIGINT, self._interrupt)
-            self._unraisablehook, sys.unraisablehook = sys.unraisablehook, self._unraisable
+            self._unraisablehook, sys.unraisablehook = (
+                sys.unraisablehook,
+                self._unraisable,
+            )
         return self
 
     def _unraisable(self, unraisable):
-        if not isinstance(unraisable.exc_value, KeyboardInterrupt):  # a lost Ctrl-C: raised again
+        if not isinstance(
+            unraisable.exc_value, KeyboardInterrupt
+        ):  # a lost Ctrl-C: raised again
             self._unraisablehook(unraisable)
 
     def _interrupt(self, signum, frame):
@@ -130,8 +144,12 @@ class _InsistentInterrupt:
 
     def _repeat(self):
         while not self.caught.wait(self.PERIOD_S):
-            if hasattr(signal, "pthread_kill"):  # a real signal: it also ends a blocking wait
-                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            if hasattr(
+                signal, "pthread_kill"
+            ):  # a real signal: it also ends a blocking wait
+                signal.pthread_kill(
+                    threading.main_thread().ident, signal.SIGINT
+                )
             else:
                 _thread.interrupt_main(signal.SIGINT)
 
@@ -165,6 +183,10 @@ def run_script(run, prog, interrupted=None):
             return EXIT_USER_ERROR
         except KeyboardInterrupt:
             interrupts.caught.set()
-            print(f"{prog}: interrupted" + (f"; {interrupted}" if interrupted else ""), file=sys.stderr)
+            print(
+                f"{prog}: interrupted"
+                + (f"; {interrupted}" if interrupted else ""),
+                file=sys.stderr,
+            )
             return EXIT_INTERRUPTED
     return 0

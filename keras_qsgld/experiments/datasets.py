@@ -48,7 +48,13 @@ TFDS_DATASETS = ("fashion_mnist", "cifar10", "cifar100")
 OFFLINE_DATASETS = ("digits", "mnist1d")
 
 DIGITS_TEST_SIZE = 360  # of scikit-learn's 1797 digits: 1437 train / 360 test
-NUM_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "digits": 10, "mnist1d": 10}
+NUM_CLASSES = {
+    "fashion_mnist": 10,
+    "cifar10": 10,
+    "cifar100": 100,
+    "digits": 10,
+    "mnist1d": 10,
+}
 INPUT_SHAPES = {
     "fashion_mnist": (28, 28, 1),
     "cifar10": (32, 32, 3),
@@ -58,7 +64,10 @@ INPUT_SHAPES = {
 }
 # (host, port) that tensorflow-datasets downloads each data set from.
 DOWNLOAD_HOSTS = {
-    "fashion_mnist": ("fashion-mnist.s3-website.eu-central-1.amazonaws.com", 80),
+    "fashion_mnist": (
+        "fashion-mnist.s3-website.eu-central-1.amazonaws.com",
+        80,
+    ),
     "cifar10": ("www.cs.toronto.edu", 443),
     "cifar100": ("www.cs.toronto.edu", 443),
 }
@@ -138,20 +147,30 @@ def load_dataset(
             `data_dir` and can't be downloaded (no network), or `download=False`.
     """
     if name not in DATASETS:
-        raise ValueError(f"Argument `name` must be one of {DATASETS}. Received: name={name!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(
+            f"Argument `name` must be one of {DATASETS}. Received: name={name!r}"
+        )
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int)
+        or batch_size < 1
+    ):
         raise ValueError(
             f"Argument `batch_size` must be a positive int. Received: batch_size={batch_size!r}"
         )
     if max_examples is not None and (
-        isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1
+        isinstance(max_examples, bool)
+        or not isinstance(max_examples, int)
+        or max_examples < 1
     ):
         raise ValueError(
             "Argument `max_examples` must be None or a positive int. "
             f"Received: max_examples={max_examples!r}"
         )
     if name in TFDS_DATASETS:
-        train, test, num_train, num_test = _tfds_splits(name, data_dir, max_examples, download)
+        train, test, num_train, num_test = _tfds_splits(
+            name, data_dir, max_examples, download
+        )
     else:
         loader = _digits_arrays if name == "digits" else _mnist1d_arrays
         x_train, y_train, x_test, y_test = loader()
@@ -169,11 +188,22 @@ def load_dataset(
             f"{num_train} training examples. Received: batch_size={batch_size!r}"
         )
     train = _pipeline(
-        name, train, batch_size, training=True, augment=augment, shuffle=shuffle, seed=seed,
-        drop_remainder=drop_remainder, num_examples=num_train,
+        name,
+        train,
+        batch_size,
+        training=True,
+        augment=augment,
+        shuffle=shuffle,
+        seed=seed,
+        drop_remainder=drop_remainder,
+        num_examples=num_train,
     )
     test = _pipeline(name, test, batch_size, training=False)
-    steps = num_train // batch_size if drop_remainder else math.ceil(num_train / batch_size)
+    steps = (
+        num_train // batch_size
+        if drop_remainder
+        else math.ceil(num_train / batch_size)
+    )
     return DatasetBundle(
         name=name,
         train=train,
@@ -213,7 +243,11 @@ def repeat_from_epoch(train, first_epoch=0):
     Returns:
         `train.repeat()` after `first_epoch` passes' seeds have been drawn.
     """
-    if isinstance(first_epoch, bool) or not isinstance(first_epoch, int) or first_epoch < 0:
+    if (
+        isinstance(first_epoch, bool)
+        or not isinstance(first_epoch, int)
+        or first_epoch < 0
+    ):
         raise ValueError(
             f"Argument `first_epoch` must be an int >= 0. Received: first_epoch={first_epoch!r}"
         )
@@ -244,8 +278,14 @@ def hold_out(bundle, fraction, seed=0):
     """
     import tensorflow as tf
 
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-        raise ValueError(f"Argument `fraction` must be a number in (0, 1). Received: fraction={fraction!r}")
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, (int, float))
+        or not 0 < fraction < 1
+    ):
+        raise ValueError(
+            f"Argument `fraction` must be a number in (0, 1). Received: fraction={fraction!r}"
+        )
     num_val = max(1, int(round(fraction * bundle.num_train)))
     num_train = bundle.num_train - num_val
     if num_train < 1:
@@ -266,11 +306,20 @@ def hold_out(bundle, fraction, seed=0):
     train = (
         examples.skip(num_val)
         .apply(tf.data.experimental.assert_cardinality(num_train))
-        .shuffle(min(num_train, SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
+        .shuffle(
+            min(num_train, SHUFFLE_BUFFER),
+            seed=seed,
+            reshuffle_each_iteration=True,
+        )
         .batch(bundle.batch_size)
         .prefetch(tf.data.AUTOTUNE)
     )
-    return train, validation, num_train, math.ceil(num_train / bundle.batch_size)
+    return (
+        train,
+        validation,
+        num_train,
+        math.ceil(num_train / bundle.batch_size),
+    )
 
 
 # -- tensorflow-datasets ---------------------------------------------------------------
@@ -288,7 +337,9 @@ def _import_tfds():
 def _tfds_is_mocked(tfds):
     # Under `tfds.testing.mock_data`, download_and_prepare is a no-op from the testing module.
     method = tfds.core.DatasetBuilder.download_and_prepare
-    return getattr(method, "__module__", "") != tfds.core.DatasetBuilder.__module__
+    return (
+        getattr(method, "__module__", "") != tfds.core.DatasetBuilder.__module__
+    )
 
 
 def host_reachable(host, port, timeout=CONNECT_TIMEOUT_S):
@@ -313,9 +364,13 @@ def download_endpoint(name):
     host, port = DOWNLOAD_HOSTS[name]
     proxy = urllib.request.getproxies().get("https" if port == 443 else "http")
     if proxy and not urllib.request.proxy_bypass(host):
-        parts = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        parts = urllib.parse.urlsplit(
+            proxy if "://" in proxy else "http://" + proxy
+        )
         if parts.hostname:
-            return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+            return parts.hostname, parts.port or (
+                443 if parts.scheme == "https" else 80
+            )
     return host, port
 
 
@@ -323,7 +378,7 @@ def _unavailable(name, data_dir, reason):
     where = data_dir or "~/tensorflow_datasets (the default)"
     return DatasetUnavailableError(
         f"Data set {name!r} is not prepared in data_dir={where} and {reason}. Download it "
-        f"on a machine with internet access (python -c \"import tensorflow_datasets as tfds; "
+        f'on a machine with internet access (python -c "import tensorflow_datasets as tfds; '
         f"tfds.builder('{name}', data_dir='DIR').download_and_prepare()\"), copy DIR here and "
         f"point at it with --data-dir DIR (data_dir=DIR in Python). The offline data sets "
         f"{OFFLINE_DATASETS} need no download."
@@ -352,15 +407,27 @@ def _tfds_splits(name, data_dir, max_examples, download):
             raise _unavailable(name, data_dir, "download=False")
         host, port = download_endpoint(name)
         if not host_reachable(host, port):
-            what = "its download server" if host == DOWNLOAD_HOSTS[name][0] else "the proxy"
-            raise _unavailable(name, data_dir, f"{what} {host}:{port} can't be reached")
+            what = (
+                "its download server"
+                if host == DOWNLOAD_HOSTS[name][0]
+                else "the proxy"
+            )
+            raise _unavailable(
+                name, data_dir, f"{what} {host}:{port} can't be reached"
+            )
         try:
             builder.download_and_prepare()
         except Exception as error:  # network errors come in many types (requests, urllib3, OSError)
-            raise _unavailable(name, data_dir, f"the download failed ({type(error).__name__}: {error})") from error
+            raise _unavailable(
+                name,
+                data_dir,
+                f"the download failed ({type(error).__name__}: {error})",
+            ) from error
     splits = []
     for split in ("train", "test"):
-        ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+        ds = builder.as_dataset(
+            split=split, as_supervised=True, shuffle_files=False
+        )
         try:
             count = int(builder.info.splits[split].num_examples)
         except (KeyError, TypeError):
@@ -383,14 +450,20 @@ def _digits_arrays():
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
     except ImportError as error:
-        raise ImportError("scikit-learn is needed for 'digits': pip install scikit-learn") from error
+        raise ImportError(
+            "scikit-learn is needed for 'digits': pip install scikit-learn"
+        ) from error
     digits = load_digits()
-    x = (digits.images / 16.0).astype("float32")[..., None]  # (1797, 8, 8, 1) in [0, 1]
+    x = (digits.images / 16.0).astype("float32")[
+        ..., None
+    ]  # (1797, 8, 8, 1) in [0, 1]
     y = digits.target.astype("int64")
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=DIGITS_TEST_SIZE, stratify=y, random_state=0
     )
-    arrays = tuple(np.ascontiguousarray(a) for a in (x_train, y_train, x_test, y_test))
+    arrays = tuple(
+        np.ascontiguousarray(a) for a in (x_train, y_train, x_test, y_test)
+    )
     for a in arrays:
         a.flags.writeable = False  # cached: shared by every call
     return arrays
@@ -402,7 +475,9 @@ def _mnist1d_arrays():
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as error:
-        raise ImportError("mnist1d is needed for 'mnist1d': pip install mnist1d") from error
+        raise ImportError(
+            "mnist1d is needed for 'mnist1d': pip install mnist1d"
+        ) from error
 
     # make_dataset seeds NumPy's and Python's global generators: restore them afterwards.
     np_state, py_state = np.random.get_state(), random.getstate()
@@ -413,7 +488,12 @@ def _mnist1d_arrays():
         random.setstate(py_state)
     x_train = data["x"].astype("float32")[..., None]  # (4000, 40, 1)
     x_test = data["x_test"].astype("float32")[..., None]
-    arrays = (x_train, data["y"].astype("int64"), x_test, data["y_test"].astype("int64"))
+    arrays = (
+        x_train,
+        data["y"].astype("int64"),
+        x_test,
+        data["y_test"].astype("int64"),
+    )
     for a in arrays:
         a.flags.writeable = False  # cached: shared by every call
     return arrays
@@ -461,19 +541,33 @@ def _augmenter(name):
     return augment
 
 
-def _pipeline(name, ds, batch_size, training, augment=False, shuffle=False, seed=0,
-              drop_remainder=False, num_examples=None):
+def _pipeline(
+    name,
+    ds,
+    batch_size,
+    training,
+    augment=False,
+    shuffle=False,
+    seed=0,
+    drop_remainder=False,
+    num_examples=None,
+):
     import tensorflow as tf
 
     ds = ds.cache()
     if training and shuffle:
         buffer = min(num_examples or SHUFFLE_BUFFER, SHUFFLE_BUFFER)
-        ds = ds.shuffle(max(buffer, 1), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(
+            max(buffer, 1), seed=seed, reshuffle_each_iteration=True
+        )
     if training and augment:
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        seeds = tf.data.Dataset.random(
+            seed=seed, rerandomize_each_iteration=True
+        ).batch(2)
         fn = _augmenter(name)
         ds = tf.data.Dataset.zip((ds, seeds)).map(
-            lambda xy, s: fn(xy[0], xy[1], s), num_parallel_calls=tf.data.AUTOTUNE
+            lambda xy, s: fn(xy[0], xy[1], s),
+            num_parallel_calls=tf.data.AUTOTUNE,
         )
     ds = ds.batch(batch_size, drop_remainder=drop_remainder and training)
     ds = ds.map(_scale(name), num_parallel_calls=tf.data.AUTOTUNE)

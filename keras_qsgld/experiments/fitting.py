@@ -32,13 +32,24 @@ import shutil
 import time
 
 import keras
-from matplotlib.figure import Figure  # no pyplot: no display, no global figure state
+from matplotlib.figure import (
+    Figure,
+)  # no pyplot: no display, no global figure state
 from matplotlib.ticker import MaxNLocator
 
-from keras_qsgld import QSGLD, CompensationSchedule, QAdam, QSGLDMonitor, ResolutionSchedule
+from keras_qsgld import (
+    QSGLD,
+    CompensationSchedule,
+    QAdam,
+    QSGLDMonitor,
+    ResolutionSchedule,
+)
 from keras_qsgld.experiments.cli import user_errors
 from keras_qsgld.experiments.datasets import load_dataset, repeat_from_epoch
-from keras_qsgld.experiments.defaults import DEFAULT_LEARNING_RATE, DEFAULT_MODEL
+from keras_qsgld.experiments.defaults import (
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_MODEL,
+)
 from keras_qsgld.experiments.models import build_model
 from keras_qsgld.quantization import RANDOM_ROUNDING_MODES
 from keras_qsgld.schedules import (
@@ -114,27 +125,41 @@ class FitConfig:
 
     def gate_off_epoch(self):
         """`tau0`, in epochs."""
-        return DEFAULT_WARMUP_FRACTION * self.epochs if self.tau0 is None else self.tau0
+        return (
+            DEFAULT_WARMUP_FRACTION * self.epochs
+            if self.tau0 is None
+            else self.tau0
+        )
 
 
 def make_optimizer(name, config, steps_per_epoch):
     """Optimizer `name` with `config`'s settings; QSGLD's and QAdam's schedules count epochs
     of `steps_per_epoch` updates (`QSGLDMonitor` checks that against `fit`)."""
-    extra = {} if config.weight_decay is None else {"weight_decay": config.weight_decay}
+    extra = (
+        {}
+        if config.weight_decay is None
+        else {"weight_decay": config.weight_decay}
+    )
     if name not in QUANTIZED:
         optimizer_class = getattr(keras.optimizers, KERAS_OPTIMIZERS[name])
-        return optimizer_class(learning_rate=config.learning_rate(name), **extra)
+        return optimizer_class(
+            learning_rate=config.learning_rate(name), **extra
+        )
     if config.rounding in RANDOM_ROUNDING_MODES:
         extra["seed"] = config.seed
     compensation = None
     if config.compensation:
         compensation = CompensationSchedule(
-            kappa=config.kappa, tau0=config.gate_off_epoch(), steps_per_epoch=steps_per_epoch,
+            kappa=config.kappa,
+            tau0=config.gate_off_epoch(),
+            steps_per_epoch=steps_per_epoch,
             gate=config.gate,
         )
     settings = dict(
         learning_rate=config.learning_rate(name),
-        resolution=ResolutionSchedule(eta=config.eta, base=config.base, steps_per_epoch=steps_per_epoch),
+        resolution=ResolutionSchedule(
+            eta=config.eta, base=config.base, steps_per_epoch=steps_per_epoch
+        ),
         compensation=compensation,
         rounding=config.rounding,
         track_noise=True,  # for the monitor's noise columns
@@ -142,7 +167,9 @@ def make_optimizer(name, config, steps_per_epoch):
         **extra,
     )
     if name == "qsgld":
-        return QSGLD(momentum=config.momentum, nesterov=config.nesterov, **settings)
+        return QSGLD(
+            momentum=config.momentum, nesterov=config.nesterov, **settings
+        )
     return QAdam(**settings)
 
 
@@ -152,7 +179,7 @@ class TestSplitLogs(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         for key in [key for key in logs or {} if key.startswith("val_")]:
-            logs["test_" + key[len("val_"):]] = logs.pop(key)
+            logs["test_" + key[len("val_") :]] = logs.pop(key)
 
 
 class TensorBoard(keras.callbacks.TensorBoard):
@@ -197,32 +224,57 @@ def run_callbacks(name, run_dir, backup_dir, resuming):
     """The callbacks of one run, in the order Keras must call them."""
     callbacks = []
     if name in QUANTIZED:
-        callbacks.append(QSGLDMonitor())  # first: the loggers read what it adds to the logs
+        callbacks.append(
+            QSGLDMonitor()
+        )  # first: the loggers read what it adds to the logs
     callbacks += [
-        TensorBoard(os.path.join(run_dir, "tensorboard"), write_graph=False),  # reads val_*
+        TensorBoard(
+            os.path.join(run_dir, "tensorboard"), write_graph=False
+        ),  # reads val_*
         TestSplitLogs(),
         CSVLogger(os.path.join(run_dir, "log.csv"), append=resuming),
     ]
     if backup_dir:
         # Last: an epoch is logged before it is backed up, so a resumed log has no gap.
-        callbacks.append(keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True))
+        callbacks.append(
+            keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True)
+        )
     return callbacks
 
 
 def build(name, config):
     """The data, and a fresh model compiled with optimizer `name`, of one run."""
-    keras.utils.set_random_seed(config.seed)  # the same data order and initial weights for all
+    keras.utils.set_random_seed(
+        config.seed
+    )  # the same data order and initial weights for all
     with user_errors():  # a bad setting: one line, not a traceback
         data = load_dataset(
-            config.dataset, batch_size=config.batch_size, data_dir=config.data_dir,
-            augment=config.augment, shuffle=config.shuffle, seed=config.seed,
-            drop_remainder=config.drop_remainder, max_examples=config.max_examples,
+            config.dataset,
+            batch_size=config.batch_size,
+            data_dir=config.data_dir,
+            augment=config.augment,
+            shuffle=config.shuffle,
+            seed=config.seed,
+            drop_remainder=config.drop_remainder,
+            max_examples=config.max_examples,
         )
-        model_kwargs = {"depth": config.depth} if config.model_name() == "cifar_resnet" else {}
-        model = build_model(config.model_name(), data.input_shape, data.num_classes, seed=config.seed, **model_kwargs)
+        model_kwargs = (
+            {"depth": config.depth}
+            if config.model_name() == "cifar_resnet"
+            else {}
+        )
+        model = build_model(
+            config.model_name(),
+            data.input_shape,
+            data.num_classes,
+            seed=config.seed,
+            **model_kwargs,
+        )
         optimizer = make_optimizer(name, config, data.steps_per_epoch)
     model.compile(
-        optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+        optimizer=optimizer,
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
         jit_compile=config.jit_compile,
     )
     return data, model
@@ -231,7 +283,9 @@ def build(name, config):
 def train_one(name, config):
     """Trains a fresh model with optimizer `name`, or resumes it; returns its metrics."""
     run_dir = os.path.join(config.output_dir, name)
-    backup_dir = os.path.join(config.backup_dir, name) if config.backup_dir else None
+    backup_dir = (
+        os.path.join(config.backup_dir, name) if config.backup_dir else None
+    )
     first_epoch = completed_epochs(backup_dir) if backup_dir else 0
     data, model = build(name, config)
     start_log_folder(run_dir, resuming=first_epoch > 0)
@@ -243,12 +297,19 @@ def train_one(name, config):
     )
     start = time.perf_counter()
     model.fit(
-        repeat_from_epoch(data.train, first_epoch), steps_per_epoch=data.steps_per_epoch,
-        epochs=config.epochs, validation_data=data.test, shuffle=False,  # the pipeline shuffles
-        callbacks=run_callbacks(name, run_dir, backup_dir, resuming=first_epoch > 0),
+        repeat_from_epoch(data.train, first_epoch),
+        steps_per_epoch=data.steps_per_epoch,
+        epochs=config.epochs,
+        validation_data=data.test,
+        shuffle=False,  # the pipeline shuffles
+        callbacks=run_callbacks(
+            name, run_dir, backup_dir, resuming=first_epoch > 0
+        ),
         verbose=config.verbose,
     )
-    return record_run(name, config, data, model, run_dir, seconds=time.perf_counter() - start)
+    return record_run(
+        name, config, data, model, run_dir, seconds=time.perf_counter() - start
+    )
 
 
 def record_run(name, config, data, model, run_dir, seconds):
@@ -270,15 +331,22 @@ def record_run(name, config, data, model, run_dir, seconds):
         "epochs": config.epochs,
         "seed": config.seed,
         "train_seconds": seconds,  # of this process: a resumed run counts its own epochs
-        "final": {key: values[-1] for key, values in history.items() if key != "epoch" and values},
+        "final": {
+            key: values[-1]
+            for key, values in history.items()
+            if key != "epoch" and values
+        },
         "history": history,
         "settings": jsonable(dataclasses.asdict(config)),
     }
     with open(os.path.join(run_dir, "metrics.json"), "w") as f:
         json.dump(jsonable(metrics), f, indent=2)
     if config.plots:
-        plot_curves({name: history}, os.path.join(run_dir, "curves.png"),
-                    f"{name} (lr {config.learning_rate(name):g}) on {data.name}, {keras.backend.backend()}")
+        plot_curves(
+            {name: history},
+            os.path.join(run_dir, "curves.png"),
+            f"{name} (lr {config.learning_rate(name):g}) on {data.name}, {keras.backend.backend()}",
+        )
     return metrics
 
 
@@ -295,7 +363,9 @@ def compare(config):
         f"{first['dataset']}, model {first['model']}, {first['epochs']} epochs, batch size "
         f"{first['batch_size']}, seed {first['seed']}, {first['backend']} backend"
     )
-    rates = "learning rates: " + ", ".join(f"{m['optimizer']} {m['learning_rate']:g}" for m in results)
+    rates = "learning rates: " + ", ".join(
+        f"{m['optimizer']} {m['learning_rate']:g}" for m in results
+    )
     table = comparison_table(results)
     print(f"\n{header}\n{rates}\n\n{table}\n")
     for line in filter(None, map(monitor_summary, results)):
@@ -304,8 +374,11 @@ def compare(config):
         with open(os.path.join(config.output_dir, "comparison.md"), "w") as f:
             f.write(f"# {header}\n\n{rates}\n\n{table}\n")
         if config.plots:
-            plot_curves({m["optimizer"]: m["history"] for m in results},
-                        os.path.join(config.output_dir, "comparison.png"), f"{header}\n{rates}")
+            plot_curves(
+                {m["optimizer"]: m["history"] for m in results},
+                os.path.join(config.output_dir, "comparison.png"),
+                f"{header}\n{rates}",
+            )
     print(f"outputs in {config.output_dir}")
     return results
 
@@ -324,7 +397,9 @@ def comparison_table(results):
             f"{last.get('test_accuracy', math.nan):.4f} | {m['train_seconds']:.1f} |"
         )
     lines.append("")
-    lines.append(f"Epoch {results[0]['epochs']}, the last, of each run: nothing is selected on the test split.")
+    lines.append(
+        f"Epoch {results[0]['epochs']}, the last, of each run: nothing is selected on the test split."
+    )
     return "\n".join(lines)
 
 
@@ -389,12 +464,23 @@ def plot_curves(histories, path, title):
     fig = Figure(figsize=(11, 4.3))
     axes = fig.subplots(1, 2)
     for i, (name, history) in enumerate(histories.items()):
-        epochs = [int(e) + 1 for e in history.get("epoch", range(len(history.get("loss", []))))]
+        epochs = [
+            int(e) + 1
+            for e in history.get("epoch", range(len(history.get("loss", []))))
+        ]
         for ax, key in zip(axes, ("loss", "accuracy")):
             if key in history:
-                ax.plot(epochs, history[key], color=f"C{i}", label=f"{name} train")
+                ax.plot(
+                    epochs, history[key], color=f"C{i}", label=f"{name} train"
+                )
             if "test_" + key in history:
-                ax.plot(epochs, history["test_" + key], color=f"C{i}", ls="--", label=f"{name} test")
+                ax.plot(
+                    epochs,
+                    history["test_" + key],
+                    color=f"C{i}",
+                    ls="--",
+                    label=f"{name} test",
+                )
     for ax, key in zip(axes, ("loss", "accuracy")):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -32,7 +32,13 @@ import keras_tuner as kt
 from keras_qsgld import QSGLD, CompensationSchedule, ResolutionSchedule
 from keras_qsgld.experiments.defaults import DEFAULT_LEARNING_RATE
 from keras_qsgld.experiments.models import build_model
-from keras_qsgld.schedules import DEFAULT_BASE, DEFAULT_ETA, DEFAULT_KAPPA, DEFAULT_WARMUP_FRACTION, MIN_BASE
+from keras_qsgld.schedules import (
+    DEFAULT_BASE,
+    DEFAULT_ETA,
+    DEFAULT_KAPPA,
+    DEFAULT_WARMUP_FRACTION,
+    MIN_BASE,
+)
 from keras_qsgld.validation import check_bool, check_real
 
 
@@ -67,15 +73,41 @@ class SearchSpace:
     lr_max: float = 0.3
 
     def __post_init__(self):
-        for name in ("eta_min", "eta_max", "kappa_min", "kappa_max", "learning_rate", "lr_min", "lr_max"):
-            check_real(name, getattr(self, name), minimum=0, exclusive_minimum=True)
+        for name in (
+            "eta_min",
+            "eta_max",
+            "kappa_min",
+            "kappa_max",
+            "learning_rate",
+            "lr_min",
+            "lr_max",
+        ):
+            check_real(
+                name, getattr(self, name), minimum=0, exclusive_minimum=True
+            )
         for name in ("base_min", "base_max"):
-            check_real(name, getattr(self, name), minimum=MIN_BASE, description="a growth factor")
+            check_real(
+                name,
+                getattr(self, name),
+                minimum=MIN_BASE,
+                description="a growth factor",
+            )
         for name in ("tau0_min", "tau0_max"):
-            check_real(name, getattr(self, name), minimum=0, maximum=1, description="a fraction")
+            check_real(
+                name,
+                getattr(self, name),
+                minimum=0,
+                maximum=1,
+                description="a fraction",
+            )
         check_bool("tune_learning_rate", self.tune_learning_rate)
-        for low, high in (("eta_min", "eta_max"), ("base_min", "base_max"),
-                          ("kappa_min", "kappa_max"), ("tau0_min", "tau0_max"), ("lr_min", "lr_max")):
+        for low, high in (
+            ("eta_min", "eta_max"),
+            ("base_min", "base_max"),
+            ("kappa_min", "kappa_max"),
+            ("tau0_min", "tau0_max"),
+            ("lr_min", "lr_max"),
+        ):
             if not getattr(self, low) <= getattr(self, high):
                 raise ValueError(
                     f"Argument `{low}` must be <= `{high}`. "
@@ -88,25 +120,54 @@ class SearchSpace:
         def declare_float(name, low, high, default, log=False):
             if low == high:
                 return hp.Fixed(name, float(low))
-            return hp.Float(name, float(low), float(high), sampling="log" if log else "linear",
-                            default=float(default) if low <= default <= high else None)
+            return hp.Float(
+                name,
+                float(low),
+                float(high),
+                sampling="log" if log else "linear",
+                default=float(default) if low <= default <= high else None,
+            )
 
         values = {
-            "eta": declare_float("eta", self.eta_min, self.eta_max, DEFAULT_ETA, log=True),
-            "base": declare_float("base", self.base_min, self.base_max, DEFAULT_BASE),
-            "kappa": declare_float("kappa", self.kappa_min, self.kappa_max, DEFAULT_KAPPA, log=True),
-            "tau0_fraction": declare_float("tau0_fraction", self.tau0_min, self.tau0_max, DEFAULT_WARMUP_FRACTION),
+            "eta": declare_float(
+                "eta", self.eta_min, self.eta_max, DEFAULT_ETA, log=True
+            ),
+            "base": declare_float(
+                "base", self.base_min, self.base_max, DEFAULT_BASE
+            ),
+            "kappa": declare_float(
+                "kappa", self.kappa_min, self.kappa_max, DEFAULT_KAPPA, log=True
+            ),
+            "tau0_fraction": declare_float(
+                "tau0_fraction",
+                self.tau0_min,
+                self.tau0_max,
+                DEFAULT_WARMUP_FRACTION,
+            ),
             "learning_rate": float(self.learning_rate),
         }
         if self.tune_learning_rate:
             values["learning_rate"] = declare_float(
-                "learning_rate", self.lr_min, self.lr_max, DEFAULT_LEARNING_RATE["qsgld"], log=True
+                "learning_rate",
+                self.lr_min,
+                self.lr_max,
+                DEFAULT_LEARNING_RATE["qsgld"],
+                log=True,
             )
         return values
 
 
-def make_optimizer(values, steps_per_epoch, epochs, rounding="nearest", momentum=0.0,
-                   gate="logistic", jit_compile=False, seed=None, name="qsgld"):
+def make_optimizer(
+    values,
+    steps_per_epoch,
+    epochs,
+    rounding="nearest",
+    momentum=0.0,
+    gate="logistic",
+    jit_compile=False,
+    seed=None,
+    name="qsgld",
+):
     """The `keras_qsgld.QSGLD` that a set of searched values stands for.
 
     Args:
@@ -120,12 +181,20 @@ def make_optimizer(values, steps_per_epoch, epochs, rounding="nearest", momentum
         seed: seed of the random rounding modes (not passed for "nearest" and "floor").
         name: the optimizer's name.
     """
-    check_real("epochs", epochs, minimum=0, exclusive_minimum=True, description="an epoch budget")
+    check_real(
+        "epochs",
+        epochs,
+        minimum=0,
+        exclusive_minimum=True,
+        description="an epoch budget",
+    )
     extra = {} if rounding in ("nearest", "floor") else {"seed": seed}
     return QSGLD(
         learning_rate=float(values["learning_rate"]),
         resolution=ResolutionSchedule(
-            eta=float(values["eta"]), base=float(values["base"]), steps_per_epoch=steps_per_epoch
+            eta=float(values["eta"]),
+            base=float(values["base"]),
+            steps_per_epoch=steps_per_epoch,
         ),
         compensation=CompensationSchedule(
             kappa=float(values["kappa"]),
@@ -161,13 +230,32 @@ class QSGLDHyperModel(kt.HyperModel):
             `initial_epoch` and `start_iteration` (the optimizer step the fit started from).
     """
 
-    def __init__(self, input_shape, num_classes, steps_per_epoch, epochs, model="cifar_resnet",
-                 model_kwargs=None, space=None, rounding="nearest", momentum=0.0, gate="logistic",
-                 jit_compile=False, seed=None, name="qsgld_hypermodel", tunable=True):
+    def __init__(
+        self,
+        input_shape,
+        num_classes,
+        steps_per_epoch,
+        epochs,
+        model="cifar_resnet",
+        model_kwargs=None,
+        space=None,
+        rounding="nearest",
+        momentum=0.0,
+        gate="logistic",
+        jit_compile=False,
+        seed=None,
+        name="qsgld_hypermodel",
+        tunable=True,
+    ):
         super().__init__(name=name, tunable=tunable)
         self.input_shape = tuple(input_shape)
         self.num_classes = int(num_classes)
-        check_real("steps_per_epoch", steps_per_epoch, minimum=0, exclusive_minimum=True)
+        check_real(
+            "steps_per_epoch",
+            steps_per_epoch,
+            minimum=0,
+            exclusive_minimum=True,
+        )
         check_real("epochs", epochs, minimum=0, exclusive_minimum=True)
         self.steps_per_epoch = steps_per_epoch
         self.epochs = epochs
@@ -183,13 +271,26 @@ class QSGLDHyperModel(kt.HyperModel):
 
     def optimizer_for(self, values):
         """The QSGLD for a dict of searched values (as `build` makes it)."""
-        return make_optimizer(values, self.steps_per_epoch, self.epochs, rounding=self.rounding,
-                              momentum=self.momentum, gate=self.gate, seed=self.seed)
+        return make_optimizer(
+            values,
+            self.steps_per_epoch,
+            self.epochs,
+            rounding=self.rounding,
+            momentum=self.momentum,
+            gate=self.gate,
+            seed=self.seed,
+        )
 
     def build(self, hp):
         values = self.space.declare(hp)
-        model = build_model(self.model_name, self.input_shape, self.num_classes, seed=self.seed,
-                            logits=True, **self.model_kwargs)
+        model = build_model(
+            self.model_name,
+            self.input_shape,
+            self.num_classes,
+            seed=self.seed,
+            logits=True,
+            **self.model_kwargs,
+        )
         model.compile(
             optimizer=self.optimizer_for(values),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -210,16 +311,23 @@ class QSGLDHyperModel(kt.HyperModel):
                 "QSGLD's schedules restart. Was the optimizer built before the weights loaded?",
                 stacklevel=2,
             )
-        self.fit_log.append(dict(trial_id=hp.values.get("tuner/trial_id"),
-                                 initial_epoch=initial_epoch, start_iteration=start))
+        self.fit_log.append(
+            dict(
+                trial_id=hp.values.get("tuner/trial_id"),
+                initial_epoch=initial_epoch,
+                start_iteration=start,
+            )
+        )
         return model.fit(*args, **kwargs)
 
 
 def searched_names(hyperparameters):
     """Names of the hyperparameters of `hyperparameters` that vary (not Fixed, not `tuner/...`)."""
     return [
-        hp.name for hp in hyperparameters.space
-        if not hp.name.startswith("tuner/") and not isinstance(hp, kt.engine.hyperparameters.Fixed)
+        hp.name
+        for hp in hyperparameters.space
+        if not hp.name.startswith("tuner/")
+        and not isinstance(hp, kt.engine.hyperparameters.Fixed)
     ]
 
 

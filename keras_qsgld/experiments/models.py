@@ -31,7 +31,9 @@ import keras
 MODELS = ("cnn", "cifar_resnet", "resnet50", "mlp", "cnn1d")
 
 
-def build_model(name, input_shape, num_classes, seed=None, logits=False, **kwargs):
+def build_model(
+    name, input_shape, num_classes, seed=None, logits=False, **kwargs
+):
     """Builds a (not compiled) Keras model.
 
     Args:
@@ -50,14 +52,20 @@ def build_model(name, input_shape, num_classes, seed=None, logits=False, **kwarg
         A `keras.Model` named after `name`.
     """
     if name not in MODELS:
-        raise ValueError(f"Argument `name` must be one of {MODELS}. Received: name={name!r}")
+        raise ValueError(
+            f"Argument `name` must be one of {MODELS}. Received: name={name!r}"
+        )
     input_shape = tuple(int(d) for d in input_shape)
     if not input_shape or any(d < 1 for d in input_shape):
         raise ValueError(
             f"Argument `input_shape` must be a non-empty tuple of positive ints. "
             f"Received: input_shape={input_shape!r}"
         )
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+    if (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, int)
+        or num_classes < 2
+    ):
         raise ValueError(
             f"Argument `num_classes` must be an int >= 2. Received: num_classes={num_classes!r}"
         )
@@ -70,14 +78,20 @@ def build_model(name, input_shape, num_classes, seed=None, logits=False, **kwarg
         "mlp": _mlp,
         "cnn1d": _cnn1d,
     }
-    allowed = {"cifar_resnet": {"depth"}, "mlp": {"hidden"}, "cnn1d": {"filters"}}.get(name, set())
+    allowed = {
+        "cifar_resnet": {"depth"},
+        "mlp": {"hidden"},
+        "cnn1d": {"filters"},
+    }.get(name, set())
     unknown = set(kwargs) - allowed
     if unknown:
         raise ValueError(
             f"Model {name!r} accepts the keyword arguments {sorted(allowed)}. "
             f"Received: {sorted(unknown)}"
         )
-    return builders[name](input_shape, num_classes, "linear" if logits else "softmax", **kwargs)
+    return builders[name](
+        input_shape, num_classes, "linear" if logits else "softmax", **kwargs
+    )
 
 
 def _image_input(input_shape, name):
@@ -100,7 +114,9 @@ def _cnn(input_shape, num_classes, activation):
     x = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(x)
     x = keras.layers.MaxPooling2D(2)(x)
     x = keras.layers.Flatten()(x)
-    outputs = keras.layers.Dense(num_classes, activation=activation, kernel_initializer="glorot_uniform")(x)
+    outputs = keras.layers.Dense(
+        num_classes, activation=activation, kernel_initializer="glorot_uniform"
+    )(x)
     return keras.Model(inputs, outputs, name="cnn")
 
 
@@ -117,14 +133,21 @@ class ZeroPadShortcut(keras.layers.Layer):
         x = x[:, :: self.stride, :: self.stride, :]
         extra = self.filters - x.shape[-1]
         if extra > 0:
-            x = keras.ops.pad(x, [[0, 0], [0, 0], [0, 0], [extra // 2, extra - extra // 2]])
+            x = keras.ops.pad(
+                x, [[0, 0], [0, 0], [0, 0], [extra // 2, extra - extra // 2]]
+            )
         return x
 
     def compute_output_shape(self, input_shape):
         def sub(d):
             return None if d is None else -(-d // self.stride)
 
-        return (input_shape[0], sub(input_shape[1]), sub(input_shape[2]), self.filters)
+        return (
+            input_shape[0],
+            sub(input_shape[1]),
+            sub(input_shape[2]),
+            self.filters,
+        )
 
     def get_config(self):
         config = super().get_config()
@@ -134,14 +157,26 @@ class ZeroPadShortcut(keras.layers.Layer):
 
 def _conv_bn(x, filters, stride, name):
     x = keras.layers.Conv2D(
-        filters, 3, strides=stride, padding="same", use_bias=False,
-        kernel_initializer="he_normal", name=f"{name}_conv",
+        filters,
+        3,
+        strides=stride,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        name=f"{name}_conv",
     )(x)
-    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
+    return keras.layers.BatchNormalization(
+        momentum=0.9, epsilon=1e-5, name=f"{name}_bn"
+    )(x)
 
 
 def _cifar_resnet(input_shape, num_classes, activation, depth=50):
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+    if (
+        isinstance(depth, bool)
+        or not isinstance(depth, int)
+        or depth < 8
+        or (depth - 2) % 6
+    ):
         raise ValueError(
             "Argument `depth` must be 6n + 2 with n >= 1 (8, 14, 20, 32, 44, 50, 56, 110, ...). "
             f"Received: depth={depth!r}"
@@ -188,8 +223,12 @@ def _resnet50(input_shape, num_classes, activation):
 
 def _mlp(input_shape, num_classes, activation, hidden=(128,)):
     hidden = tuple(hidden)
-    if not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden):
-        raise ValueError(f"Argument `hidden` must be a tuple of positive ints. Received: hidden={hidden!r}")
+    if not all(
+        isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden
+    ):
+        raise ValueError(
+            f"Argument `hidden` must be a tuple of positive ints. Received: hidden={hidden!r}"
+        )
     inputs = keras.Input(shape=input_shape)
     x = keras.layers.Flatten()(inputs)
     for width in hidden:
@@ -200,15 +239,23 @@ def _mlp(input_shape, num_classes, activation, hidden=(128,)):
 
 def _cnn1d(input_shape, num_classes, activation, filters=32):
     if isinstance(filters, bool) or not isinstance(filters, int) or filters < 1:
-        raise ValueError(f"Argument `filters` must be a positive int. Received: filters={filters!r}")
+        raise ValueError(
+            f"Argument `filters` must be a positive int. Received: filters={filters!r}"
+        )
     if len(input_shape) not in (1, 2):
         raise ValueError(
             f"Model 'cnn1d' needs sequences of shape (L,) or (L, C). Received: input_shape={input_shape!r}"
         )
     inputs = keras.Input(shape=input_shape)
-    x = keras.layers.Reshape(input_shape + (1,))(inputs) if len(input_shape) == 1 else inputs
+    x = (
+        keras.layers.Reshape(input_shape + (1,))(inputs)
+        if len(input_shape) == 1
+        else inputs
+    )
     for _ in range(3):
-        x = keras.layers.Conv1D(filters, 5, strides=2, padding="same", activation="relu")(x)
+        x = keras.layers.Conv1D(
+            filters, 5, strides=2, padding="same", activation="relu"
+        )(x)
     x = keras.layers.Flatten()(x)
     outputs = keras.layers.Dense(num_classes, activation=activation)(x)
     return keras.Model(inputs, outputs, name="cnn1d")

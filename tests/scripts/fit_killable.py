@@ -25,7 +25,9 @@ class KillableBackupAndRestore(keras.callbacks.BackupAndRestore):
     def on_train_batch_end(self, batch, logs=None):
         super().on_train_batch_end(batch, logs)
         kill_at = os.environ.get("FIT_KILL_AT_STEP")
-        if kill_at and int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) == int(kill_at):
+        if kill_at and int(
+            keras.ops.convert_to_numpy(self.model.optimizer.iterations)
+        ) == int(kill_at):
             with open(os.environ["FIT_KILL_MARKER"], "w") as f:
                 f.write(f"{os.getpid()}\n")
             time.sleep(600)
@@ -33,17 +35,23 @@ class KillableBackupAndRestore(keras.callbacks.BackupAndRestore):
     def on_train_end(self, logs=None):
         out = os.environ.get("FIT_WEIGHTS_DIR")
         if out:
-            arrays = {f"weight/{i}": w for i, w in enumerate(self.model.get_weights())}
+            arrays = {
+                f"weight/{i}": w for i, w in enumerate(self.model.get_weights())
+            }
             arrays.update(
-                {f"optimizer/{i}": keras.ops.convert_to_numpy(v)
-                 for i, v in enumerate(self.model.optimizer.variables)}
+                {
+                    f"optimizer/{i}": keras.ops.convert_to_numpy(v)
+                    for i, v in enumerate(self.model.optimizer.variables)
+                }
             )
             name = os.path.basename(os.path.normpath(self.backup_dir))
             np.savez(os.path.join(out, f"{name}.npz"), **arrays)
         super().on_train_end(logs)
 
 
-keras.callbacks.BackupAndRestore = KillableBackupAndRestore  # fit.py looks it up when it runs
+keras.callbacks.BackupAndRestore = (
+    KillableBackupAndRestore  # fit.py looks it up when it runs
+)
 
 if __name__ == "__main__":
     sys.exit(fit.main(sys.argv[1:]))

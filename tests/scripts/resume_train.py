@@ -33,7 +33,7 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 N_EXAMPLES, FEATURES, CLASSES = 256, 8, 3
 
@@ -42,7 +42,9 @@ def make_data(seed):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(N_EXAMPLES, FEATURES)).astype("float32")
     w = rng.normal(size=(FEATURES, CLASSES))
-    y = np.argmax(x @ w + 0.3 * rng.normal(size=(N_EXAMPLES, CLASSES)), axis=1).astype("int32")
+    y = np.argmax(
+        x @ w + 0.3 * rng.normal(size=(N_EXAMPLES, CLASSES)), axis=1
+    ).astype("int32")
     return x, y
 
 
@@ -51,8 +53,12 @@ def batch_indices(seed, epochs, batch_size):
     rng = np.random.default_rng(seed + 1)
     steps = N_EXAMPLES // batch_size
     return np.concatenate(
-        [rng.permutation(N_EXAMPLES)[: steps * batch_size].reshape(steps, batch_size)
-         for _ in range(epochs)]
+        [
+            rng.permutation(N_EXAMPLES)[: steps * batch_size].reshape(
+                steps, batch_size
+            )
+            for _ in range(epochs)
+        ]
     )
 
 
@@ -96,7 +102,12 @@ def main(argv=None):
     parser.add_argument("--mode", choices=("exact", "stock"), default="exact")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--save-freq", type=int, default=3, help="BackupAndRestore save_freq (batches)")
+    parser.add_argument(
+        "--save-freq",
+        type=int,
+        default=3,
+        help="BackupAndRestore save_freq (batches)",
+    )
     parser.add_argument("--rounding", default="nearest")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kill-at-step", type=int, default=None)
@@ -116,25 +127,39 @@ def main(argv=None):
     steps = N_EXAMPLES // args.batch_size
     total = args.epochs * steps
     schedule_kwargs = dict(steps_per_epoch=steps)
-    extra = {"seed": args.seed} if args.rounding in ("stochastic", "dithered") else {}
+    extra = (
+        {"seed": args.seed}
+        if args.rounding in ("stochastic", "dithered")
+        else {}
+    )
     optimizer = keras_qsgld.QSGLD(
         0.05,
-        resolution=keras_qsgld.ResolutionSchedule(eta=2.0**10, **schedule_kwargs),
-        compensation=keras_qsgld.CompensationSchedule(tau0=1.0, **schedule_kwargs),
+        resolution=keras_qsgld.ResolutionSchedule(
+            eta=2.0**10, **schedule_kwargs
+        ),
+        compensation=keras_qsgld.CompensationSchedule(
+            tau0=1.0, **schedule_kwargs
+        ),
         rounding=args.rounding,
         momentum=0.9,
         track_noise=True,
         **extra,
     )
     model = keras.Sequential(
-        [keras.Input((FEATURES,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(CLASSES)]
+        [
+            keras.Input((FEATURES,)),
+            keras.layers.Dense(16, activation="tanh"),
+            keras.layers.Dense(CLASSES),
+        ]
     )
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=False,
     )
-    backup = keras.callbacks.BackupAndRestore(args.backup_dir, save_freq=args.save_freq)
+    backup = keras.callbacks.BackupAndRestore(
+        args.backup_dir, save_freq=args.save_freq
+    )
 
     indices = batch_indices(args.seed, args.epochs, args.batch_size)
     done = 0
@@ -147,7 +172,9 @@ def main(argv=None):
             done = int(optimizer.iterations.numpy())
         callbacks = [backup, make_exact_resume(steps, total)]
     else:
-        indices = np.concatenate([indices, indices])  # the stock resume runs past the budget
+        indices = np.concatenate(
+            [indices, indices]
+        )  # the stock resume runs past the budget
         callbacks = [backup]
     if args.kill_at_step is not None:
         callbacks.append(make_killable(args.kill_at_step, args.marker))
@@ -156,13 +183,24 @@ def main(argv=None):
         for rows in indices[done:]:
             yield x[rows], y[rows]
 
-    model.fit(batches(), epochs=args.epochs, steps_per_epoch=steps, verbose=0, shuffle=False,
-              callbacks=callbacks)
+    model.fit(
+        batches(),
+        epochs=args.epochs,
+        steps_per_epoch=steps,
+        verbose=0,
+        shuffle=False,
+        callbacks=callbacks,
+    )
 
     arrays = {f"weight/{i}": w for i, w in enumerate(model.get_weights())}
     # The saved state: iterations, learning rate, generator state, slots (the noise statistics
     # are diagnostics, not state: they are not saved and restart on resume).
-    arrays.update({f"optimizer/{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer._state_variables())})
+    arrays.update(
+        {
+            f"optimizer/{i}": np.asarray(v.numpy())
+            for i, v in enumerate(optimizer._state_variables())
+        }
+    )
     arrays["resumed_from"] = np.asarray(done)
     np.savez(args.out, **arrays)
     return 0

@@ -29,7 +29,9 @@ def script_env(**extra):
         TF_NUM_INTRAOP_THREADS="1",
         TF_NUM_INTEROP_THREADS="1",
         CUDA_VISIBLE_DEVICES="",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+        PYTHONPATH=os.pathsep.join(
+            filter(None, [str(ROOT), env.get("PYTHONPATH")])
+        ),
     )
     env.setdefault("KERAS_HOME", str(ROOT / ".keras_home"))
     env.update({k: str(v) for k, v in extra.items()})
@@ -77,11 +79,15 @@ def run(script, *args, timeout=240, env=None, log=None):
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         kill(proc)
-        raise AssertionError(f"{script} did not finish in {timeout} s; log:\n{tail(log)}") from None
+        raise AssertionError(
+            f"{script} did not finish in {timeout} s; log:\n{tail(log)}"
+        ) from None
     finally:
         kill(proc)
     if proc.returncode != 0:
-        raise AssertionError(f"{script} exited with {proc.returncode}; log:\n{tail(log)}")
+        raise AssertionError(
+            f"{script} exited with {proc.returncode}; log:\n{tail(log)}"
+        )
     return proc
 
 
@@ -93,7 +99,9 @@ def wait_for(path, proc, timeout):
         if path.exists():
             return
         if proc.poll() is not None:
-            raise AssertionError(f"the process ended ({proc.returncode}) before writing {path}")
+            raise AssertionError(
+                f"the process ended ({proc.returncode}) before writing {path}"
+            )
         time.sleep(0.05)
     raise AssertionError(f"{path} did not appear within {timeout} s")
 
@@ -116,5 +124,9 @@ def tail(log, n=60):
     if not log or not os.path.exists(log):
         return "(no log)"
     with open(log) as f:
-        lines = [line for line in f if not line.startswith(("I0000", "E0000", "WARNING: All log"))]
+        lines = [
+            line
+            for line in f
+            if not line.startswith(("I0000", "E0000", "WARNING: All log"))
+        ]
     return "".join(lines[-n:])

@@ -23,7 +23,7 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 N_EXAMPLES, FEATURES, CLASSES, BATCH = 64, 4, 3, 8
 
@@ -31,19 +31,27 @@ N_EXAMPLES, FEATURES, CLASSES, BATCH = 64, 4, 3, 8
 def make_data():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(N_EXAMPLES, FEATURES)).astype("float32")
-    y = np.argmax(x @ rng.normal(size=(FEATURES, CLASSES)), axis=1).astype("int32")
+    y = np.argmax(x @ rng.normal(size=(FEATURES, CLASSES)), axis=1).astype(
+        "int32"
+    )
     return x, y
 
 
 def build(keras, keras_qsgld):
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
-        [keras.Input((FEATURES,)), keras.layers.Dense(8, activation="tanh"),
-         keras.layers.Dense(CLASSES, activation="softmax")]
+        [
+            keras.Input((FEATURES,)),
+            keras.layers.Dense(8, activation="tanh"),
+            keras.layers.Dense(CLASSES, activation="softmax"),
+        ]
     )
     model.compile(
         optimizer=keras_qsgld.QSGLD(
-            0.05, resolution=keras_qsgld.Temperature(1.0 / N_EXAMPLES), rounding="dithered", seed=0
+            0.05,
+            resolution=keras_qsgld.Temperature(1.0 / N_EXAMPLES),
+            rounding="dithered",
+            seed=0,
         ),
         loss="sparse_categorical_crossentropy",
     )
@@ -67,18 +75,31 @@ def main(argv=None):
 
     class WaitForKill(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            if int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) == args.kill_at_step:
+            if (
+                int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+                == args.kill_at_step
+            ):
                 with open(args.marker, "w") as f:
                     f.write(f"{os.getpid()}\n")
                 time.sleep(600)
 
     x, y = make_data()
     model = build(keras, keras_qsgld)
-    sampler = PosteriorSampler(burn_in=1, thin=3, directory=args.directory, verbose=0)
+    sampler = PosteriorSampler(
+        burn_in=1, thin=3, directory=args.directory, verbose=0
+    )
     callbacks = [sampler, keras.callbacks.BackupAndRestore(args.backup_dir)]
     if args.kill_at_step is not None:
         callbacks.append(WaitForKill())
-    model.fit(x, y, batch_size=BATCH, epochs=args.epochs, shuffle=False, verbose=0, callbacks=callbacks)
+    model.fit(
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=args.epochs,
+        shuffle=False,
+        verbose=0,
+        callbacks=callbacks,
+    )
 
     arrays = {"steps": np.asarray(sampler.sample_steps)}
     for i, path in enumerate(sampler.samples):
