@@ -592,6 +592,7 @@ def test_cifar_without_data_is_one_line_and_exit_2(tmp_path):
     assert not (tmp_path / "cifar.md").exists()
 
 
+@pytest.mark.backends("tensorflow")
 def test_cifar_quick_and_report(tmp_path):
     from benchmarks import cifar, report
 
