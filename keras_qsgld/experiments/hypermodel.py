@@ -5,7 +5,7 @@ The searched hyperparameters (KerasTuner names in quotes), each declared once, i
 
 ```
 "eta"            scale of the resolution Qp(t) = eta * base ** floor(log_base(ln(t + 2)))  (log scale)
-"base"           growth factor b > 1 between resolutions
+"base"           growth factor b >= 1.01 between resolutions
 "kappa"          slope per epoch of the compensation gate s(t) = sigmoid(-kappa (t - tau0))  (log scale)
 "tau0_fraction"  switch-off time of the gate as a fraction of the epoch budget: tau0 = fraction * epochs
 "learning_rate"  only when `SearchSpace.tune_learning_rate` is True (log scale)
