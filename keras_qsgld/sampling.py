@@ -72,10 +72,9 @@ def _to_int(value):
 
 
 def _optimizer_caveats(optimizer):
-    """Why `optimizer` does not sample `exp(-L / T)`: its `sampling_caveats()` (see
+    """Why `optimizer` (unwrapped, see `unwrap_optimizer`) does not sample `exp(-L / T)`: its `sampling_caveats()` (see
     `keras_qsgld.QuantizedOptimizer`), or one sentence for an optimizer without Langevin
     noise. Empty when it samples."""
-    optimizer = unwrap_optimizer(optimizer)
     if isinstance(optimizer, QuantizedOptimizer):
         return list(optimizer.sampling_caveats())
     return ["it adds no Langevin noise"]

@@ -435,17 +435,8 @@ def test_unset_steps_per_epoch_without_the_monitor_fails_loudly():
 
 def test_a_second_fit_on_other_data_resets_an_automatic_clock():
     optimizer = _clocked_optimizer()
-    model = linear_model()
-    model.compile(optimizer=optimizer, loss="mse")
+    model, _ = _clock_fit(optimizer)  # 40 examples in batches of 4
     x = np.random.default_rng(0).normal(size=(40, D)).astype("float32")
-    model.fit(
-        x,
-        x[:, :1],
-        batch_size=4,
-        epochs=1,
-        verbose=0,
-        callbacks=[QSGLDMonitor(warn_untracked=False)],
-    )
     assert optimizer.resolution.steps_per_epoch == 10
     model.fit(
         x[:20],
@@ -464,17 +455,8 @@ def test_a_second_fit_on_other_data_resets_an_automatic_clock():
 
 def test_an_automatic_clock_is_kept_for_data_of_unknown_length_and_checked():
     optimizer = _clocked_optimizer()
-    model = linear_model()
-    model.compile(optimizer=optimizer, loss="mse")
+    model, _ = _clock_fit(optimizer)  # 40 examples in batches of 4
     x = np.random.default_rng(0).normal(size=(40, D)).astype("float32")
-    model.fit(
-        x,
-        x[:, :1],
-        batch_size=4,
-        epochs=1,
-        verbose=0,
-        callbacks=[QSGLDMonitor(warn_untracked=False)],
-    )
     assert optimizer.resolution.steps_per_epoch == 10
 
     def fit_unknown_length(examples):
