@@ -665,11 +665,13 @@ def test_ctrl_c_in_fit_says_how_to_resume(tmp_path):
             backup,
         ],
     )
-    assert code == 130
-    assert lines == [
-        f"fit.py: interrupted; rerun the same command to resume from the last finished epoch "
-        f"(backups in {backup})"
-    ]
+    assert (code, lines) == (
+        130,
+        [
+            f"fit.py: interrupted; rerun the same command to resume from the last finished "
+            f"epoch (backups in {backup})"
+        ],
+    )
 
 
 def test_ctrl_c_in_search_says_how_to_resume(tmp_path):
@@ -695,11 +697,13 @@ def test_ctrl_c_in_search_says_how_to_resume(tmp_path):
             "0",
         ],
     )
-    assert code == 130
-    assert lines == [
-        "search.py: interrupted; rerun the same command to resume the search; "
-        "finished trials are kept (--overwrite starts anew)"
-    ]
+    assert (code, lines) == (
+        130,
+        [
+            "search.py: interrupted; rerun the same command to resume the search; "
+            "finished trials are kept (--overwrite starts anew)"
+        ],
+    )
 
 
 SWALLOWED_CTRL_C = """
@@ -733,6 +737,47 @@ def test_ctrl_c_that_a_library_swallows_still_ends_the_script():
     assert result.returncode == 130, result.stderr
     assert script_messages(result.stderr) == ["x.py: interrupted; resume hint"]
     assert time.monotonic() - start < 50
+
+
+SWALLOWED_CTRL_C_THEN_ERROR = """
+import os, signal, sys
+from keras_qsgld.experiments import cli
+
+def run():
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+    except:  # as Keras' `pythonify_logs` does, leaving a tensor in the logs
+        pass
+    raise TypeError("Cannot iterate over a scalar tensor.")  # as `CSVLogger` then does
+
+sys.exit(cli.run_script(run, prog="x.py", interrupted="resume hint"))
+"""
+
+
+@tensorflow_only  # `cli.run_script` alone, the same on every backend
+def test_error_after_a_swallowed_ctrl_c_is_the_interruption():
+    """A Ctrl-C that Keras' bare `except:` swallows can make the next callback fail (it broke
+    `test_ctrl_c_in_fit_says_how_to_resume` in CI): after a Ctrl-C, that error is reported
+    as the interruption."""
+    result = run_script("-c", SWALLOWED_CTRL_C_THEN_ERROR, timeout=120)
+    assert (result.returncode, script_messages(result.stderr)) == (
+        130,
+        ["x.py: interrupted; resume hint"],
+    ), result.stderr
+
+
+@tensorflow_only  # `cli.run_script` alone, the same on every backend
+def test_an_error_without_ctrl_c_keeps_its_traceback():
+    result = run_script(
+        "-c",
+        "import sys\nfrom keras_qsgld.experiments import cli\n"
+        "def run():\n    raise TypeError('a bug')\n"
+        "sys.exit(cli.run_script(run, prog='x.py'))",
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr
+    assert script_messages(result.stderr)[-1] == "TypeError: a bug"
 
 
 # -- JAX: keras.distribution.DataParallel (docs/scaling.md) ----------------------------

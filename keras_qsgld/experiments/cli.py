@@ -134,6 +134,11 @@ class _InsistentInterrupt:
         ):  # a lost Ctrl-C: raised again
             self._unraisablehook(unraisable)
 
+    @property
+    def requested(self):
+        """Whether Ctrl-C was pressed inside the block."""
+        return self._repeater is not None
+
     def _interrupt(self, signum, frame):
         if self.caught.is_set():
             return
@@ -173,20 +178,28 @@ def run_script(run, prog, interrupted=None):
     Returns:
         0 when `run()` returns; 2 after printing `PROG: error: MESSAGE` for one of
         `USER_ERRORS`; 130 after printing `PROG: interrupted[; INTERRUPTED]` for a
-        `KeyboardInterrupt` (Ctrl-C). Other exceptions propagate.
+        `KeyboardInterrupt` (Ctrl-C), or for any error raised after one (a library
+        that swallowed it failed on what it left). Other exceptions propagate.
     """
     with _InsistentInterrupt() as interrupts:
         try:
             run()
-        except USER_ERRORS as error:
-            print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
-            return EXIT_USER_ERROR
         except KeyboardInterrupt:
             interrupts.caught.set()
-            print(
-                f"{prog}: interrupted"
-                + (f"; {interrupted}" if interrupted else ""),
-                file=sys.stderr,
-            )
-            return EXIT_INTERRUPTED
-    return 0
+        except Exception as error:
+            if not interrupts.requested:
+                if isinstance(error, USER_ERRORS):
+                    print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+                    return EXIT_USER_ERROR
+                raise
+            # After a Ctrl-C, an error is its consequence: a library swallowed the
+            # interrupt and failed on what it left half done (Keras' `pythonify_logs`
+            # has a bare `except:` that leaves a tensor in the logs for `CSVLogger`).
+            interrupts.caught.set()
+        else:
+            return 0
+    print(
+        f"{prog}: interrupted" + (f"; {interrupted}" if interrupted else ""),
+        file=sys.stderr,
+    )
+    return EXIT_INTERRUPTED
