@@ -298,7 +298,8 @@ def machine_description(backends=None):
     for variable in (
         "TF_NUM_INTRAOP_THREADS",
         "OMP_NUM_THREADS",
-    ):  # thread limits, where set
+        "XLA_FLAGS",
+    ):  # thread limits and XLA's settings (e.g. its CPU scheduler), where set
         if os.environ.get(variable):
             parts.append(f"{variable}={os.environ[variable]}")
     return "; ".join(parts)

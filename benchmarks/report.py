@@ -36,6 +36,8 @@ SECTIONS = [
         [
             "speed_compiled/apply",
             "speed_compiled/step",
+            "speed_depth_first/apply",
+            "speed_depth_first/step",
             "speed/apply",
             "speed/step",
             "speed/breakdown",
@@ -56,7 +58,8 @@ its compensation term (4 tensors, so 4/3 of SGD); Adam moves 7 (7/3). The
 19M-parameter MLP, where the optimizer is a visible share, and a breakdown of QSGLD's update.
 
 The tables, in order: the compiled modes of TensorFlow and JAX measured alone on a quiet
-machine (`speed_compiled`: the figures to read); every mode of TensorFlow and JAX, both
+machine (`speed_compiled`: the figures to read); the same with XLA's depth-first CPU
+scheduler (`speed_depth_first`, `XLA_FLAGS` in the machine line); every mode of TensorFlow and JAX, both
 models, measured while other jobs ran on the machine (`speed`: the ratios are noisier,
 most of all on JAX); PyTorch (`speed_torch`, four optimizers: its compilation takes minutes
 per optimizer); and the same tables from release 0.1.0 (`speed_0.1.0`, TensorFlow only:
@@ -82,11 +85,20 @@ What the tables show (CPU; the GPU picture may differ, see the last section):
   far dearer on every backend.
 * **Whole steps**: under TensorFlow XLA QSGLD adds 15 % to SGD's step and QAdam 10 % to
   Adam's; on TensorFlow without XLA they cost no more than SGD and Adam (JAX eager: 2.3x
-  and 1.7x). Under `jax.jit` QSGLD adds 51 %
-  although its update alone costs 1.26x SGD's (about 3 ms over the apply table's model):
-  inside the fused training step the extra reduction costs far more than on its own. The
-  targets (QSGLD within 5 %, QAdam within 10 %) are met on TensorFlow without XLA, and for
-  QAdam under XLA, not for QSGLD under XLA or `jax.jit`.
+  and 1.7x). Under `jax.jit` QSGLD adds 51 %, although its update alone costs 1.26x SGD's
+  (about 3 ms over the apply table's model). The cause is the order XLA's CPU compiler gives
+  the step: breadth-first by default, which runs each layer's update after two more layers'
+  gradients (16 MB each), when its own has likely left the cache. QSGLD's compensation puts
+  a few small operations (the norm, the scale) between a gradient and its update, and each
+  one delays the update further in that order. With XLA's depth-first scheduler
+  (`XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false`, process-wide; the
+  weights are bitwise the same, tested) each update follows its gradient. QSGLD then adds
+  5 % under TensorFlow XLA and 7 % under `jax.jit`, QAdam 7 % and 8 % (`speed_depth_first`).
+  The update alone costs about the same with either scheduler. Adam's own `jax.jit` step is
+  faster with it too (45 against 59 ms). The targets (QSGLD within 5 %, QAdam within 10 %)
+  are met on TensorFlow without XLA and, with the depth-first scheduler, under XLA
+  (QSGLD 1.05x) and nearly under `jax.jit` (1.07x); with XLA's default scheduler only
+  QAdam's is met.
 * **PyTorch**: eager QSGLD costs 2.2x Keras' eager Adam on ResNet50 (QAdam 3.3x): every
   `keras.ops` call is a kernel launch and the update has several per tensor. `torch.compile`
   brings QSGLD to 1.6x SGD (0.74x Adam) on ResNet50, but on the small CIFAR ResNet-50 (161

@@ -86,6 +86,19 @@ def _check_table(path, min_rows=1):
 
 
 # -- the harness ---------------------------------------------------------------------------
+def test_machine_description_names_the_settings_that_change_timings(
+    monkeypatch,
+):
+    flag = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+    monkeypatch.setenv("XLA_FLAGS", flag)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    text = common.machine_description(["jax"])
+    assert f"XLA_FLAGS={flag}" in text.split("; ")
+    assert "OMP_NUM_THREADS=1" in text.split("; ")
+    monkeypatch.delenv("XLA_FLAGS")
+    assert "XLA_FLAGS" not in common.machine_description(["jax"])
+
+
 def test_parse_seeds():
     assert common.parse_seeds("3") == [0, 1, 2]
     assert common.parse_seeds("4,9") == [4, 9]

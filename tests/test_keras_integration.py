@@ -1173,3 +1173,53 @@ def test_keras_file_moves_to_another_backend(cls, tmp_path):
     assert (
         f"seed {seed}" in out and "after 10 True" in out
     )  # 16 examples in batches of 8
+
+
+FIT_AND_HASH = """
+import hashlib, numpy as np, keras, keras_qsgld
+rng = np.random.default_rng(0)
+x = rng.normal(size=(256, 64)).astype("float32")
+y = rng.integers(0, 10, 256).astype("int32")
+for cls, kwargs in [(keras_qsgld.QSGLD, dict(learning_rate=0.05, momentum=0.9)),
+                    (keras_qsgld.QAdam, dict(learning_rate=0.001)),
+                    (keras_qsgld.QSGLD, dict(learning_rate=0.05, rounding="dithered", seed=3))]:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(256, activation="relu"),
+                              keras.layers.Dense(256, activation="relu"), keras.layers.Dense(10)])
+    optimizer = cls(resolution=keras_qsgld.ResolutionSchedule(steps_per_epoch=8),
+                    compensation=keras_qsgld.CompensationSchedule(tau0=2, steps_per_epoch=8), **kwargs)
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=True)
+    model.fit(x, y, batch_size=32, epochs=3, verbose=0)
+    print(hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest())
+"""
+
+
+@pytest.mark.backends("jax")
+def test_xla_cpu_scheduler_flag_keeps_the_weights_bitwise():
+    """The README's speed tip for JAX on a CPU (XLA's depth-first scheduler, a process-wide
+    flag) reorders the work only: three fits end with the same weights, bit for bit."""
+    import subprocess
+    import sys
+
+    from tests.scripts import runner
+
+    def hashes(**env):
+        result = subprocess.run(
+            [sys.executable, "-c", FIT_AND_HASH],
+            env=runner.script_env(**env),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout.split()
+
+    default = hashes()
+    assert len(set(default)) == 3
+    assert (
+        hashes(
+            XLA_FLAGS="--xla_cpu_enable_concurrency_optimized_scheduler=false"
+        )
+        == default
+    )
