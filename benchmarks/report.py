@@ -85,20 +85,26 @@ What the tables show (CPU; the GPU picture may differ, see the last section):
   far dearer on every backend.
 * **Whole steps**: under TensorFlow XLA QSGLD adds 15 % to SGD's step and QAdam 10 % to
   Adam's; on TensorFlow without XLA they cost no more than SGD and Adam (JAX eager: 2.3x
-  and 1.7x). Under `jax.jit` QSGLD adds 51 %, although its update alone costs 1.26x SGD's
-  (about 3 ms over the apply table's model). The cause is the order XLA's CPU compiler gives
-  the step: breadth-first by default, which runs each layer's update after two more layers'
-  gradients (16 MB each), when its own has likely left the cache. QSGLD's compensation puts
-  a few small operations (the norm, the scale) between a gradient and its update, and each
-  one delays the update further in that order. With XLA's depth-first scheduler
-  (`XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false`, process-wide; the
-  weights are bitwise the same, tested) each update follows its gradient. QSGLD then adds
-  5 % under TensorFlow XLA and 7 % under `jax.jit`, QAdam 7 % and 8 % (`speed_depth_first`).
-  The update alone costs about the same with either scheduler. Adam's own `jax.jit` step is
-  faster with it too (45 against 59 ms). The targets (QSGLD within 5 %, QAdam within 10 %)
-  are met on TensorFlow without XLA and, with the depth-first scheduler, under XLA
-  (QSGLD 1.05x) and nearly under `jax.jit` (1.07x); with XLA's default scheduler only
-  QAdam's is met.
+  and 1.7x). Under `jax.jit` QSGLD adds 51 % and QAdam 12 %, although QSGLD's update alone
+  costs 1.26x SGD's (+2.7 ms on the apply table's ResNet50). The cause is the order XLA's
+  CPU compiler gives the step. By default it is breadth-first, and QSGLD's compensation
+  puts a few small operations (the norm, the scale) between a gradient and its update. In
+  that order, a dump of the step (`XLA_FLAGS="--xla_dump_to=DIR --xla_dump_hlo_as_text"`)
+  shows each layer's update running after two more layers' gradients (16 MB each), when
+  its own has likely left the cache.
+* **With XLA's depth-first scheduler** (`speed_depth_first`; every optimizer run with
+  `XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false`, a process-wide flag;
+  the weights are bitwise the same, tested on JAX) each update follows its gradient.
+  - Whole step: QSGLD adds 5 % under TensorFlow XLA (1.053x) and 7 % under `jax.jit`;
+    QAdam 7 % and 8 %.
+  - The update alone: 1.34x and 1.37x SGD, against 1.36x and 1.26x in `speed_compiled`
+    (separate runs: compare ratios, not times).
+  - Against the targets (QSGLD within 5 %, QAdam within 10 %): QAdam's is met under both
+    with this scheduler. QSGLD's is met on TensorFlow without XLA; under XLA it is at the
+    line (1.053x) and under `jax.jit` just over it (1.07x). With XLA's default scheduler
+    neither compiled backend meets either target (QAdam 1.10x and 1.12x).
+  - Measured on 2 cores only; on many cores the default order's concurrency may be worth
+    more, so the README presents the flag as something to time on one's own model.
 * **PyTorch**: eager QSGLD costs 2.2x Keras' eager Adam on ResNet50 (QAdam 3.3x): every
   `keras.ops` call is a kernel launch and the update has several per tensor. `torch.compile`
   brings QSGLD to 1.6x SGD (0.74x Adam) on ResNet50, but on the small CIFAR ResNet-50 (161
