@@ -1128,6 +1128,26 @@ def test_state_saved_by_version_0_1_loads(rounding, track_noise):
 # -- .keras files between backends -------------------------------------------------------------
 OTHER_BACKEND = {"tensorflow": "jax", "jax": "torch", "torch": "jax"}
 
+
+def run_python(code, *args, **env):
+    """Runs `python -c CODE ARGS` in the tests' environment (with `env` on top) and returns
+    its stdout; fails the test with the end of its stderr if it fails."""
+    import subprocess
+    import sys
+
+    from tests.scripts import runner
+
+    result = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        env=runner.script_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
 LOAD_ELSEWHERE = """
 import sys, numpy as np, keras, keras_qsgld
 model = keras.saving.load_model(sys.argv[1])
@@ -1145,11 +1165,6 @@ print("after", int(opt.iterations), bool(np.all([np.all(np.isfinite(w)) for w in
 def test_keras_file_moves_to_another_backend(cls, tmp_path):
     """A run saved on this backend resumes on another: class, schedules, step count and the
     random generator's state come back (the arithmetic then is the other backend's)."""
-    import subprocess
-    import sys
-
-    from tests.scripts import runner
-
     x, y = data()
     model = make_model()
     model.compile(make_optimizer(cls, rounding="dithered", seed=7), "mse")
@@ -1158,15 +1173,7 @@ def test_keras_file_moves_to_another_backend(cls, tmp_path):
     model.save(path)
     opt = model.optimizer
     other = OTHER_BACKEND[BACKEND]
-    result = subprocess.run(
-        [sys.executable, "-c", LOAD_ELSEWHERE, str(path)],
-        env=runner.script_env(KERAS_BACKEND=other),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
+    out = run_python(LOAD_ELSEWHERE, path, KERAS_BACKEND=other)
     assert f"backend {other} class {cls.__name__} iterations 8" in out
     assert f"qp {float(opt.resolution_at(opt.schedule_step))} " in out
     seed = [int(s) for s in np.asarray(opt._seed_generator.state.numpy())]
@@ -1199,27 +1206,7 @@ for cls, kwargs in [(keras_qsgld.QSGLD, dict(learning_rate=0.05, momentum=0.9)),
 def test_xla_cpu_scheduler_flag_keeps_the_weights_bitwise():
     """The README's speed tip for JAX on a CPU (XLA's depth-first scheduler, a process-wide
     flag) reorders the work only: three fits end with the same weights, bit for bit."""
-    import subprocess
-    import sys
-
-    from tests.scripts import runner
-
-    def hashes(**env):
-        result = subprocess.run(
-            [sys.executable, "-c", FIT_AND_HASH],
-            env=runner.script_env(**env),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        return result.stdout.split()
-
-    default = hashes()
+    default = run_python(FIT_AND_HASH).split()
     assert len(set(default)) == 3
-    assert (
-        hashes(
-            XLA_FLAGS="--xla_cpu_enable_concurrency_optimized_scheduler=false"
-        )
-        == default
-    )
+    flag = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+    assert run_python(FIT_AND_HASH, XLA_FLAGS=flag).split() == default
