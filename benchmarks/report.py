@@ -261,10 +261,11 @@ What the tables show:
   digits the `T = 1/N` chains (dithered and Gaussian alike) are worse than SGD in NLL, ECE
   and Brier score (paired p < 0.05 in every setting), and level at `T = 0.01/N`. On MNIST-1D
   `T = 1/N` is level with SGD in NLL with a higher ECE (underconfident: accuracy above
-  confidence in the reliability diagram), and the cold
-  posterior `T = 0.1/N` from scratch improves the NLL over SGD and over the no-noise chain
-  (paired p = 0.036 and 3.7e-04; Gaussian SGLD alike, 0.033 and 0.0023; warm at rate 0.3,
-  p = 0.041 against SGD), a cold-posterior effect as in Wenzel et al. (2020). The snapshot ensemble without noise is level with SGD everywhere.
+  confidence in the reliability diagram), and the cold posterior `T = 0.1/N` from scratch
+  improves the NLL over SGD and over the no-noise chain (paired p = 0.036 and 3.7e-04;
+  Gaussian SGLD alike, 0.033 and 0.0023; warm at rate 0.3, p = 0.041 against SGD), a
+  cold-posterior effect as in Wenzel et al. (2020). The snapshot ensemble without noise is
+  level with SGD everywhere.
 * **A deep ensemble of 10 SGD runs is the best predictor on MNIST-1D** (NLL 0.162 against
   0.195 for the best chain and 0.271 for SGD), at 10 times SGD's epochs against 1.7 times for a
   chain. On digits nothing beats SGD by more than the seed spread.
