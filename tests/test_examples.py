@@ -65,16 +65,9 @@ def script_messages(stderr):
     ]
 
 
-def run_script(*args, env=None, timeout=300):
-    """`python ARGS` from the repository root with the tests' backend; stdout and stderr apart."""
-    return subprocess.run(
-        [sys.executable, *map(str, args)],
-        cwd=ROOT,
-        env=env or runner.script_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+run_script = (
+    runner.capture
+)  # `python ARGS` from the repository root, output captured
 
 
 def events(folder):

@@ -1132,18 +1132,9 @@ OTHER_BACKEND = {"tensorflow": "jax", "jax": "torch", "torch": "jax"}
 def run_python(code, *args, **env):
     """Runs `python -c CODE ARGS` in the tests' environment (with `env` on top) and returns
     its stdout; fails the test with the end of its stderr if it fails."""
-    import subprocess
-    import sys
-
     from tests.scripts import runner
 
-    result = subprocess.run(
-        [sys.executable, "-c", code, *map(str, args)],
-        env=runner.script_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = runner.capture("-c", code, *args, env=runner.script_env(**env))
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 

@@ -38,6 +38,19 @@ def script_env(**extra):
     return env
 
 
+def capture(*args, env=None, timeout=300):
+    """Runs `python ARGS` from the repository root to completion (by default in
+    `script_env()`); its `CompletedProcess`, stdout and stderr apart, as text."""
+    return subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=ROOT,
+        env=env or script_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def start(script, *args, env=None, log=None):
     """Starts `tests/scripts/<script>` (or `<script>` relative to the repository root if it
     names a folder, e.g. `examples/distributed.py`) with the interpreter running the tests."""
