@@ -96,6 +96,21 @@ def user_errors():
         raise UserError(one_line(error)) from error
 
 
+def _caused_by_ctrl_c(error):
+    """Whether `error` is a `KeyboardInterrupt` or was raised because of one.
+
+    A Ctrl-C that arrives while C code calls Python becomes the cause of the error C then
+    reports, e.g. `SystemError: ... returned a result with an exception set`.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
 class _InsistentInterrupt:
     """Makes one Ctrl-C end the script, even where a library swallows `KeyboardInterrupt`.
 
@@ -104,7 +119,10 @@ class _InsistentInterrupt:
     JAX has bare `except:`s right after an XLA compilation, where a Ctrl-C typically lands
     (a KerasTuner search on JAX compiles for every trial), and JAX's garbage-collection
     callback is a finalizer. After the first Ctrl-C this raises it again every second until
-    it gets through, and keeps Python from printing the lost ones ("Exception ignored in").
+    it gets through, and keeps Python from printing the lost ones ("Exception ignored in")
+    and the errors they cause in C code that prints them itself (TensorFlow's `Flatten`
+    printed "SystemError: <built-in function __import__> returned a result with an exception
+    set" when a Ctrl-C landed in an import it made).
     """
 
     PERIOD_S = 1.0
@@ -114,6 +132,7 @@ class _InsistentInterrupt:
         self._previous = None
         self._repeater = None
         self._unraisablehook = None
+        self._excepthook = None
 
     def __enter__(self):
         # Only where Python's own Ctrl-C handling is in place (not under a caller's handler).
@@ -126,13 +145,19 @@ class _InsistentInterrupt:
                 sys.unraisablehook,
                 self._unraisable,
             )
+            # `PyErr_Print`, which C code calls to report an error it cannot raise, prints
+            # through `sys.excepthook`.
+            self._excepthook, sys.excepthook = sys.excepthook, self._except
         return self
 
     def _unraisable(self, unraisable):
-        if not isinstance(
-            unraisable.exc_value, KeyboardInterrupt
-        ):  # a lost Ctrl-C: raised again
+        # A lost Ctrl-C is raised again; the errors it caused are its consequences.
+        if not _caused_by_ctrl_c(unraisable.exc_value):
             self._unraisablehook(unraisable)
+
+    def _except(self, exc_type, exc_value, traceback):
+        if not _caused_by_ctrl_c(exc_value):
+            self._excepthook(exc_type, exc_value, traceback)
 
     @property
     def requested(self):
@@ -165,6 +190,7 @@ class _InsistentInterrupt:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             sys.unraisablehook = self._unraisablehook
+            sys.excepthook = self._excepthook
 
 
 def run_script(run, prog, interrupted=None):
