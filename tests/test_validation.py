@@ -5,6 +5,7 @@ import subprocess
 import sys
 import warnings
 
+import keras
 import numpy as np
 import pytest
 
@@ -269,6 +270,18 @@ def test_temperature_needs_a_random_rounding_and_qsgld():
 
 def test_import_under_python_OO_strips_docstrings_without_crashing():
     """`python -OO` sets every __doc__ to None; the docstring templating must cope."""
+    keras_alone = subprocess.run(
+        [sys.executable, "-OO", "-c", "import keras"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # Keras 3.10's optimizers edit their own __doc__, which -OO has set to None.
+    if keras_alone.returncode != 0:
+        pytest.skip(
+            f"Keras {keras.__version__} itself fails to import under -OO: "
+            f"{keras_alone.stderr.strip().splitlines()[-1]}"
+        )
     result = subprocess.run(
         [
             sys.executable,
