@@ -65,9 +65,8 @@ def script_messages(stderr):
     ]
 
 
-run_script = (
-    runner.capture
-)  # `python ARGS` from the repository root, output captured
+# `python ARGS` from the repository root, output captured.
+run_script = runner.capture
 
 
 def events(folder):

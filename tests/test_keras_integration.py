@@ -15,6 +15,7 @@ from keras import ops
 import keras_qsgld
 from tests import reference as ref
 from tests.backends import BACKEND, CompiledApply, requires_float64
+from tests.scripts import runner
 
 if BACKEND == "tensorflow":
     import tensorflow as tf
@@ -1132,8 +1133,6 @@ OTHER_BACKEND = {"tensorflow": "jax", "jax": "torch", "torch": "jax"}
 def run_python(code, *args, **env):
     """Runs `python -c CODE ARGS` in the tests' environment (with `env` on top) and returns
     its stdout; fails the test with the end of its stderr if it fails."""
-    from tests.scripts import runner
-
     result = runner.capture("-c", code, *args, env=runner.script_env(**env))
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout

@@ -1,8 +1,6 @@
 """Bad input raises a ValueError that names the argument and the value received."""
 
 import re
-import subprocess
-import sys
 import warnings
 
 import keras
@@ -10,6 +8,7 @@ import numpy as np
 import pytest
 
 import keras_qsgld
+from tests.scripts import runner
 
 OPTIMIZERS = [keras_qsgld.QSGLD, keras_qsgld.QAdam]
 
@@ -270,27 +269,17 @@ def test_temperature_needs_a_random_rounding_and_qsgld():
 
 def test_import_under_python_OO_strips_docstrings_without_crashing():
     """`python -OO` sets every __doc__ to None; the docstring templating must cope."""
-    keras_alone = subprocess.run(
-        [sys.executable, "-OO", "-c", "import keras"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    keras_alone = runner.capture("-OO", "-c", "import keras", timeout=120)
     # Keras 3.10's optimizers edit their own __doc__, which -OO has set to None.
     if keras_alone.returncode != 0:
         pytest.skip(
             f"Keras {keras.__version__} itself fails to import under -OO: "
             f"{keras_alone.stderr.strip().splitlines()[-1]}"
         )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-OO",
-            "-c",
-            "import keras_qsgld; print(keras_qsgld.QSGLD.__doc__)",
-        ],
-        capture_output=True,
-        text=True,
+    result = runner.capture(
+        "-OO",
+        "-c",
+        "import keras_qsgld; print(keras_qsgld.QSGLD.__doc__)",
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
