@@ -8,7 +8,11 @@
 * JAX: `jit` (`jax.jit`), `eager`.
 * PyTorch: `compiled` (`torch.compile`), `eager`.
 
-`compile_fn(fn, mode)` compiles a function of tensors; `apply_function` makes a callable that
+`compile_fn(fn, mode)` compiles a function of tensors, each call a compiled function of its
+own (on PyTorch a fresh code object: Dynamo keys its cache, and its limit of 8 recompiles,
+by code object, and candidates sharing one ran uncompiled past the limit);
+`warm_up_compiler(mode)` pays a process's one-time compiler start-up before the first timed
+candidate; `apply_function` makes a callable that
 runs `optimizer.apply` once in a mode and waits for it (on JAX: `jax.jit` of
 `optimizer.stateless_apply`, the state carried from call to call and donated, as Keras' JAX
 trainer does), and `update_function` the same for an update `(values, grads) -> new values`
@@ -18,6 +22,8 @@ written into the variables; `block` waits for a result.
 Only the backend in use is imported (in the branches that need it): a process must not
 import TensorFlow and PyTorch both (it has crashed).
 """
+
+import types
 
 import keras
 from keras import ops
@@ -65,10 +71,31 @@ def compile_fn(fn, mode):
     if BACKEND == "torch" and mode == "compiled":
         import torch
 
-        return torch.compile(fn)
+        return torch.compile(_with_own_code(fn))
     raise ValueError(
         f"Argument `mode` names no mode of {BACKEND}. Received: mode={mode!r}"
     )
+
+
+def _with_own_code(fn):
+    """A copy of the function `fn` with a code object of its own."""
+    return types.FunctionType(
+        fn.__code__.replace(),  # a new code object, equal to the old
+        fn.__globals__,
+        fn.__name__,
+        fn.__defaults__,
+        fn.__closure__,
+    )
+
+
+def warm_up_compiler(mode):
+    """Compiles a trivial function once in `mode`: the first compilation of a process also
+    starts the compiler (TensorFlow's and JAX's XLA, PyTorch's Inductor: seconds), which
+    would otherwise be charged to whichever candidate comes first."""
+    if mode == "eager":
+        return
+    x = ops.ones((8,))
+    block(compile_fn(lambda t: ops.add(ops.multiply(t, 2.0), 1.0), mode)(x))
 
 
 def block(result):

@@ -192,7 +192,8 @@ def build_parser():
             "--models",
             str,
             "apply table (and breakdown: the first): resnet50 (keras.applications), "
-            "cifar_resnet50, cifar_resnetN (depth N = 6n+2), cnn, mlp (a tiny MLP)",
+            "cifar_resnet50, cifar_resnetN (depth N = 6n+2), cnn, mnist_mlp (784-256-256-10), "
+            "mlp (a tiny MLP)",
         ),
         ("--batch-size", common.positive_int, "step table batch size"),
         ("--step-inputs", common.positive_int, "step table: inputs of the MLP"),

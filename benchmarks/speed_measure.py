@@ -19,6 +19,7 @@ from benchmarks.backends import (
     compile_fn,
     device,
     update_function,
+    warm_up_compiler,
 )
 from keras_qsgld.experiments.defaults import (
     DEFAULT_LEARNING_RATE,
@@ -65,8 +66,12 @@ def make_model(name):
         return build_model("cnn", (28, 28, 1), 10), "paper's CNN"
     if name == "mlp":  # the quick mode's model
         return build_model("mlp", (64,), 10, hidden=(32,)), "MLP 64-32-10"
+    if name == "mnist_mlp":
+        return build_model(
+            "mlp", (784,), 10, hidden=(256, 256)
+        ), "MLP 784-256-256-10"
     raise common.UsageError(
-        f"Argument `--models` must name models among resnet50, cifar_resnetN, cnn, mlp. Received: {name!r}"
+        f"Argument `--models` must name models among resnet50, cifar_resnetN, cnn, mnist_mlp, mlp. Received: {name!r}"
     )
 
 
@@ -145,6 +150,7 @@ def measure_apply(model_name, names, modes, rounds, warmup):
     variables, grads, record = model_setup(model_name, **SCHEDULE)
     record["names"] = {}
     for mode in modes:
+        warm_up_compiler(mode)
         functions = {}
         for label, name, jit_compile in candidates(names, mode):
             functions[label] = apply_function(
@@ -182,6 +188,7 @@ def measure_step(names, modes, rounds, warmup, inputs, width, depth, batch):
         "first": {},
     }
     for mode in modes:
+        warm_up_compiler(mode)
         functions = {}
         for name in names:
             model = build_model("mlp", (inputs,), CLASSES, hidden=hidden)

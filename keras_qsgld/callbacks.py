@@ -57,7 +57,8 @@ class QSGLDMonitor(keras.callbacks.Callback):
       error of variance `Qp**-2 / 12` per step equals SGLD's `2 * lr_eff * T`); 0 when
       `lr == 0`, since no noise is added then;
     - `qsgld_zero_fraction`: the share of quantized increments that were exactly 0 during
-      the epoch (weights that did not move);
+      the epoch (weights that did not move); steps applied unrounded (at a learning rate
+      of 0) are not counted, and an epoch without a rounded step logs NaN;
     - `qsgld_noise_variance_ratio`: the measured variance of the rounding error in grid
       units over 1/12, over the epoch (1 under the white-noise hypothesis; it drops when
       most increments round to 0, since the error is then `-y`, not uniform).

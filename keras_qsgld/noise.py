@@ -1,8 +1,9 @@
 """Statistics of the quantization noise, accumulated during updates with `track_noise=True`.
 
 Four running sums, each weighted by `1 / (number of trainable weights)` so that they stay
-small in float32: the count of increments, of increments exactly 0, and the sum and sum of
-squares of the rounding error `Q(y) - y` in grid units. They are optimizer variables (so
+small in float32: the count of rounded increments, of those exactly 0, and the sum and sum of
+squares of the rounding error `Q(y) - y` in grid units. Increments applied unrounded (at a
+learning rate of 0, or beyond the float format's integer range) are not counted. They are optimizer variables (so
 that compiled and stateless updates, as on JAX, carry them) but not optimizer state:
 `QuantizedOptimizer` leaves them out of saved files, so turning `track_noise` on or off
 between a save and a resume restores everything else.
@@ -37,14 +38,23 @@ class NoiseStatistics:
             for name in STATISTIC_NAMES
         ]
 
-    def accumulate(self, optimizer, delta, error):
-        """Adds one tensor's increments `delta` and rounding errors `error` (grid units)."""
+    def accumulate(self, optimizer, delta, error, rounded):
+        """Adds one tensor's increments `delta` and rounding errors `error` (grid units)
+        where `rounded` (a bool tensor) says the step was rounded: a step applied unrounded
+        (a learning rate of 0, a step beyond the float format's integer range) has no
+        rounding error to count."""
         count, zeros, error_sum, error_sq_sum = self.variables
         error = ops.cast(error, "float32")
         w = self.weight
-        optimizer.assign_add(count, ops.cast(ops.size(delta), "float32") * w)
+        optimizer.assign_add(count, ops.sum(ops.cast(rounded, "float32")) * w)
         optimizer.assign_add(
-            zeros, ops.sum(ops.cast(ops.equal(delta, 0), "float32")) * w
+            zeros,
+            ops.sum(
+                ops.cast(
+                    ops.logical_and(rounded, ops.equal(delta, 0)), "float32"
+                )
+            )
+            * w,
         )
         optimizer.assign_add(error_sum, ops.sum(error) * w)
         optimizer.assign_add(error_sq_sum, ops.sum(ops.square(error)) * w)

@@ -26,7 +26,7 @@ from keras_qsgld.noise import NoiseStatistics
 from keras_qsgld.quantization import (
     RANDOM_ROUNDING_MODES,
     ROUNDING_MODES,
-    increment_and_error,
+    increment_error_and_mask,
 )
 from keras_qsgld.random import uniform_from_seed
 from keras_qsgld.schedules import Temperature, get_compensation, get_resolution
@@ -234,17 +234,21 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
         return ops.cast(self.compensation(step), "float32")
 
     # -- the update ---------------------------------------------------------------------------
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+    def _update_scalars(self, learning_rate):
+        """This update's `UpdateScalars`, from Keras' current learning rate."""
         # The scalars depend on the step alone: evaluate them once per update rather than
         # once per variable (without XLA those scalar ops were a large share of the update).
         step = self.schedule_step
         learning_rate = ops.cast(learning_rate, "float32")
         gate = self.gate_at(step)
-        scalars = UpdateScalars(
+        return UpdateScalars(
             learning_rate=learning_rate,
             resolution=self.resolution_at(step, learning_rate),
             gate=ops.zeros((), "float32") if gate is None else gate,
         )
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        scalars = self._update_scalars(learning_rate)
         super()._backend_update_step(grads, trainable_variables, scalars)
 
     def update_step(self, gradient, variable, scalars):
@@ -274,12 +278,12 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
         norm_source = None
         if gate is not None and step_fn is not None and under_xla(h):
             norm_source = step_fn(*optimization_barrier(*step_inputs))
-        delta, error = increment_and_error(
+        delta, error, rounded = increment_error_and_mask(
             h, qp, step_size, gate, self.rounding, noise, norm_source
         )
         self.assign_add(variable, ops.cast(delta, variable.dtype))
         if self._noise is not None:
-            self._noise.accumulate(self, delta, error)
+            self._noise.accumulate(self, delta, error, rounded)
 
     # -- noise statistics ---------------------------------------------------------------------
     def noise_statistics(self, reset=True):

@@ -139,7 +139,6 @@ class QAdam(BackendQuantizedOptimizer):
         m_var, v_var = self._momentums[index], self._velocities[index]
         g = ops.cast(gradient, dtype)
         lr = ops.cast(scalars.learning_rate, dtype)
-        local_step = ops.cast(self.iterations + 1, dtype)
         # convert_to_tensor, not cast: casting a Python float goes through float32.
         beta_1 = ops.convert_to_tensor(self.beta_1, dtype)
         beta_2 = ops.convert_to_tensor(self.beta_2, dtype)
@@ -153,14 +152,22 @@ class QAdam(BackendQuantizedOptimizer):
         )
         self.assign(m_var, ops.cast(m, m_var.dtype))
         self.assign(v_var, ops.cast(v, v_var.dtype))
-        alpha = ops.divide(
-            ops.multiply(lr, ops.sqrt(1 - ops.power(beta_2, local_step))),
-            1 - ops.power(beta_1, local_step),
-        )
+        alpha = self._bias_corrected_learning_rate(lr, dtype)
         inputs = (m, v, alpha, ops.convert_to_tensor(self.epsilon, dtype))
         h = _adam_step(*inputs)
         self._apply_increment(
             variable, h, alpha, scalars, step_fn=_adam_step, step_inputs=inputs
+        )
+
+    def _bias_corrected_learning_rate(self, lr, dtype):
+        """`a = lr * sqrt(1 - beta_2**(k + 1)) / (1 - beta_1**(k + 1))` in `dtype`, from `lr`
+        in `dtype`: the step size of this update (every backend computes it here)."""
+        local_step = ops.cast(self.iterations + 1, dtype)
+        beta_1 = ops.convert_to_tensor(self.beta_1, dtype)
+        beta_2 = ops.convert_to_tensor(self.beta_2, dtype)
+        return ops.divide(
+            ops.multiply(lr, ops.sqrt(1 - ops.power(beta_2, local_step))),
+            1 - ops.power(beta_1, local_step),
         )
 
     def get_config(self):

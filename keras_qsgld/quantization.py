@@ -162,6 +162,23 @@ def increment_and_error(
     then fuses each use of `h` with its own consumer instead of writing one `h` out for both
     (the same values; only the work is laid out differently).
     """
+    delta, error, _ = increment_error_and_mask(
+        h, qp, step_size, gate, rounding, noise, norm_source
+    )
+    return delta, error
+
+
+def increment_error_and_mask(
+    h,
+    qp,
+    step_size=None,
+    gate=None,
+    rounding="nearest",
+    noise=None,
+    norm_source=None,
+):
+    """`increment_and_error`, and where the step was rounded (a bool tensor: False where it
+    was applied unrounded), which the noise statistics count."""
     x = compensated_step(h, step_size, gate, norm_source)
     y = ops.multiply(qp, x)
     q = quantize(y, rounding, noise)
@@ -174,7 +191,7 @@ def increment_and_error(
     cell = ops.divide(1.0, ops.convert_to_tensor(qp, dtype=y.dtype))
     delta = ops.where(in_range, ops.multiply(q, cell), x)
     error = ops.where(in_range, ops.subtract(q, y), 0.0)
-    return delta, error
+    return delta, error, in_range
 
 
 def quantized_increment(

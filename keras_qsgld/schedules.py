@@ -181,7 +181,6 @@ class ResolutionSchedule(EpochSchedule):
         self.base = check_real(
             "base", base, minimum=MIN_BASE, description=_BASE_DESCRIPTION
         )
-        super().__init__(steps_per_epoch, name)
         low, high = self._exponent_range()
         for p in (low, high):
             qp = self.eta * self.base**p
@@ -191,6 +190,7 @@ class ResolutionSchedule(EpochSchedule):
                     f"range [{_FLOAT32_MIN_NORMAL:g}, {_FLOAT32_MAX:g}] where the grid 1 / Qp is "
                     f"representable. Received: eta={eta!r}, base={base!r}"
                 )
+        super().__init__(steps_per_epoch, name)
 
     def _exponent(self, epochs):
         """`floor(log_base(ln(t + 2)))` in float64 NumPy, as the formula reads."""
@@ -204,40 +204,48 @@ class ResolutionSchedule(EpochSchedule):
         return self._exponent(0.0), self._exponent(_MAX_EPOCHS)
 
     def _steps_per_epoch_changed(self):
+        # Built here, not at the first call: a compiled update that built it while traced
+        # would find the schedule changed at its second call, and compile again.
         self._table = None
+        if self.steps_per_epoch is not None:
+            self._table = self._build_exponent_table()
 
     def _exponent_table(self):
         """`(thresholds, qp)`: the first step of each exponent after the first, and the
         float32 `Qp` of each exponent. `Qp(step) = qp[number of thresholds <= step]`."""
         if self._table is None:
-            spe = self._require_steps_per_epoch()
-            low, high = self._exponent_range()
-            thresholds = []
-            for p in range(low + 1, high + 1):
-                start = (
-                    spe * (math.exp(self.base**p) - 2.0)
-                    if self.base**p < 700
-                    else math.inf
-                )
-                if start >= 2.0**63:  # beyond any int64 step count
-                    break
-                step = max(0, math.floor(start) - 2)
-                while (
-                    self._exponent(np.float64(step) / spe) < p
-                ):  # the float64 formula decides
-                    step += 1
-                thresholds.append(step)
-            qp = [
-                self.eta * self.base**p
-                for p in range(low, low + len(thresholds) + 1)
-            ]
-            # Python numbers, not NumPy arrays: constants that torch.compile traces without a
-            # graph break (it does not follow NumPy arrays into a tensor conversion).
-            self._table = (
-                tuple(thresholds),
-                tuple(float(np.float32(v)) for v in qp),
-            )
+            self._require_steps_per_epoch()
         return self._table
+
+    def _build_exponent_table(self):
+        """The table of `_exponent_table`, from `steps_per_epoch` (not None)."""
+        spe = self.steps_per_epoch
+        low, high = self._exponent_range()
+        thresholds = []
+        for p in range(low + 1, high + 1):
+            start = (
+                spe * (math.exp(self.base**p) - 2.0)
+                if self.base**p < 700
+                else math.inf
+            )
+            if start >= 2.0**63:  # beyond any int64 step count
+                break
+            step = max(0, math.floor(start) - 2)
+            while (
+                self._exponent(np.float64(step) / spe) < p
+            ):  # the float64 formula decides
+                step += 1
+            thresholds.append(step)
+        qp = [
+            self.eta * self.base**p
+            for p in range(low, low + len(thresholds) + 1)
+        ]
+        # Python numbers, not NumPy arrays: constants that torch.compile traces without a
+        # graph break (it does not follow NumPy arrays into a tensor conversion).
+        return (
+            tuple(thresholds),
+            tuple(float(np.float32(v)) for v in qp),
+        )
 
     def exponent(self, step):
         """`p(t) = floor(log_base(ln(t + 2)))` at `step`, as an int32 scalar."""

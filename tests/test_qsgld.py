@@ -338,6 +338,37 @@ def test_noise_statistics_match_reference(rounding):
         keras_qsgld.QSGLD().noise_statistics()
 
 
+@pytest.mark.parametrize("rounding", ["nearest", "dithered"])
+def test_noise_statistics_count_only_rounded_steps(rounding):
+    """A step at learning rate 0 is applied unrounded: it adds nothing to the statistics
+    (it used to count every element as an exact zero with error 0)."""
+    rng = np.random.default_rng(3)
+    w0 = rng.normal(size=(50, 20)).astype(np.float32)
+    grads = rng.normal(size=(8, 50, 20)).astype(np.float32)
+
+    def statistics(learning_rates):
+        variable = keras.Variable(w0)
+        lr = keras.Variable(learning_rates[0], trainable=False)
+        opt = keras_qsgld.QSGLD(
+            lambda: lr,
+            resolution=64.0,
+            rounding=rounding,
+            seed=1,
+            track_noise=True,
+            jit_compile=False,
+        )
+        for g, value in zip(grads, learning_rates):
+            lr.assign(value)
+            opt.apply([ops.convert_to_tensor(g)], [variable])
+        return opt.noise_statistics()
+
+    rounded = statistics([0.1] * 7)
+    with_a_zero = statistics([0.1] * 7 + [0.0])
+    for key in rounded:
+        assert with_a_zero[key] == pytest.approx(rounded[key], rel=1e-6)
+    assert all(np.isnan(v) for v in statistics([0.0] * 3).values())
+
+
 def test_docstring_documents_rule_limit_and_references():
     doc = keras_qsgld.QSGLD.__doc__
     assert "```python" in doc and "delta = Q(Qp * (h + r)) / Qp" in doc
