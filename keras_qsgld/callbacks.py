@@ -181,11 +181,15 @@ class QSGLDMonitor(keras.callbacks.Callback):
                 )
             updates = self._updates_per_epoch(optimizer, batches)
             if schedule.steps_per_epoch != updates:
-                # A train function traced with the previous value would keep it.
                 retrace = retrace or schedule.steps_per_epoch is not None
                 schedule.steps_per_epoch = updates
             schedule._steps_per_epoch_from_fit = True
-        if retrace:
+        # A train function traced with other schedule values (a clock set here, or a value
+        # changed by hand since) would keep them.
+        traced = optimizer.__dict__.get("_traced_schedules_key")
+        if retrace or (
+            traced is not None and traced != optimizer.schedules_key()
+        ):
             self.model.make_train_function(force=True)
 
     # -- callback hooks ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ Backend-specific behaviour (TensorFlow's eager XLA update, sparse gradients) liv
 `keras_qsgld/backend/`, in a subclass picked at import as Keras picks its own.
 """
 
+import json
 import typing
 import warnings
 
@@ -21,7 +22,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_qsgld.backend.ops import optimization_barrier, under_xla
+from keras_qsgld.backend.ops import (
+    optimization_barrier,
+    torch_compiling,
+    under_xla,
+)
 from keras_qsgld.noise import NoiseStatistics
 from keras_qsgld.quantization import (
     RANDOM_ROUNDING_MODES,
@@ -234,8 +239,23 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
         return ops.cast(self.compensation(step), "float32")
 
     # -- the update ---------------------------------------------------------------------------
+    def schedules_key(self):
+        """What a compiled update takes from the schedules as constants (their configs,
+        `steps_per_epoch` included): a function traced under another key is out of date.
+        Compiled updates record the key they were traced under (`QSGLDMonitor` compares it
+        at the start of `fit`; TensorFlow's eager XLA update is cached per key)."""
+        return tuple(
+            _config_key(schedule)
+            for schedule in (self.resolution, self.compensation)
+        )
+
     def _update_scalars(self, learning_rate):
         """This update's `UpdateScalars`, from Keras' current learning rate."""
+        # Runs at every trace (and every eager update): the key the update is built on.
+        # Not under torch.compile, whose guards on the schedules' attributes retrace by
+        # themselves (and which cannot trace the key's JSON).
+        if not torch_compiling():
+            self.__dict__["_traced_schedules_key"] = self.schedules_key()
         # The scalars depend on the step alone: evaluate them once per update rather than
         # once per variable (without XLA those scalar ops were a large share of the update).
         step = self.schedule_step
@@ -397,6 +417,17 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
                     config[key], custom_objects=custom_objects
                 )
         return super().from_config(config, custom_objects=custom_objects)
+
+
+def _config_key(schedule):
+    """A schedule's config as a string (its identity for a callable without a config)."""
+    if schedule is None:
+        return None
+    try:
+        config = schedule.get_config()
+    except (AttributeError, NotImplementedError):
+        return f"{type(schedule).__name__} at {id(schedule)}"
+    return json.dumps(config, sort_keys=True, default=repr)
 
 
 def _auto_name(prefix):

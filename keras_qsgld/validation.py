@@ -2,14 +2,20 @@
 
 A real number is anything `numbers.Real` admits (Python and NumPy ints and floats, fractions)
 or a 0-d array or tensor of an integer or float dtype (`np.float32(0.9)`,
-`ds.cardinality().numpy()`, `np.array(3.0)`). Bools and strings are never numbers here, and
-booleans are accepted only where a bool is meant.
+`ds.cardinality().numpy()`, `np.array(3.0)`), the `ml_dtypes` floats (bfloat16, float8) and
+PyTorch's bfloat16 tensors included. Bools and strings are never numbers here, and booleans
+are accepted only where a bool is meant.
 """
 
 import math
 import numbers
 
 import numpy as np
+
+REAL_NUMBER = (
+    "a real number is a Python, NumPy or ml_dtypes number (bfloat16 too), or a 0-d array "
+    "or tensor of an integer or float dtype"
+)
 
 
 def _as_real(value):
@@ -20,11 +26,31 @@ def _as_real(value):
         return float(value)
     try:  # 0-d NumPy arrays and backend tensors
         array = np.asarray(value)
-    except Exception:  # a symbolic tensor, or anything NumPy cannot read
+    except Exception:  # a symbolic tensor, or a dtype NumPy cannot read
+        return _tensor_as_real(value)
+    if array.ndim != 0:
         return None
-    if array.ndim == 0 and array.dtype.kind in "iuf":
+    if array.dtype.kind in "iuf":
         return float(array)
+    if array.dtype.kind == "V" and array.dtype.names is None:
+        try:  # ml_dtypes' floats (bfloat16, float8) convert to float64 exactly
+            return float(array.astype(np.float64))
+        except (TypeError, ValueError):
+            return None
     return None
+
+
+def _tensor_as_real(value):
+    """A 0-d tensor NumPy cannot read (PyTorch's bfloat16) as a float, or None."""
+    dtype = str(getattr(value, "dtype", "")).lower()
+    if tuple(getattr(value, "shape", (None,))) != ():
+        return None
+    if not any(kind in dtype for kind in ("float", "int")) or "bool" in dtype:
+        return None
+    try:
+        return float(value)
+    except Exception:  # a symbolic tensor
+        return None
 
 
 def _number_text(x):
@@ -73,11 +99,11 @@ def check_real(
         wanted += f" {bounds}"
     if not allow_infinite:
         wanted += ", finite"
-    if (
-        number is None
-        or math.isnan(number)
-        or (not allow_infinite and math.isinf(number))
-    ):
+    if number is None:
+        raise ValueError(
+            f"Argument `{name}` must be {wanted} ({REAL_NUMBER}). Received: {name}={value!r}"
+        )
+    if math.isnan(number) or (not allow_infinite and math.isinf(number)):
         raise ValueError(
             f"Argument `{name}` must be {wanted}. Received: {name}={value!r}"
         )

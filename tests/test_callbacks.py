@@ -525,3 +525,46 @@ def test_monitor_config_round_trip_with_warn_untracked():
     assert clone.prefix == "q_" and clone.warn_untracked is False
     with pytest.raises(ValueError, match="warn_untracked"):
         QSGLDMonitor(warn_untracked="no")
+
+
+FIT_MODES = {
+    "eager": dict(run_eagerly=True),
+    "graph": dict(
+        jit_compile=False
+    ),  # TensorFlow: QSGLD's own XLA update inside
+    "compiled": dict(jit_compile=True),
+}
+
+
+@pytest.mark.parametrize("how", ["monitor", "by hand"])
+@pytest.mark.parametrize("mode", list(FIT_MODES))
+def test_a_second_fit_updates_on_its_own_clock(mode, how):
+    """After a fit of 20 batches per epoch, a fit of 1 batch per epoch: the update the
+    second fit runs (not only `resolution_at`) uses the new clock, whether the monitor set
+    it or it was set by hand between the fits. At step 20, 20 epochs in, Qp is 2 eta; on
+    the old clock (1 epoch) it was eta. Compiled updates traced with the old clock must be
+    traced again (TensorFlow's own XLA update kept it)."""
+    eta = 2.0**8
+    optimizer = keras_qsgld.QSGLD(
+        2.0**-6, resolution=keras_qsgld.ResolutionSchedule(eta=eta)
+    )
+    model = linear_model()
+    model.compile(optimizer=optimizer, loss="mse", **FIT_MODES[mode])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, D)).astype("float32")
+    y = rng.normal(size=(80, 1)).astype("float32")
+    monitor = QSGLDMonitor(warn_untracked=False)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[monitor])
+    assert optimizer.resolution.steps_per_epoch == 20
+    if how == "by hand":
+        optimizer.resolution.steps_per_epoch = 1
+    before = np.array(model.get_weights()[0], np.float64)
+    model.fit(
+        x[:4], y[:4], batch_size=4, epochs=1, verbose=0, callbacks=[monitor]
+    )
+    assert optimizer.resolution.steps_per_epoch == 1
+    cells = (np.array(model.get_weights()[0], np.float64) - before) * 2 * eta
+    np.testing.assert_array_equal(
+        cells, np.round(cells)
+    )  # on the 1 / (2 eta) grid
+    assert np.any(cells % 2 != 0)  # and not on the old 1 / eta grid

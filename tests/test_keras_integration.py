@@ -14,7 +14,12 @@ from keras import ops
 
 import keras_qsgld
 from tests import reference as ref
-from tests.backends import BACKEND, CompiledApply, requires_float64
+from tests.backends import (
+    BACKEND,
+    CompiledApply,
+    float64_available,
+    requires_float64,
+)
 from tests.scripts import runner
 
 if BACKEND == "tensorflow":
@@ -1200,3 +1205,55 @@ def test_xla_cpu_scheduler_flag_keeps_the_weights_bitwise():
     assert len(set(default)) == 3
     flag = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
     assert run_python(FIT_AND_HASH, XLA_FLAGS=flag).split() == default
+
+
+# The ways `fit` runs an update: op by op, in a graph (TensorFlow: a tf.function without XLA,
+# QSGLD's own XLA update inside), compiled (XLA, jax.jit, torch.compile).
+FIT_MODES = {
+    "eager": dict(run_eagerly=True),
+    "graph": dict(jit_compile=False),
+    "compiled": dict(jit_compile=True),
+}
+
+
+@pytest.mark.parametrize("floatx", ["float64", "bfloat16"])
+@pytest.mark.parametrize("cls", OPTIMIZERS)
+@pytest.mark.parametrize("mode", list(FIT_MODES))
+@pytest.mark.parametrize("schedule", [False, True])
+def test_every_floatx_trains(floatx, cls, mode, schedule):
+    """`keras.config.set_floatx` makes the variables, the learning rate and a schedule's
+    values float64 or bfloat16: the update runs on them as Keras' SGD does (it crashed on
+    TensorFlow, converting a float64 learning rate to float32)."""
+    if floatx == "float64" and not float64_available():
+        pytest.skip("float64 on JAX needs x64 mode (JAX_ENABLE_X64=1)")
+    if BACKEND == "torch" and mode == "compiled" and schedule:
+        pytest.skip(
+            "one compiled case per optimizer keeps torch.compile's time down"
+        )
+    # The global dtype policy, once made, no longer follows floatx: set both, as a fresh
+    # process that sets floatx first has them.
+    keras.config.set_floatx(floatx)
+    keras.config.set_dtype_policy(floatx)
+    try:
+        lr = (
+            keras.optimizers.schedules.ExponentialDecay(0.05, 5, 0.9)
+            if schedule
+            else 0.05
+        )
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        before = [np.array(w, np.float64) for w in model.get_weights()]
+        model.compile(
+            optimizer=cls(lr, resolution=2.0**12, compensation=0.5),
+            loss="mse",
+            **FIT_MODES[mode],
+        )
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(16, 4)).astype(floatx)
+        model.fit(x, x[:, :1], batch_size=8, epochs=2, verbose=0)
+        after = [np.array(w, np.float64) for w in model.get_weights()]
+        assert model.weights[0].dtype == floatx
+        assert all(np.isfinite(w).all() for w in after)
+        assert any(not np.array_equal(a, b) for a, b in zip(after, before))
+    finally:
+        keras.config.set_floatx("float32")
+        keras.config.set_dtype_policy("float32")

@@ -167,6 +167,16 @@ def test_valid_edge_values_are_accepted():
     keras_qsgld.QSGLD(momentum=0.999, nesterov=True)
 
 
+@pytest.mark.parametrize(
+    "value", ["0.1", [0.1], np.array([0.1, 0.2]), 1j, np.array(True)]
+)
+def test_a_refused_number_is_told_what_is_accepted(value):
+    with pytest.raises(
+        ValueError, match="a real number is a Python, NumPy or ml_dtypes number"
+    ):
+        keras_qsgld.QSGLD(momentum=value)
+
+
 def test_messages_are_readable():
     with pytest.raises(ValueError, match=re.escape("Received: eta=-1.0")):
         keras_qsgld.ResolutionSchedule(eta=-1.0)
@@ -174,7 +184,33 @@ def test_messages_are_readable():
         keras_qsgld.QSGLD(momentum=float("nan"))
 
 
-NUMPY_KINDS = [np.float32, np.float64, np.int64, np.int32, np.array]
+def _bfloat16(value):
+    import ml_dtypes
+
+    return ml_dtypes.bfloat16(value)
+
+
+def _bfloat16_array(value):
+    import ml_dtypes
+
+    return np.array(value, ml_dtypes.bfloat16)
+
+
+def _backend_bfloat16(value):
+    """A 0-d bfloat16 tensor of the backend (PyTorch's is one NumPy cannot read)."""
+    return keras.ops.convert_to_tensor(value, "bfloat16")
+
+
+NUMPY_KINDS = [
+    np.float32,
+    np.float64,
+    np.int64,
+    np.int32,
+    np.array,
+    _bfloat16,
+    _bfloat16_array,
+    _backend_bfloat16,
+]
 
 
 @pytest.mark.parametrize("kind", NUMPY_KINDS)

@@ -1,4 +1,4 @@
-"""The two backend-specific operations the maths needs, both about XLA.
+"""The backend-specific questions the maths asks: XLA's, and whether torch.compile traces.
 
 XLA's CPU backend rewrites a large reduction into a serial loop of scalar adds and will not
 fuse a square into it (and JAX hands reductions of rank <= 8 to a library that first writes
@@ -20,6 +20,15 @@ def under_xla(x):
     if backend == "tensorflow":
         return tensorflow_graph_under_xla()
     return False
+
+
+def torch_compiling():
+    """True while `torch.compile` traces (PyTorch only)."""
+    if keras.backend.backend() != "torch":
+        return False
+    import torch
+
+    return torch.compiler.is_compiling()
 
 
 def tensorflow_graph_under_xla():

@@ -23,7 +23,9 @@ class TFQuantizedOptimizer(QuantizedOptimizer):
       that returns Python floats too) compiles once.
     """
 
-    _xla_update_step = None  # the compiled update, made on first use
+    _xla_update_step = (
+        None  # (schedules_key, the compiled update), made on first use
+    )
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         grads = [
@@ -40,7 +42,9 @@ class TFQuantizedOptimizer(QuantizedOptimizer):
                 v.value if isinstance(v, keras.Variable) else v
                 for v in trainable_variables
             ]
-            learning_rate = tf.convert_to_tensor(learning_rate, tf.float32)
+            # A cast, not a conversion: under floatx float64 or bfloat16 the learning rate
+            # (a variable or a schedule's value) is of that dtype.
+            learning_rate = tf.cast(learning_rate, tf.float32)
             return self._compiled_update_step()(
                 grads, trainable_variables, learning_rate
             )
@@ -49,8 +53,12 @@ class TFQuantizedOptimizer(QuantizedOptimizer):
         )
 
     def _compiled_update_step(self):
+        """The XLA-compiled update, made again when a schedule changed (a new clock from
+        `QSGLDMonitor` in a second `fit`, a value set by hand): the schedules' values are
+        constants of the traced function."""
+        key = self.schedules_key()
         compiled = self._xla_update_step
-        if compiled is None:
+        if compiled is None or self._xla_update_key != key:
             # A partial, not a bound method: TensorFlow's retracing detector keys functions by
             # their code object, which every instance's bound method shares, and warned when
             # several optimizers compiled one after another (a learning-rate sweep).
@@ -60,4 +68,5 @@ class TFQuantizedOptimizer(QuantizedOptimizer):
             compiled = tf.function(update, jit_compile=True, autograph=False)
             # Stored around the attribute tracker: a tf.function is no optimizer state.
             self.__dict__["_xla_update_step"] = compiled
+            self.__dict__["_xla_update_key"] = key
         return compiled

@@ -93,11 +93,12 @@ def step_rule_of(optimizer):
 
 
 # -- the steps ----------------------------------------------------------------------------
-# Each writes the step `h` of a chunk (or a whole tensor) into `out` with `tmp` as scratch,
-# from the gradient `g` and the optimizer's slots for the same elements, all in the compute
-# dtype; with `update=True` it also writes the slots' new values into `slots`. The scalars
-# are Python floats eagerly and 0-d tensors when traced. Each matches `update_step` bit for
-# bit: the same roundings in the same order.
+# Each writes the step `h` of a chunk (or a whole tensor) into its first buffer with the
+# others as scratch, from the gradient `g` and the optimizer's slots for the same elements,
+# all in the compute dtype; with `update=True` it also writes the slots' new values into
+# `slots`. Traced, the buffers are None (new tensors: a functional graph) and the scalars
+# 0-d tensors; eagerly, scratch buffers and Python floats. Each matches `update_step` bit
+# for bit: the same roundings in the same order.
 
 
 class SGDStep:
@@ -173,8 +174,8 @@ class AdamStep:
         out, tmp = buffers[:2]
         m, v = slots if update else buffers[2:4]
         if not update:
-            torch.mul(slots[0], self.beta_1, out=m)
-            torch.mul(slots[1], self.beta_2, out=v)
+            m = torch.mul(slots[0], self.beta_1, out=m)
+            v = torch.mul(slots[1], self.beta_2, out=v)
         else:
             m.mul_(self.beta_1)
             v.mul_(self.beta_2)
@@ -753,10 +754,15 @@ def traced_update(optimizer, step_rule, grads, variables, scalars):
         state = optimizer._seed_generator.state.value
         seed = state.to(torch.int32)
         key_a = lowbias32(seed[0] ^ _to_int32(_HASH_KEY))
-        positions = torch.arange(
+        count = torch.arange(
             len(variables), dtype=torch.int32, device=seed.device
         )
-        keys_b = lowbias32(seed[1] + positions + key_a)
+        keys_b = lowbias32(seed[1] + count + key_a)
+        # The first hash round depends on the position alone: once, for the largest
+        # variable, and sliced for the others.
+        largest = max(v.value.numel() for v in variables)
+        index = torch.arange(largest, dtype=torch.int32, device=seed.device)
+        inner = lowbias32(index ^ key_a)
     tracked = optimizer._noise is not None
     stats = []
     groups = {}
@@ -777,8 +783,7 @@ def traced_update(optimizer, step_rule, grads, variables, scalars):
             g = gradient.to(torch_dtype)
             slots = [s.value for s in step_rule.slots(optimizer, variable)]
             work = [s.to(torch_dtype) for s in slots]
-            buffers = [torch.empty_like(g) for _ in range(step_rule.buffers)]
-            h = rule(g, work, buffers, update=True)
+            h = rule(g, work, [None] * step_rule.buffers, update=True)
             for slot, new in zip(slots, work):
                 if new is not slot:
                     slot.copy_(new)
@@ -816,10 +821,7 @@ def traced_update(optimizer, step_rule, grads, variables, scalars):
             elif rounding == "floor":
                 q = torch.floor(y)
             else:
-                index = torch.arange(
-                    h.numel(), dtype=torch.int32, device=h.device
-                )
-                bits = lowbias32(lowbias32(index ^ key_a) + keys_b[position])
+                bits = lowbias32(inner[: h.numel()] + keys_b[position])
                 noise = ((bits >> 8) & 0xFFFFFF).to(torch_dtype).view(h.shape)
                 noise = noise * 2.0**-24
                 q = torch.floor(y + noise)
