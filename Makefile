@@ -23,16 +23,9 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py --output-dir results/demo
 
-# Every backend in a process of its own. TensorFlow runs the whole suite; JAX and PyTorch
-# run everything but the TensorFlow-only tests (marked) and the TensorFlow script suites;
-# JAX again with x64 mode for the float64 maths.
-BACKEND_SUITES := tests/test_quantize.py tests/test_schedules.py tests/test_validation.py \
-	tests/test_qsgld.py tests/test_qadam.py tests/test_golden.py tests/test_random_rounding.py \
-	tests/test_callbacks.py tests/test_keras_integration.py tests/test_robustness.py \
-	tests/test_resume.py tests/test_sampling.py tests/test_calibration.py tests/test_examples.py \
-	tests/test_benchmarks.py
-X64_SUITES := tests/test_quantize.py tests/test_schedules.py tests/test_golden.py \
-	tests/test_keras_integration.py::test_float64_variables_keep_float64_maths
+# Every backend in a process of its own, each running every test its `backends` marker allows
+# (tests/conftest.py); JAX again with x64 mode, for the tests marked float64 or x64.
+PYTEST := $(PY) -m pytest -n 2 --dist loadfile -q
 
 # The formatter (Keras' 80 columns) and the linter, as configured in pyproject.toml.
 lint: $(STAMP)
@@ -40,29 +33,28 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: lint
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -n 2 --dist loadfile -q
-	KERAS_BACKEND=jax $(PY) -m pytest -n 2 --dist loadfile -q $(BACKEND_SUITES)
-	KERAS_BACKEND=jax JAX_ENABLE_X64=1 $(PY) -m pytest -n 2 --dist loadfile -q $(X64_SUITES)
-	KERAS_BACKEND=torch $(PY) -m pytest -n 2 --dist loadfile -q $(BACKEND_SUITES)
+	KERAS_BACKEND=tensorflow $(PYTEST) tests
+	KERAS_BACKEND=jax $(PYTEST) tests
+	KERAS_BACKEND=jax JAX_ENABLE_X64=1 $(PYTEST) -m "float64 or x64" tests/library
+	KERAS_BACKEND=torch $(PYTEST) tests
 	$(MAKE) test-keras-floor
 
 # The oldest Keras that pyproject.toml allows, put ahead of the installed one on the path:
-# TensorFlow's whole suite and JAX's library suites. Not PyTorch: with PyTorch 2.13, Keras
+# TensorFlow's whole suite and JAX's library tests. Not PyTorch: with PyTorch 2.13, Keras
 # before 3.15 breaks torch.compile graphs in keras.ops itself, and 3.10-3.11 crash in Keras'
 # own loss code (README, "Install"); for the same reason JAX's test that reopens a
 # .keras file on PyTorch is left out.
 KERAS_FLOOR := $(shell sed -n 's/.*"keras>=\([0-9.]*\),.*/\1/p' pyproject.toml)
 FLOOR := $(CURDIR)/.keras-floor
-LIBRARY_SUITES := $(filter-out tests/test_examples.py tests/test_benchmarks.py,$(BACKEND_SUITES))
 
 test-keras-floor: $(STAMP)
 	rm -rf $(FLOOR)
 	$(PY) -m pip install --quiet --no-deps --target $(FLOOR) "keras==$(KERAS_FLOOR).*"
 	PYTHONPATH=$(FLOOR) $(PY) -c "import keras; v = keras.__version__; \
 		assert v.startswith('$(KERAS_FLOOR).'), v; print('Keras', v, 'from', keras.__file__)"
-	PYTHONPATH=$(FLOOR) KERAS_BACKEND=tensorflow $(PY) -m pytest -n 2 --dist loadfile -q
-	PYTHONPATH=$(FLOOR) KERAS_BACKEND=jax $(PY) -m pytest -n 2 --dist loadfile -q \
-		$(LIBRARY_SUITES) -k "not moves_to_another_backend"
+	PYTHONPATH=$(FLOOR) KERAS_BACKEND=tensorflow $(PYTEST) tests
+	PYTHONPATH=$(FLOOR) KERAS_BACKEND=jax $(PYTEST) tests/library \
+		-k "not moves_to_another_backend"
 
 clean:
 	rm -rf $(VENV) results .keras_home .pytest_cache .keras-floor

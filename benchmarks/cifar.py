@@ -21,6 +21,7 @@ import time
 import warnings
 
 from benchmarks import common
+from experiments import cli
 
 # tf.data pipelines below: this script runs on the TensorFlow backend whatever KERAS_BACKEND
 # says, set before Keras is imported.
@@ -31,13 +32,13 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import optimizers as bopt
-from keras_qsgld.experiments.datasets import (
+from experiments.datasets import (
     DatasetBundle,
     DatasetUnavailableError,
     load_dataset,
 )
-from keras_qsgld.experiments.defaults import PAPER_PRESETS
-from keras_qsgld.experiments.models import build_model
+from experiments.defaults import PAPER_PRESETS
+from experiments.models import build_model
 from keras_qsgld.schedules import DEFAULT_ETA, DEFAULT_WARMUP_FRACTION
 
 TABLES = ("cifar",)
@@ -58,16 +59,16 @@ def build_parser():
     p.add_argument(
         "--data-dir", default=None, help="tensorflow-datasets data folder"
     )
-    p.add_argument("--epochs", type=common.positive_int, default=5)
+    p.add_argument("--epochs", type=cli.positive_int, default=5)
     p.add_argument(
         "--depth",
-        type=common.positive_int,
+        type=cli.positive_int,
         default=paper["depth"],
         help="CIFAR ResNet depth (6n+2)",
     )
-    p.add_argument("--lr", type=common.positive_float, default=paper["lr"])
+    p.add_argument("--lr", type=cli.positive_float, default=paper["lr"])
     p.add_argument(
-        "--batch-size", type=common.positive_int, default=paper["batch_size"]
+        "--batch-size", type=cli.positive_int, default=paper["batch_size"]
     )
     p.add_argument("--optimizers", default="sgd,qsgld")
     p.add_argument(
@@ -204,7 +205,7 @@ def main(argv=None):
                         key, train(args, name, seed, depth, epochs, synthetic)
                     )
                 except DatasetUnavailableError as err:
-                    raise common.UsageError(
+                    raise cli.UserError(
                         f"{err} (or pass --synthetic for random data of CIFAR's shape)"
                     ) from None
             rows.append(
@@ -251,4 +252,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    common.run_script(main)
+    common.run_benchmark(main)

@@ -10,15 +10,15 @@
   round, so that a noisy machine slows every candidate alike; report medians.
 * `write_table` writes `NAME.md` (title, the exact command, the machine, the table, notes)
   and `NAME.csv`. `benchmarks/report.py` assembles the `.md` files into `BENCHMARKS.md`.
-* `run_script(main)` runs a script as a command: a user error (`UsageError`: bad arguments,
-  data not available) ends with one line on stderr and exit code 2, Ctrl-C with one line
-  that says how to resume and exit code 130.
+* `run_benchmark(main)` runs a script as a command through the scripts' one command-line kit
+  (`experiments.cli`): a user error (`cli.UserError`: bad arguments, data not available)
+  ends with one line on stderr and exit code 2, Ctrl-C with one line that says how to
+  resume and exit code 130.
 
 This module imports neither Keras nor a backend: `benchmarks.speed` picks the Keras backend
 after parsing its arguments, and runs each backend in a process of its own.
 """
 
-import argparse
 import csv
 import datetime
 import importlib
@@ -28,13 +28,14 @@ import math
 import os
 import platform
 import random
-import shlex
 import shutil
 import subprocess
 import sys
 import time
 
-from examples import import_tensorflow_quietly
+import numpy as np
+
+from experiments import cli, import_tensorflow_quietly
 
 DEFAULT_SEEDS = 5
 # The Keras backends and the package each one is.
@@ -42,91 +43,19 @@ BACKEND_PACKAGES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 BACKEND_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
 
 
-class UsageError(ValueError):
-    """A user error (bad arguments, data not available): `run_script` ends the command with
-    one line on stderr and exit code 2 instead of a traceback."""
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default, unless it is None or a flag's False (the help says it)."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """An `argparse.ArgumentParser` whose errors raise `UsageError` (one line from
-    `run_script`; an exception a test can catch) instead of printing usage and exiting."""
-
-    def error(self, message):
-        raise UsageError(message)
-
-
-# -- running a script as a command -------------------------------------------------------
-_INTERRUPT = {"quiet": False}
-
-
-def quiet_interrupt():
-    """Ctrl-C ends this process silently (exit 130): for a child process whose parent says
-    how to resume."""
-    _INTERRUPT["quiet"] = True
-
-
-def run_script(main, user_errors=(), resumable=True):
-    """Runs `main()` as a command-line program and exits with its status.
-
-    Args:
-        main: the script's `main(argv=None)`.
-        user_errors: exception classes besides `UsageError` that are the user's to fix
-            (e.g. `DatasetUnavailableError`): one line on stderr, exit code 2.
-        resumable: whether the script keeps finished results (a `ResultStore`): the
-            Ctrl-C line then says that rerunning the command resumes.
-    """
-    name = script_name()
-    try:
-        main()
-    except (UsageError, *user_errors) as err:
-        print(f"{name}: error: {one_line(err)}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        if not _INTERRUPT["quiet"]:
-            rerun = resume_command()
-            if resumable:
-                print(
-                    f"{name}: interrupted; finished results are kept: rerun `{rerun}` to resume",
-                    file=sys.stderr,
-                )
-            else:
-                print(
-                    f"{name}: interrupted; nothing was saved: rerun `{rerun}` to start again",
-                    file=sys.stderr,
-                )
-        sys.exit(130)
-    sys.exit(0)
-
-
-def one_line(err):
-    """An exception's message on one line."""
-    return " ".join(str(err).split()) or type(err).__name__
-
-
-def script_name():
-    """`benchmarks.speed` for `python -m benchmarks.speed`, else the script's file name."""
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    if spec is not None and spec.name:
-        return spec.name
-    return (
-        os.path.basename(sys.argv[0])
-        if sys.argv and sys.argv[0]
-        else "benchmark"
+def run_benchmark(main, resumable=True):
+    """Runs `main()` as the command `python -m benchmarks.NAME` and exits with its code
+    (`experiments.cli.run_script`): a user error is one line and exit code 2; Ctrl-C is one
+    line that says how to rerun (`resumable`: finished results are kept) and exit code 130."""
+    rerun = cli.command_line(
+        drop=("--force",)
+    )  # --force would recompute the kept results
+    interrupted = (
+        f"finished results are kept: rerun `{rerun}` to resume"
+        if resumable
+        else f"nothing was saved: rerun `{rerun}` to start again"
     )
-
-
-def resume_command():
-    """The running command without `--force` (which would recompute what is already done)."""
-    return command_line(drop=("--force",))
+    sys.exit(cli.run_script(main, interrupted=interrupted))
 
 
 def use_backend(script, backend, needs):
@@ -135,7 +64,7 @@ def use_backend(script, backend, needs):
     if this process already runs Keras on another backend (`script`: the module's name and
     `needs`: why it wants `backend`, for the message).
 
-    TensorFlow is imported with stderr closed (`examples.import_tensorflow_quietly`): its
+    TensorFlow is imported with stderr closed (`experiments.import_tensorflow_quietly`): its
     start-up lines would precede a script's one-line error message.
     """
     keras = sys.modules.get("keras")
@@ -161,7 +90,11 @@ def use_tensorflow_backend(script):
 # -- arguments -------------------------------------------------------------------------
 def parser(description, tables, default_output):
     """An `ArgumentParser` with the shared flags; scripts add their own before `parse_args`."""
-    p = ArgumentParser(description=description, formatter_class=HelpFormatter)
+    p = cli.ArgumentParser(
+        prog=cli.script_name(),
+        description=description,
+        formatter_class=cli.HelpFormatter,
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -206,13 +139,13 @@ def finish_args(args, backends=None):
         ]
         unknown = [t for t in args.table_list if t not in args._all_tables]
         if unknown:
-            raise UsageError(
+            raise cli.UserError(
                 f"Argument `--tables` must name tables among {args._all_tables}. "
                 f"Received: --tables={args.tables!r}"
             )
     if args.machine is None:
         args.machine = machine_description(backends)
-    args.command = command_line()
+    args.command = cli.command_line()
     os.makedirs(args.output_dir, exist_ok=True)
     return args
 
@@ -228,48 +161,11 @@ def parse_seeds(text):
     except ValueError:
         seeds = []
     if not seeds:
-        raise UsageError(
+        raise cli.UserError(
             "Argument `--seeds` must be a positive count or a comma-separated list of integers. "
             f"Received: --seeds={text!r}"
         )
     return seeds
-
-
-def command_line(drop=()):
-    """The command that is running, as a user types it from the repository root
-    (`python -m benchmarks.NAME ...`), without the arguments in `drop`."""
-    name = script_name()
-    head = ["python", "-m", name] if "." in name else ["python", name]
-    return " ".join(
-        shlex.quote(a)
-        for a in head + [a for a in sys.argv[1:] if a not in drop]
-    )
-
-
-def positive_int(text):
-    """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            f"must be an integer >= 1, not {text!r}"
-        )
-    return value
-
-
-def positive_float(text):
-    """An argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(
-            f"must be a finite number > 0, not {text!r}"
-        )
-    return value
 
 
 def machine_description(backends=None):
@@ -319,8 +215,6 @@ def memory_bandwidth(mib=64, repeats=9):
     """GB/s of `z = x + y` over float32 arrays of `mib` MiB (3 streams: read x and y,
     write z), the median of `repeats`: the memory a machine gives a streaming kernel, to
     set a table's absolute times against."""
-    import numpy as np
-
     n = mib * (1 << 20) // 4
     x, y, z = (np.ones(n, np.float32) for _ in range(3))
     times = []
@@ -407,6 +301,30 @@ class ResultStore:
                 json.dumps({"key": key, "record": record}, default=float) + "\n"
             )
         return record
+
+
+# -- arrays kept between runs (.npy, ignored by git) ---------------------------------------
+def cache_path(args, name):
+    """The `.npy` file of array `name` in the output directory's `cache/` folder."""
+    folder = os.path.join(args.output_dir, "cache")
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(
+        folder,
+        name.replace("/", "_").replace("|", "_").replace("=", "-") + ".npy",
+    )
+
+
+def save_array(args, name, array):
+    """Keeps an array (weights, probabilities, samples), written atomically."""
+    path = cache_path(args, name)
+    np.save(path + ".tmp.npy", np.asarray(array))
+    os.replace(path + ".tmp.npy", path)
+
+
+def load_array(args, name):
+    """The array kept under `name`, or None."""
+    path = cache_path(args, name)
+    return np.load(path) if os.path.exists(path) else None
 
 
 # -- timing ------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import statistics
 import time
 
 from benchmarks import common
+from experiments import cli
 
 # It times TensorFlow's eager XLA update: this script runs on the TensorFlow backend whatever
 # KERAS_BACKEND says, set before Keras is imported.
@@ -35,8 +36,8 @@ import numpy as np
 import tensorflow as tf
 
 import keras_qsgld
-from keras_qsgld.experiments.defaults import DEFAULT_LEARNING_RATE
-from keras_qsgld.experiments.models import MODELS, build_model
+from experiments.defaults import DEFAULT_LEARNING_RATE
+from experiments.models import MODELS, build_model
 
 STEPS_PER_EPOCH = (
     100  # the schedules' clock (their values do not change the cost)
@@ -46,22 +47,22 @@ QSGLD_LR, MOMENTUM = 0.05, 0.9
 
 
 def parse_args(argv=None):
-    parser = common.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--models",
         default="cnn,cifar_resnet",
-        help="comma-separated keras_qsgld.experiments.models names",
+        help="comma-separated experiments.models names",
     )
     parser.add_argument(
         "--depth",
-        type=common.positive_int,
+        type=cli.positive_int,
         default=20,
         help="depth of cifar_resnet (6n+2)",
     )
-    parser.add_argument("--rounds", type=common.positive_int, default=5)
+    parser.add_argument("--rounds", type=cli.positive_int, default=5)
     parser.add_argument(
         "--steps",
-        type=common.positive_int,
+        type=cli.positive_int,
         default=10,
         help="timed calls per configuration and round",
     )
@@ -84,11 +85,11 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.model_list = [m.strip() for m in args.models.split(",") if m.strip()]
     if not args.model_list or any(m not in MODELS for m in args.model_list):
-        raise common.UsageError(
+        raise cli.UserError(
             f"Argument `--models` must name models among {MODELS}. Received: {args.models!r}"
         )
     if args.warmup < 0 or args.threads < 0:
-        raise common.UsageError(
+        raise cli.UserError(
             f"Arguments `--warmup` and `--threads` must be >= 0. Received: {args.warmup}, {args.threads}"
         )
     return args
@@ -260,7 +261,7 @@ def main(argv=None):
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     keras.utils.set_random_seed(args.seed)
     print("# Eager optimizer.apply: jit_compile=True vs False")
-    print(f"command: {common.command_line()}")
+    print(f"command: {cli.command_line()}")
     for line in machine_lines():
         print(line)
     print(
@@ -273,4 +274,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    common.run_script(main, resumable=False)
+    common.run_benchmark(main, resumable=False)

@@ -27,6 +27,7 @@ A TensorFlow-backend script (`tf.function`, `tf.GradientTape`): it sets
 import math
 
 from benchmarks import common
+from experiments import cli
 
 # tf.function and tf.GradientTape below: this script runs on the TensorFlow backend whatever
 # KERAS_BACKEND says, set before Keras is imported.
@@ -38,6 +39,7 @@ import tensorflow as tf
 
 import keras_qsgld
 from benchmarks import optimizers as bopt
+from keras_qsgld.langevin import temperature_of
 
 TABLES = ("global",)
 FUNCTIONS = ("rastrigin", "ackley", "styblinski_tang")
@@ -205,22 +207,22 @@ def build_parser():
     p.add_argument("--dims", default="2,10,100")
     p.add_argument(
         "--starts",
-        type=common.positive_int,
+        type=cli.positive_int,
         default=None,
         help="random starts per seed (shared by all methods)",
     )
     p.add_argument(
-        "--steps", type=common.positive_int, default=None, help="steps per run"
+        "--steps", type=cli.positive_int, default=None, help="steps per run"
     )
     p.add_argument(
         "--lr",
-        type=common.positive_float,
+        type=cli.positive_float,
         default=0.002,
         help="learning rate of GD, QSGLD and SGLD",
     )
     p.add_argument(
         "--adam-lr",
-        type=common.positive_float,
+        type=cli.positive_float,
         default=0.01,
         help="learning rate of Adam",
     )
@@ -232,7 +234,7 @@ def build_parser():
     )
     p.add_argument(
         "--epochs-per-run",
-        type=common.positive_float,
+        type=cli.positive_float,
         default=100.0,
         help="schedule epochs the run spans (Qp: eta/2 until 0.72, eta until 5.4, 2 eta until 52.6, then 4 eta)",
     )
@@ -243,13 +245,13 @@ def build_parser():
 
 
 def number_list(text, kind, flag):
-    """`"2,10"` -> [2, 10] (positive numbers of `kind`), or a `UsageError` naming `flag`."""
+    """`"2,10"` -> [2, 10] (positive numbers of `kind`), or a `cli.UserError` naming `flag`."""
     try:
         values = [kind(t) for t in text.split(",") if t.strip()]
     except ValueError:
         values = []
     if not values or any(not math.isfinite(v) or v <= 0 for v in values):
-        raise common.UsageError(
+        raise cli.UserError(
             f"Argument `{flag}` must be a comma-separated list of positive numbers. Received: {text!r}"
         )
     return values
@@ -277,7 +279,7 @@ def main(argv=None):
         f for f in funcs if f not in FUNCTIONS
     ]
     if bad or not funcs:
-        raise common.UsageError(
+        raise cli.UserError(
             f"Arguments `--methods` and `--functions` must name methods among {all_methods} and functions among "
             f"{FUNCTIONS}. Received: {bad or args.functions}"
         )
@@ -350,8 +352,8 @@ def main(argv=None):
                 )
 
     def temps(eta):
-        t = [(eta / 2) ** -2, eta**-2, (4 * eta) ** -2]
-        return [common.fmt(v / (24 * args.lr)) for v in t]
+        qps = [eta / 2, eta, 4 * eta]
+        return [common.fmt(temperature_of(qp, args.lr)) for qp in qps]
 
     headers = [
         "function",
@@ -389,4 +391,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    common.run_script(main)
+    common.run_benchmark(main)

@@ -14,15 +14,17 @@ import keras
 from keras import ops
 
 import keras_qsgld
-from benchmarks.common import UsageError
-from keras_qsgld.backend.optimizer import BackendQuantizedOptimizer
-from keras_qsgld.experiments.defaults import DEFAULT_LEARNING_RATE
+from experiments.cli import UserError
+from experiments.defaults import DEFAULT_LEARNING_RATE
+from keras_qsgld import langevin
+from keras_qsgld.langevin import Temperature
 from keras_qsgld.optimizer import increment_dtype
 from keras_qsgld.quantization import RANDOM_ROUNDING_MODES
 from keras_qsgld.schedules import (
     DEFAULT_ETA,
     DEFAULT_KAPPA,
     DEFAULT_WARMUP_FRACTION,
+    get_resolution,
 )
 
 EXTRA_ROUNDINGS = tuple(
@@ -30,7 +32,7 @@ EXTRA_ROUNDINGS = tuple(
 )  # listed as qsgld_<mode>, besides "nearest"
 
 
-class GaussianSGLD(BackendQuantizedOptimizer):
+class GaussianSGLD(keras.optimizers.Optimizer):
     """SGLD with Gaussian noise of QSGLD's per-step variance: the noise QSGLD replaces.
 
     ```python
@@ -38,43 +40,50 @@ class GaussianSGLD(BackendQuantizedOptimizer):
     ```
 
     `Qp(k)` is whatever QSGLD's `resolution` accepts (a schedule, a fixed `Qp`, or a
-    `Temperature`, for which `sigma**2 = 2 * lr * T`), evaluated by the same base class, so
-    the per-coordinate, per-step noise variance `Qp**-2 / 12` equals that of QSGLD's
-    rounding error under the white-noise hypothesis. The noise is drawn with
-    `keras.random.normal(seed=SeedGenerator)`, the base class's tracked generator (saved
-    and XLA-compilable). A benchmark baseline, not part of the public API.
+    `Temperature`, for which `sigma**2 = 2 * lr * T`), evaluated as QSGLD evaluates it
+    (`keras_qsgld.langevin.resolution_at`), so the per-coordinate, per-step noise variance
+    `Qp**-2 / 12` equals that of QSGLD's rounding error under the white-noise hypothesis.
+    The noise is drawn with `keras.random.normal(seed=SeedGenerator)`, a tracked generator
+    (saved and XLA-compilable). A benchmark baseline, not part of the public API.
 
     Args:
         learning_rate: real number >= 0 or a schedule.
         resolution: as `QSGLD`'s.
         seed: integer seed of the noise.
-        rounding: unused (the noise is Gaussian); `"dithered"`, the mode whose noise it matches.
     """
 
-    _default_name = "gaussian_sgld"
-
     def __init__(
-        self,
-        learning_rate=0.01,
-        resolution=DEFAULT_ETA,
-        seed=0,
-        rounding="dithered",
-        **kwargs,
+        self, learning_rate=0.01, resolution=DEFAULT_ETA, seed=0, **kwargs
     ):
-        super().__init__(
-            learning_rate=learning_rate,
-            resolution=resolution,
-            seed=seed,
-            rounding=rounding,
-            **kwargs,
+        kwargs.setdefault("name", "gaussian_sgld")
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.resolution = get_resolution(resolution)
+        self.compensation = (
+            None  # no compensation term (for the shared caveats)
         )
+        self.rounding = "gaussian"
+        self.seed = seed
+        self._seed_generator = keras.random.SeedGenerator(
+            seed, name=f"{self.name}_seed"
+        )
+        self._track_variable(self._seed_generator.state)
 
-    def update_step(self, gradient, variable, scalars):
+    def sampling_caveats(self):
+        """As QSGLD's (`keras_qsgld.langevin.sampling_caveats`): empty at a `Temperature`."""
+        if not isinstance(self.resolution, Temperature):
+            return langevin.sampling_caveats(self)
+        return []
+
+    def extra_sampling_caveats(self):
+        return []
+
+    def update_step(self, gradient, variable, learning_rate):
         dtype = increment_dtype(variable)
-        lr = ops.cast(scalars.learning_rate, dtype)
-        sigma = ops.divide(
-            1.0 / math.sqrt(12.0), ops.cast(scalars.resolution, dtype)
+        lr = ops.cast(learning_rate, dtype)
+        qp = langevin.resolution_at(
+            self.resolution, self.iterations, ops.cast(learning_rate, "float32")
         )
+        sigma = ops.divide(1.0 / math.sqrt(12.0), ops.cast(qp, dtype))
         noise = keras.random.normal(
             variable.shape, dtype=dtype, seed=self._seed_generator
         )
@@ -243,7 +252,7 @@ def available():
 
 
 def default_learning_rate(name):
-    """The optimizer's default learning rate (`keras_qsgld.experiments.defaults`), or that of
+    """The optimizer's default learning rate (`experiments.defaults`), or that of
     its family (`"sgd"`, `"adam"`) for the variants the table does not list."""
     return DEFAULT_LEARNING_RATE.get(
         name, DEFAULT_LEARNING_RATE[OPTIMIZERS[name].family]
@@ -270,7 +279,7 @@ def parse_optimizers(text, default):
                 names.append(name)
     unknown = [n for n in names if n not in OPTIMIZERS]
     if unknown or not names:
-        raise UsageError(
+        raise UserError(
             f"Argument `--optimizers` must be 'all' or names among {list(OPTIMIZERS)}. Received: {text!r}"
         )
     return names

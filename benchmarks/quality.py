@@ -19,7 +19,7 @@ Tables (`--tables`):
   floor, stochastic, dithered; eta 2^10..2^19; kappa 1, 2, 4; tau0 0.1, 0.2, 0.5 of the budget.
 
 Data: scikit-learn digits (MLP) and MNIST-1D (1-D CNN), both offline, through
-`keras_qsgld.experiments.datasets` and `keras_qsgld.experiments.models`.
+`experiments.datasets` and `experiments.models`.
 
 A TensorFlow-backend script (its data are `tf.data` pipelines, its published results
 TensorFlow's): it sets `KERAS_BACKEND=tensorflow` itself. Run from the repository root:
@@ -31,6 +31,7 @@ import os
 import warnings
 
 from benchmarks import common
+from experiments import cli
 
 # The data are tf.data pipelines and the published results TensorFlow's: this script runs on
 # the TensorFlow backend whatever KERAS_BACKEND says, set before Keras is imported.
@@ -43,12 +44,11 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from benchmarks import optimizers as bopt
-from keras_qsgld.experiments.datasets import (
-    DatasetUnavailableError,
+from experiments.datasets import (
     load_dataset,
 )
-from keras_qsgld.experiments.defaults import DEFAULT_MODEL
-from keras_qsgld.experiments.models import build_model
+from experiments.defaults import DEFAULT_MODEL
+from experiments.models import build_model
 from keras_qsgld.schedules import (
     DEFAULT_ETA,
     DEFAULT_KAPPA,
@@ -81,13 +81,13 @@ def build_parser():
     )
     p.add_argument(
         "--epochs",
-        type=common.positive_int,
+        type=cli.positive_int,
         default=None,
         help="epoch budget (default per data set)",
     )
     p.add_argument(
         "--ablation-seeds",
-        type=common.positive_int,
+        type=cli.positive_int,
         default=3,
         help="seeds per ablation variant",
     )
@@ -549,7 +549,7 @@ def main(argv=None):
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     bad = [d for d in datasets if d not in SETUPS]
     if bad or not datasets:
-        raise common.UsageError(
+        raise cli.UserError(
             f"Argument `--datasets` must name data sets among {tuple(SETUPS)}. Received: {args.datasets!r}"
         )
     names = bopt.parse_optimizers(args.optimizers, bopt.available())
@@ -579,4 +579,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    common.run_script(main, user_errors=(DatasetUnavailableError,))
+    common.run_benchmark(main)

@@ -10,6 +10,7 @@ around them. A table that was not produced is listed as missing, never filled in
 import os
 
 from benchmarks import common
+from experiments import cli
 
 HEADER = """# Benchmarks and noise diagnostics
 
@@ -19,7 +20,7 @@ machine it ran on. No number in this file is typed by hand: to update a table, r
 command (each script resumes an interrupted run; `--tables NAME --force` recomputes one
 table) and then `python -m benchmarks.report`.
 
-Every script has `--help`, a `--quick` mode (tiny sizes; `tests/test_benchmarks.py` runs it in
+Every script has `--help`, a `--quick` mode (tiny sizes; `tests/scripts/test_benchmarks.py` runs it in
 CI) and `--seeds`, `--output-dir`, `--tables`, `--force`. Raw per-run records are kept as
 `<table>.jsonl` next to the tables (not committed).
 
@@ -190,7 +191,7 @@ quadratic against the formula `Qp^-2 / (12 (2 lr a - lr^2 a^2))` (paper.md s8, c
 and 8). The floor rounding of the authors' code has a mean error of -1/2 cell, hence a
 drift of `-Qp^-1 / 2` per coordinate and step; the drift column compares the accumulated
 realised drift with that prediction. The last table is the lead's double-well check
-(`benchmarks/langevin_double_well.py`): the histogram of fixed-`Qp` iterates against the Gibbs
+(`benchmarks/langevin/double_well.py`): the histogram of fixed-`Qp` iterates against the Gibbs
 density.
 
 What the tables show:
@@ -231,7 +232,7 @@ What the tables show:
             "sampling/signatures",
         ],
         """Does `QSGLD(lr, resolution=Temperature(T), rounding="dithered")` sample, and does the
-average over its samples predict better? `benchmarks/sampling.py` (on JAX: the chains
+average over its samples predict better? `benchmarks/sampling/` (on JAX: the chains
 dominate and compile faster there) compares, on two 2-D targets with exact densities and on
 digits (MLP) and MNIST-1D (1-D CNN) over five seeds at the same epoch budget: SGD's final
 weights, a deep ensemble of as many SGD runs as there are samples, the no-noise chain (SGD
@@ -342,7 +343,7 @@ def build(published, output):
 
 
 def main(argv=None):
-    p = common.ArgumentParser(
+    p = cli.ArgumentParser(
         description="Assemble BENCHMARKS.md from the published tables."
     )
     p.add_argument(
@@ -353,7 +354,7 @@ def main(argv=None):
     p.add_argument("--output", default="BENCHMARKS.md")
     args = p.parse_args(argv)
     if not os.path.isdir(args.published):
-        raise common.UsageError(
+        raise cli.UserError(
             f"Argument `--published` must be a folder of tables. Received: {args.published!r}"
         )
     output, missing = build(args.published, args.output)
@@ -365,4 +366,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    common.run_script(main, resumable=False)
+    common.run_benchmark(main, resumable=False)

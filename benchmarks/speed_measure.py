@@ -21,11 +21,12 @@ from benchmarks.backends import (
     update_function,
     warm_up_compiler,
 )
-from keras_qsgld.experiments.defaults import (
+from experiments import cli
+from experiments.defaults import (
     DEFAULT_LEARNING_RATE,
     PAPER_PRESETS,
 )
-from keras_qsgld.experiments.models import build_model
+from experiments.models import build_model
 from keras_qsgld.optimizer import QuantizedOptimizer
 from keras_qsgld.quantization import sum_of_squares
 from keras_qsgld.schedules import DEFAULT_ETA
@@ -70,7 +71,7 @@ def make_model(name):
         return build_model(
             "mlp", (784,), 10, hidden=(256, 256)
         ), "MLP 784-256-256-10"
-    raise common.UsageError(
+    raise cli.UserError(
         f"Argument `--models` must name models among resnet50, cifar_resnetN, cnn, mnist_mlp, mlp. Received: {name!r}"
     )
 

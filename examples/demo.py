@@ -24,9 +24,9 @@ os.environ.setdefault(
     "TF_CPP_MIN_LOG_LEVEL", "2"
 )  # before TensorFlow loads: fewer C++ logs
 
-from keras_qsgld.experiments import cli
-from keras_qsgld.experiments.defaults import DEFAULT_LEARNING_RATE
-from keras_qsgld.experiments.fitting import FitConfig, compare
+from examples.fitting import FitConfig, compare
+from experiments import cli
+from experiments.defaults import DEFAULT_LEARNING_RATE
 
 PROG = "demo.py"
 DEMO = FitConfig(

@@ -47,14 +47,14 @@ BACKEND = os.environ.setdefault(
 import keras
 import tensorflow as tf
 
-from keras_qsgld import QSGLD, CompensationSchedule, QAdam, ResolutionSchedule
-from keras_qsgld.experiments import cli
-from keras_qsgld.experiments.datasets import DATASETS, load_dataset
-from keras_qsgld.experiments.defaults import (
+from experiments import cli, flags
+from experiments.datasets import load_dataset
+from experiments.defaults import (
     DEFAULT_LEARNING_RATE,
     DEFAULT_MODEL,
 )
-from keras_qsgld.experiments.models import MODELS, build_model
+from experiments.models import build_model
+from keras_qsgld import QSGLD, CompensationSchedule, QAdam, ResolutionSchedule
 
 PROG = "distributed.py"
 OPTIMIZERS = {"qsgld": QSGLD, "qadam": QAdam}
@@ -64,22 +64,7 @@ def build_parser():
     p = cli.ArgumentParser(
         prog=PROG, description=__doc__.splitlines()[0] + " See docs/scaling.md."
     )
-    p.add_argument(
-        "--dataset",
-        choices=DATASETS,
-        default="digits",
-        help="data set (default %(default)s)",
-    )
-    p.add_argument(
-        "--model",
-        choices=MODELS,
-        help="model (default per data set: "
-        + ", ".join(f"{d} {m}" for d, m in DEFAULT_MODEL.items())
-        + ")",
-    )
-    p.add_argument(
-        "--data-dir", help="tensorflow-datasets folder (TFDS data sets)"
-    )
+    flags.add_data_arguments(p, dataset_default="digits")
     p.add_argument(
         "--optimizer",
         choices=tuple(OPTIMIZERS),
@@ -238,11 +223,13 @@ def train(args):
     )
     steps = data.steps_per_epoch
     with strategy.scope(), cli.user_errors():
+        name = args.model or DEFAULT_MODEL[args.dataset]
         model = build_model(
-            args.model or DEFAULT_MODEL[args.dataset],
+            name,
             data.input_shape,
             data.num_classes,
             seed=args.seed,
+            **({"depth": args.depth} if name == "cifar_resnet" else {}),
         )
         optimizer = OPTIMIZERS[args.optimizer](
             args.learning_rate or DEFAULT_LEARNING_RATE[args.optimizer],

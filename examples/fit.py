@@ -14,7 +14,7 @@ curves.png; with several optimizers also OUTPUT_DIR/comparison.md (the table it 
 comparison.png. The test split is fit's validation data, logged as test_loss and
 test_accuracy; the results are the last epoch's (nothing is selected on the test split).
 QSGLD and QAdam runs also log QSGLDMonitor's qsgld_* columns. See docs/examples.md; the
-training code is keras_qsgld/experiments/fitting.py.
+training code is examples/fitting.py.
 """
 
 import argparse
@@ -25,17 +25,12 @@ os.environ.setdefault(
     "TF_CPP_MIN_LOG_LEVEL", "2"
 )  # before TensorFlow loads: fewer C++ logs
 
-from keras_qsgld.experiments import cli
-from keras_qsgld.experiments.datasets import DATASETS
-from keras_qsgld.experiments.defaults import (
+from examples.fitting import OPTIMIZERS, FitConfig, compare
+from experiments import cli, flags
+from experiments.defaults import (
     DEFAULT_LEARNING_RATE,
-    DEFAULT_MODEL,
     PAPER_PRESETS,
 )
-from keras_qsgld.experiments.fitting import OPTIMIZERS, FitConfig, compare
-from keras_qsgld.experiments.models import MODELS
-from keras_qsgld.quantization import ROUNDING_MODES
-from keras_qsgld.schedules import DEFAULT_WARMUP_FRACTION, GATES
 
 PROG = "fit.py"
 DEFAULTS = FitConfig()
@@ -98,26 +93,8 @@ def build_parser():
         "rates, optimizers, no augmentation, no shuffling, drop_last); other "
         "flags override it",
     )
-    g.add_argument(
-        "--dataset",
-        choices=DATASETS,
-        help=f"data set (default {DEFAULTS.dataset})",
-    )
-    g.add_argument(
-        "--model",
-        choices=MODELS,
-        help="model (default per data set: "
-        + ", ".join(f"{d} {m}" for d, m in DEFAULT_MODEL.items())
-        + ")",
-    )
-    g.add_argument(
-        "--depth",
-        type=cli.positive_int,
-        help=f"depth 6n+2 of cifar_resnet (default {DEFAULTS.depth}, the authors' 'ResNet-50')",
-    )
-    g.add_argument(
-        "--data-dir",
-        help="tensorflow-datasets folder with (or for) the downloaded data",
+    flags.add_data_arguments(
+        g, dataset_help=f"data set (default {DEFAULTS.dataset})"
     )
     g.add_argument(
         "--augment",
@@ -184,53 +161,12 @@ def build_parser():
     )
 
     g = p.add_argument_group("QSGLD / QAdam")
-    g.add_argument(
-        "--eta",
-        type=cli.positive_float,
-        default=DEFAULTS.eta,
-        help="resolution scale eta of Qp (default %(default)g, the authors')",
-    )
-    g.add_argument(
-        "--base",
-        type=float,
-        default=DEFAULTS.base,
-        help="growth factor b >= 1.01 of Qp (default %(default)g)",
-    )
-    g.add_argument(
-        "--kappa",
-        type=cli.non_negative_float,
-        default=DEFAULTS.kappa,
-        help="slope per epoch of the compensation gate (default %(default)g)",
-    )
-    g.add_argument(
-        "--tau0",
-        type=float,
-        help=f"gate switch-off epoch (default {DEFAULT_WARMUP_FRACTION:g} x epochs, as in the paper)",
-    )
-    g.add_argument(
-        "--gate",
-        choices=GATES,
-        default=DEFAULTS.gate,
-        help="gate form: logistic (paper) or tanh (authors' code) (default %(default)s)",
-    )
+    flags.add_qsgld_arguments(g)
     g.add_argument(
         "--no-compensation",
         dest="compensation",
         action="store_false",
         help="no compensation term",
-    )
-    g.add_argument(
-        "--rounding",
-        choices=ROUNDING_MODES,
-        default=DEFAULTS.rounding,
-        help="nearest (paper), floor (authors' code), or the random modes, seeded by "
-        "--seed (default %(default)s)",
-    )
-    g.add_argument(
-        "--momentum",
-        type=float,
-        default=DEFAULTS.momentum,
-        help="QSGLD momentum in [0, 1) (0 in the paper) (default %(default)s)",
     )
     g.add_argument(
         "--nesterov", action="store_true", help="Nesterov momentum for QSGLD"

@@ -35,16 +35,16 @@ os.environ.setdefault(
 import numpy as np
 
 import keras_qsgld
-from keras_qsgld.calibration import calibration_report, reliability_diagram
-from keras_qsgld.experiments import cli
-from keras_qsgld.experiments.cli import (
+from experiments import cli
+from experiments.cli import (
     non_negative_int,
     positive_float,
     positive_int,
 )
-from keras_qsgld.experiments.datasets import OFFLINE_DATASETS, load_dataset
-from keras_qsgld.experiments.defaults import DEFAULT_MODEL
-from keras_qsgld.experiments.models import build_model
+from experiments.datasets import OFFLINE_DATASETS, load_dataset
+from experiments.defaults import DEFAULT_MODEL
+from experiments.models import build_model
+from keras_qsgld.calibration import calibration_report, reliability_diagram
 from keras_qsgld.sampling import PosteriorSampler, posterior_predictive
 
 PROG = "sample.py"

@@ -2,10 +2,12 @@
 
 from keras_qsgld import (  # noqa: F401
     calibration,
-    callbacks,  # noqa: F401
+    callbacks,
+    langevin,
     sampling,
 )
 from keras_qsgld.callbacks import QSGLDMonitor
+from keras_qsgld.langevin import Temperature
 from keras_qsgld.qadam import QAdam
 from keras_qsgld.qsgld import QSGLD
 from keras_qsgld.quantization import (
@@ -24,7 +26,6 @@ from keras_qsgld.schedules import (
     CompensationSchedule,
     Constant,
     ResolutionSchedule,
-    Temperature,
 )
 
 __version__ = "0.2.0"

@@ -6,6 +6,7 @@ import warnings
 import keras
 from keras import ops
 
+from keras_qsgld.langevin import temperature_of
 from keras_qsgld.optimizer import QuantizedOptimizer
 from keras_qsgld.schedules import epoch_schedules
 from keras_qsgld.validation import check_bool
@@ -225,7 +226,7 @@ class QSGLDMonitor(keras.callbacks.Callback):
         gate = optimizer.gate_at(step)
         gate = 0.0 if gate is None else _scalar(gate)
         lr_eff = optimizer.effective_learning_rate(lr)
-        temperature = qp**-2 / (24.0 * lr_eff) if lr_eff > 0 else 0.0
+        temperature = temperature_of(qp, lr_eff)
         values = {"qp": qp, "gate": gate, "temperature": temperature}
         if optimizer.track_noise:
             stats = optimizer.noise_statistics(reset=False)

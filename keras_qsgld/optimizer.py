@@ -22,6 +22,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_qsgld import langevin
 from keras_qsgld.backend.ops import (
     optimization_barrier,
     torch_compiling,
@@ -34,7 +35,7 @@ from keras_qsgld.quantization import (
     increment_error_and_mask,
 )
 from keras_qsgld.random import uniform_from_seed
-from keras_qsgld.schedules import Temperature, get_compensation, get_resolution
+from keras_qsgld.schedules import get_compensation, get_resolution
 from keras_qsgld.validation import (
     check_bool,
     check_choice,
@@ -130,13 +131,7 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
         )
         self.track_noise = check_bool("track_noise", track_noise)
         self.jit_compile = check_bool("jit_compile", jit_compile)
-        if isinstance(self.resolution, Temperature):
-            if not self.supports_temperature:
-                raise ValueError(
-                    f"{type(self).__name__} has no single Langevin temperature (its steps are "
-                    "preconditioned per coordinate): pass a ResolutionSchedule or a fixed Qp. "
-                    f"Received: resolution={self.resolution.get_config()}"
-                )
+        langevin.check_single_temperature(self)
         # Every optimizer has a seed generator, used or not, so that its saved state has the
         # same layout whatever the rounding. Its state is an optimizer variable: saved and
         # restored, so a resumed run draws exactly what the uninterrupted one would.
@@ -168,50 +163,12 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
         """Why this optimizer does not sample `exp(-L / T)` at a `Temperature` `T`: a list of
         sentences, empty when it does (a `Temperature` resolution, the dithered rounding and
         nothing else that moves the weights). `PosteriorSampler` and the constructor warn
-        with them."""
-        if not isinstance(self.resolution, Temperature):
-            return [
-                "its resolution is not a Temperature (an annealed or fixed Qp: the temperature "
-                "Qp**-2 / (24 lr) changes with the learning rate and the schedule)"
-            ]
-        caveats = []
-        if self.rounding in ("nearest", "floor"):
-            caveats.append(
-                f"rounding={self.rounding!r} adds no noise where a step is below half a grid cell "
-                '(those increments are exactly 0): use rounding="dithered"'
-            )
-        elif self.rounding != "dithered":
-            caveats.append(
-                f"rounding={self.rounding!r} adds noise of variance f (1 - f) cells, not 1/12: "
-                'use rounding="dithered"'
-            )
-        if self.compensation is not None:
-            caveats.append(
-                "the compensation term adds a normalized-gradient step of length gate * lr per "
-                "tensor, so the chain is colder than T while the gate is on: use compensation=None"
-            )
-        if self.clipnorm or self.clipvalue or self.global_clipnorm:
-            caveats.append(
-                "gradient clipping changes the drift the temperature is measured against"
-            )
-        if self.use_ema and self.ema_overwrite_frequency:
-            caveats.append(
-                "ema_overwrite_frequency replaces the chain's weights by their average"
-            )
-        return caveats
+        with them (`keras_qsgld.langevin.sampling_caveats`)."""
+        return langevin.sampling_caveats(self)
 
-    def _warn_unless_sampling(self):
-        """Warns once, at construction, when a `Temperature` cannot give its temperature."""
-        if isinstance(self.resolution, Temperature):
-            caveats = self.sampling_caveats()
-            if caveats:
-                warnings.warn(
-                    f"{type(self).__name__} with a Temperature does not sample at that temperature: "
-                    + "; ".join(caveats)
-                    + ".",
-                    UserWarning,
-                    stacklevel=3,
-                )
+    def extra_sampling_caveats(self):
+        """An optimizer's own reasons besides the shared ones (QSGLD: momentum)."""
+        return []
 
     def effective_learning_rate(self, learning_rate):
         """The learning rate that, with `Qp`, sets the Langevin temperature `Qp**-2 / (24 lr)`."""
@@ -223,14 +180,10 @@ class QuantizedOptimizer(keras.optimizers.Optimizer):
         A `Temperature` resolution depends on the learning rate instead: `learning_rate`
         (default: the optimizer's current one) sets it.
         """
-        if isinstance(self.resolution, Temperature):
-            if learning_rate is None:
-                learning_rate = self.learning_rate
-            lr = self.effective_learning_rate(
-                ops.cast(learning_rate, "float32")
-            )
-            return self.resolution.resolution(lr)
-        return ops.cast(self.resolution(step), "float32")
+        if learning_rate is None:
+            learning_rate = self.learning_rate
+        lr = self.effective_learning_rate(ops.cast(learning_rate, "float32"))
+        return langevin.resolution_at(self.resolution, step, lr)
 
     def gate_at(self, step):
         """The compensation gate `s` at `step` (float32), or None when compensation is off."""

@@ -3,9 +3,9 @@
 import keras
 from keras import ops
 
+from keras_qsgld import langevin
 from keras_qsgld.backend.optimizer import BackendQuantizedOptimizer
 from keras_qsgld.optimizer import increment_dtype, with_base_keyword_args
-from keras_qsgld.schedules import Temperature
 from keras_qsgld.validation import check_bool, check_real
 
 
@@ -150,7 +150,7 @@ class QSGLD(BackendQuantizedOptimizer):
             "momentum", momentum, minimum=0, maximum=1, exclusive_maximum=True
         )
         self.nesterov = check_bool("nesterov", nesterov)
-        self._warn_unless_sampling()
+        langevin.warn_unless_sampling(self)
 
     def build(self, variables):
         if self.built:
@@ -165,9 +165,9 @@ class QSGLD(BackendQuantizedOptimizer):
         # the rounding noise enters w once per update.
         return learning_rate / (1.0 - self.momentum)
 
-    def sampling_caveats(self):
-        caveats = super().sampling_caveats()
-        if self.momentum and isinstance(self.resolution, Temperature):
+    def extra_sampling_caveats(self):
+        caveats = []
+        if self.momentum:
             # The noise enters the weights, not the velocity: the stationary variance is T / a
             # only while lr * a << (1 - m)**2 for curvature a (measured: 1.95 x T / a at m = 0.9,
             # lr * a = 0.01; 11 x at m = 0.99, lr * a = 0.001).

@@ -31,13 +31,18 @@ def _shift_right_logical(x, bits):
     return ops.bitwise_and(shifted, _int32((1 << (32 - bits)) - 1))
 
 
+# `lowbias32`: per round, `x ^= x >> shift` (logical), then `x *= multiplier` (none last).
+LOWBIAS32_ROUNDS = ((16, 0x7FEB352D), (15, 0x846CA68B), (16, None))
+FIRST_KEY = 0x9E3779B9  # mixed into the seed's first word: `key_a`
+
+
 def lowbias32(x):
     """Chris Wellons' `lowbias32` integer hash on the uint32 bits of int32 tensors."""
-    x = ops.bitwise_xor(x, _shift_right_logical(x, 16))
-    x = ops.multiply(x, _int32(0x7FEB352D))
-    x = ops.bitwise_xor(x, _shift_right_logical(x, 15))
-    x = ops.multiply(x, _int32(0x846CA68B))
-    return ops.bitwise_xor(x, _shift_right_logical(x, 16))
+    for shift, multiplier in LOWBIAS32_ROUNDS:
+        x = ops.bitwise_xor(x, _shift_right_logical(x, shift))
+        if multiplier is not None:
+            x = ops.multiply(x, _int32(multiplier))
+    return x
 
 
 def uniform_from_seed(shape, seed, dtype="float32"):
@@ -50,7 +55,7 @@ def uniform_from_seed(shape, seed, dtype="float32"):
         dtype: a float dtype.
     """
     seed = ops.cast(seed, "int32")
-    key_a = lowbias32(ops.bitwise_xor(seed[0], _int32(0x9E3779B9)))
+    key_a = lowbias32(ops.bitwise_xor(seed[0], _int32(FIRST_KEY)))
     key_b = lowbias32(ops.add(seed[1], key_a))
     size = 1
     for dim in shape:

@@ -2,8 +2,8 @@
 
 - `ResolutionSchedule`: the paper's increasing resolution `Qp(t) = eta * b**floor(log_b(ln(t + 2)))`.
 - `CompensationSchedule`: the gate `s(t)` of the compensation term, which switches off at `tau0`.
-- `Temperature`: a fixed Langevin temperature `T`; the optimizer then sets `Qp = 1 / sqrt(24 lr T)`
-  from the learning rate of each update.
+- (`Temperature`, a fixed Langevin temperature in place of a resolution, lives in
+  `keras_qsgld.langevin`; it is importable from here too.)
 - `Constant`: a fixed value (a float passed as `resolution` or `compensation` becomes one).
 
 The epoch schedules measure time in epochs, `t = step / steps_per_epoch`, as the paper and the
@@ -21,7 +21,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_qsgld.validation import check_choice, check_real
+from keras_qsgld.validation import (
+    FLOAT32_MAX,
+    FLOAT32_MIN_NORMAL,
+    check_choice,
+    check_real,
+)
 
 DEFAULT_ETA = 2.0**19  # the authors' resolution scale
 DEFAULT_BASE = 2.0
@@ -32,9 +37,6 @@ DEFAULT_WARMUP_FRACTION = (
 )
 GATES = ("logistic", "tanh")
 
-# Qp must keep 1 / Qp and Qp * step finite and normal in float32, the precision of the update.
-_FLOAT32_MIN_NORMAL = float(np.finfo(np.float32).tiny)
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Resolution exponents are tabulated up to this many epochs (far beyond any int64 step count).
 _MAX_EPOCHS = 2.0**64
 # Closer to 1, Qp would change at thousands of breakpoints (ln(64) / ln(base) exponents up
@@ -184,10 +186,10 @@ class ResolutionSchedule(EpochSchedule):
         low, high = self._exponent_range()
         for p in (low, high):
             qp = self.eta * self.base**p
-            if not _FLOAT32_MIN_NORMAL <= qp <= _FLOAT32_MAX:
+            if not FLOAT32_MIN_NORMAL <= qp <= FLOAT32_MAX:
                 raise ValueError(
                     f"Argument `eta` gives Qp = eta * base**{p} = {qp:g}, outside float32's normal "
-                    f"range [{_FLOAT32_MIN_NORMAL:g}, {_FLOAT32_MAX:g}] where the grid 1 / Qp is "
+                    f"range [{FLOAT32_MIN_NORMAL:g}, {FLOAT32_MAX:g}] where the grid 1 / Qp is "
                     f"representable. Received: eta={eta!r}, base={base!r}"
                 )
         super().__init__(steps_per_epoch, name)
@@ -433,87 +435,11 @@ class Constant(keras.optimizers.schedules.LearningRateSchedule):
         return {"value": self.value, "name": self.name}
 
 
-@keras.saving.register_keras_serializable(package="keras_qsgld")
-class Temperature:
-    """A Langevin temperature `T` in place of a resolution: `Qp = 1 / sqrt(24 * lr * T)`.
-
-    With `rounding="dithered"` the rounding error of each coordinate is uniform with
-    variance `Qp**-2 / 12` cells, which equals the `2 * lr * T` of SGLD's Gaussian noise:
-
-    ```python
-    Qp = 1 / sqrt(24 * lr_eff * T)      # at every update, from its learning rate
-    lr_eff = lr / (1 - momentum)        # QSGLD; lr_eff = lr without momentum
-    w = w - lr * g + noise,  Var(noise) = Qp**-2 / 12 = 2 * lr_eff * T   per coordinate
-    ```
-
-    so the chain samples `exp(-L(w) / T)`. `Qp` follows the learning rate of each update,
-    so Keras learning-rate schedules (`CosineDecayRestarts`, ...) and
-    `ReduceLROnPlateau` keep the temperature fixed. A learning rate of 0 gives `Qp = inf`:
-    the update is then exactly 0.
-
-    **Which temperature.** With the usual mean loss over `N` training examples,
-    `L(w) = -(1/N) sum_i log p(y_i | x_i, w)`, the Bayesian posterior
-    `p(w | data) ~ exp(-N L(w))` is sampled at `T = 1 / N`. Weight decay `wd` (Keras'
-    decoupled `w -= lr * wd * w`, applied outside the momentum) adds the Gaussian prior
-    `N(0, T / ((1 - momentum) wd))` per weight (variance `1 / (N wd)` at `T = 1/N` without
-    momentum). `T < 1/N` samples a "cold"
-    posterior, sharper than Bayes' rule (Wenzel et al., 2020); `T -> 0` is training.
-
-    With the deterministic roundings (`"nearest"`, `"floor"`) the same `Qp` gives no noise
-    wherever a step is below half a cell (the dead zone), so those runs do not sample at
-    `T`; the optimizer warns when a temperature is paired with them.
-
-    Args:
-        temperature: real number > 0, finite: the temperature `T`, in units of the loss.
-
-    Raises:
-        ValueError: for a temperature that is not a positive finite number.
-
-    References:
-        - [Welling & Teh, 2011](https://www.stats.ox.ac.uk/~teh/research/compstats/WelTeh2011a.pdf),
-          Bayesian Learning via Stochastic Gradient Langevin Dynamics.
-        - [Wenzel et al., 2020](https://arxiv.org/abs/2002.02405), How Good is the Bayes
-          Posterior in Deep Neural Networks Really?
-        - [Seok & Cho, 2023](https://arxiv.org/abs/2305.18864), QSGLD.
-    """
-
-    def __init__(self, temperature, name="Temperature"):
-        self.temperature = check_real(
-            "temperature",
-            temperature,
-            minimum=_FLOAT32_MIN_NORMAL,
-            maximum=_FLOAT32_MAX,
-            description="a temperature, normal in float32,",
-        )
-        self.name = name
-
-    def resolution(self, effective_learning_rate):
-        """`Qp = 1 / sqrt(24 * lr_eff * T)` as a float32 scalar (inf where `lr_eff = 0`)."""
-        lr = ops.cast(effective_learning_rate, "float32")
-        # Qp = c / sqrt(lr) with c = 1 / sqrt(24 T), formed as scale * sqrt(b / lr): XLA
-        # rewrites c / sqrt(lr) into c * rsqrt(lr), which is not correctly rounded, while a
-        # quotient and a square root are, on every backend and mode. c = scale * sqrt(b) with
-        # scale a power of two (an exact product) and b in [1, 4), so that b / lr overflows
-        # only for a subnormal lr (and 24 lr T, formed directly, would overflow for large T).
-        c = 1.0 / math.sqrt(24.0 * self.temperature)
-        scale = 2.0 ** math.floor(math.log2(c))
-        b = (c / scale) ** 2
-        return ops.multiply(scale, ops.sqrt(ops.divide(b, lr)))
-
-    def __repr__(self):
-        return f"Temperature({self.temperature!r})"
-
-    def get_config(self):
-        return {"temperature": self.temperature, "name": self.name}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-
 def get_resolution(resolution):
     """What `resolution=` becomes: None gives `ResolutionSchedule()`; a real number a `Constant`
     `Qp` (finite, normal in float32); schedules, `Temperature` and callables of the step pass."""
+    from keras_qsgld.langevin import Temperature  # langevin imports this module
+
     if resolution is None:
         return ResolutionSchedule()
     if isinstance(resolution, Temperature) or callable(resolution):
@@ -521,8 +447,8 @@ def get_resolution(resolution):
     qp = check_real(
         "resolution",
         resolution,
-        minimum=_FLOAT32_MIN_NORMAL,
-        maximum=_FLOAT32_MAX,
+        minimum=FLOAT32_MIN_NORMAL,
+        maximum=FLOAT32_MAX,
         description="a ResolutionSchedule, a Temperature, a callable of the step, or a fixed Qp",
     )
     return Constant(qp, name="resolution")
@@ -553,3 +479,12 @@ def epoch_schedules(optimizer):
         )
         if isinstance(s, EpochSchedule)
     ]
+
+
+def __getattr__(name):
+    # `keras_qsgld.schedules.Temperature`, where it lived before `keras_qsgld.langevin`.
+    if name == "Temperature":
+        from keras_qsgld.langevin import Temperature
+
+        return Temperature
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

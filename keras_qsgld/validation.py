@@ -12,6 +12,11 @@ import numbers
 
 import numpy as np
 
+# Bounds of a normal float32, the precision of the update: Qp and a temperature must keep
+# 1 / Qp and Qp * step finite and normal.
+FLOAT32_MIN_NORMAL = float(np.finfo(np.float32).tiny)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 REAL_NUMBER = (
     "a real number is a Python, NumPy or ml_dtypes number (bfloat16 too), or a 0-d array "
     "or tensor of an integer or float dtype"

@@ -1,9 +1,14 @@
 """Shared test set-up: an isolated Keras home and the backend, set before keras loads.
 
-Each backend's tests run in a process of their own (`KERAS_BACKEND=jax pytest ...`; importing
-TensorFlow and then torch in one process has crashed). Tests that exercise one backend's own
-machinery (tf.function, tf.distribute, IndexedSlices) carry `@pytest.mark.backends("tensorflow")`
-and are skipped on the others.
+Each backend's tests run in a process of their own (`KERAS_BACKEND=jax pytest tests`; importing
+TensorFlow and then torch in one process has crashed), and every test runs on every backend
+unless it says otherwise: the one place that says so is its `backends` marker. Tests that
+exercise one backend's own machinery (tf.function, tf.distribute, IndexedSlices, torch.compile)
+carry `@pytest.mark.backends("tensorflow")` (or `pytestmark = ...` for a whole module) and are
+skipped on the others; such a module imports its backend only inside the tests.
+`tests/library/` tests the library (and runs on the oldest Keras allowed too); `tests/scripts/`
+the example, tuning and benchmark scripts; `tests/programs/` holds programs the tests run in
+processes of their own.
 """
 
 import os
@@ -33,6 +38,10 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers",
         "float64: needs float64 maths (JAX: only with JAX_ENABLE_X64=1)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "x64: runs again on JAX with x64 mode (`make test`: -m 'x64 or float64')",
     )
 
 

@@ -19,7 +19,7 @@ directory):
 
 Distributed search uses KerasTuner's own chief/worker mode: set KERASTUNER_TUNER_ID
 ("chief" or e.g. "tuner0"), KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT and run the same
-command in every process. The hypermodel is `keras_qsgld.experiments.hypermodel`.
+command in every process. The hypermodel is `tuning.hypermodel`.
 """
 
 import argparse
@@ -38,18 +38,15 @@ import keras
 import keras_tuner as kt
 from matplotlib.figure import Figure  # noqa: E402  (no pyplot: no display needed)
 
-from keras_qsgld.experiments import cli
-from keras_qsgld.experiments.datasets import DATASETS, hold_out, load_dataset
-from keras_qsgld.experiments.defaults import DEFAULT_MODEL
-from keras_qsgld.experiments.hypermodel import (
+from experiments import cli, flags
+from experiments.datasets import hold_out, load_dataset
+from experiments.defaults import DEFAULT_MODEL
+from tuning.hypermodel import (
     QSGLDHyperModel,
     SearchSpace,
     is_log_scale,
     searched_names,
 )
-from keras_qsgld.experiments.models import MODELS
-from keras_qsgld.quantization import ROUNDING_MODES
-from keras_qsgld.schedules import GATES
 
 PROG = "search.py"
 TUNERS = ("hyperband", "bayesian", "random")
@@ -109,12 +106,10 @@ def build_parser():
         formatter_class=_HelpFormatter,
     )
     g = p.add_argument_group("data and model")
-    g.add_argument(
-        "--dataset",
-        choices=DATASETS,
-        help=f"data set (default {FULL['dataset']}; {SMOKE['dataset']} with --smoke)",
+    flags.add_data_arguments(
+        g,
+        dataset_help=f"data set (default {FULL['dataset']}; {SMOKE['dataset']} with --smoke)",
     )
-    g.add_argument("--data-dir", help="tensorflow-datasets data directory")
     g.add_argument(
         "--mock-data",
         type=cli.non_negative_int,
@@ -127,19 +122,6 @@ def build_parser():
         "--max-examples",
         type=cli.positive_int,
         help="use at most this many training examples",
-    )
-    g.add_argument(
-        "--model",
-        choices=MODELS,
-        help="model (default per data set: "
-        + ", ".join(f"{d} {m}" for d, m in DEFAULT_MODEL.items())
-        + ")",
-    )
-    g.add_argument(
-        "--depth",
-        type=cli.positive_int,
-        default=50,
-        help="cifar_resnet depth 6n+2",
     )
     g.add_argument(
         "--batch-size",
@@ -313,24 +295,7 @@ def build_parser():
     )
 
     g = p.add_argument_group("fixed QSGLD settings")
-    g.add_argument(
-        "--rounding",
-        default="nearest",
-        choices=ROUNDING_MODES,
-        help="QSGLD rounding: nearest (paper), floor (authors' code), ...",
-    )
-    g.add_argument(
-        "--momentum",
-        type=float,
-        default=0.0,
-        help="QSGLD momentum in [0, 1) (0 in the paper)",
-    )
-    g.add_argument(
-        "--gate",
-        default=GATES[0],
-        choices=GATES,
-        help="compensation gate: logistic (paper) or tanh (authors' code)",
-    )
+    flags.add_qsgld_arguments(g, schedules=False)
     g.add_argument(
         "--jit-compile", action="store_true", help="compile training with XLA"
     )
@@ -381,7 +346,7 @@ def load_data(args):
 
     With `--validation-fraction f > 0`, the first `f * num_train` examples of the (unshuffled)
     training set are the validation data and the rest, reshuffled every epoch, are trained on
-    (`keras_qsgld.experiments.datasets.hold_out`); every process of a distributed search gets
+    (`experiments.datasets.hold_out`); every process of a distributed search gets
     the same split. `info` holds `input_shape`, `num_classes`, `num_train` (examples trained
     on) and `steps_per_epoch`.
     """

@@ -1,0 +1,62 @@
+"""What the example, tuning and benchmark scripts share (repository only: not in the wheel).
+
+It is not needed to use the optimizers: it serves the scripts under `examples/`, `tuning/` and
+`benchmarks/`, and needs the `examples` extra (tensorflow-datasets, scikit-learn, mnist1d,
+matplotlib). Importing this package imports neither Keras nor TensorFlow, so the benchmark
+harness can pick a backend per process.
+
+- `datasets`: the data sets as `tf.data` pipelines (on every backend), the resumed training
+  stream, the validation hold-out;
+- `models`: the paper's models and small ones for the offline data sets;
+- `defaults`: the one table of default models, learning rates and the paper's presets;
+- `cli`: the one command-line kit of every script: one-line errors (exit code 2), Ctrl-C (exit
+  code 130), argument types, the QSGLD flags;
+- here: `import_tensorflow_quietly` and `quiet_startup`, which the script packages run on the
+  way to a script.
+"""
+
+import importlib
+import importlib.util
+import os
+import sys
+
+
+def import_tensorflow_quietly():
+    """Imports TensorFlow (if installed and not imported yet) with stderr closed, unless
+    `TF_CPP_MIN_LOG_LEVEL` is 0 or empty (set to 2 if unset): a user who asks for
+    TensorFlow's logs gets them. Errors are raised as usual (with their message).
+
+    TensorFlow 2.21 prints its start-up lines (oneDNN, the CUDA probe) before it reads
+    `TF_CPP_MIN_LOG_LEVEL`, and they would precede a script's one-line error message.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] in (
+        "",
+        "0",
+    ):
+        return
+    if importlib.util.find_spec("tensorflow") is None:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            importlib.import_module("tensorflow")
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def quiet_startup():
+    """What a script package runs while Python imports it on the way to a script
+    (`python -m examples.fit`: `sys.argv[0]` is "-m" until the script itself runs), not when
+    a test or another script imports a function from it and picks its backend itself:
+    `import_tensorflow_quietly()` when Keras will run on TensorFlow (the default)."""
+    if sys.argv[:1] != ["-m"]:
+        return
+    if (
+        os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow"
+        and "keras" not in sys.modules
+    ):
+        import_tensorflow_quietly()

@@ -1,0 +1,116 @@
+"""Where posterior samples live: in memory (weight lists) or as `.weights.h5` files.
+
+The one place that knows the two forms of a sample: `PosteriorSampler` keeps them with
+`keep_in_memory` and `write_file`, and `posterior_predictive` reads either back with
+`load_sample`. A folder holds one chain: `sample-<update>.weights.h5` per sample, written
+atomically (to a temporary name of this process, then renamed), so a killed write never
+leaves a truncated sample.
+"""
+
+import os
+import re
+
+import keras
+import numpy as np
+
+SAMPLE_FILE = re.compile(r"^sample-(\d+)\.weights\.h5$")
+_TEMPORARY_FILE = re.compile(r"^\.tmp-sample-(\d+)-(\d+)\.weights\.h5$")
+
+
+def sample_file_name(update):
+    """The file name of the sample taken after optimizer update `update`."""
+    return f"sample-{update:09d}.weights.h5"
+
+
+def scan(directory):
+    """`{update: path}` of the sample files in `directory` (empty if it does not exist)."""
+    found = {}
+    if directory is None or not os.path.isdir(directory):
+        return found
+    for name in os.listdir(directory):
+        match = SAMPLE_FILE.match(name)
+        if match:
+            found[int(match.group(1))] = os.path.join(directory, name)
+    return found
+
+
+def remove_temporary_files(directory):
+    """Deletes the leftovers of writes that were killed."""
+    for name in os.listdir(directory):
+        if _TEMPORARY_FILE.match(name):
+            os.remove(os.path.join(directory, name))
+
+
+def keep_in_memory(model):
+    """The model's weights (`get_weights()`: trainable or not) as a list of NumPy arrays."""
+    # Copies: on the torch backend get_weights() can share memory with the variables.
+    return [np.array(w, copy=True) for w in model.get_weights()]
+
+
+def _optimizer_to_skip(model):
+    optimizer = getattr(model, "optimizer", None)
+    return [optimizer] if optimizer is not None else None
+
+
+def write_file(model, directory, update):
+    """Writes the model's weights (not the optimizer's state) as the sample of update
+    `update`; returns its path."""
+    path = os.path.join(directory, sample_file_name(update))
+    # A name of this process's own (several workers may write the same sample), then an
+    # atomic rename: a killed write never leaves a truncated sample file.
+    temporary = os.path.join(
+        directory, f".tmp-sample-{update:09d}-{os.getpid()}.weights.h5"
+    )
+    keras.saving.save_weights(
+        model, temporary, objects_to_skip=_optimizer_to_skip(model)
+    )
+    os.replace(temporary, path)
+    return path
+
+
+def load_sample(model, sample, index, num_weights):
+    """Sets the model's weights to `sample`: a weight list of its `num_weights` weights, or
+    a `.weights.h5` path. `index`: its place in the caller's list, for the messages."""
+    if isinstance(sample, (str, os.PathLike)):
+        path = os.fspath(sample)
+        if not path.endswith(".weights.h5"):
+            raise ValueError(
+                f"Argument `samples` holds a path that is not a .weights.h5 file. Received: "
+                f"samples[{index}]={path!r}"
+            )
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"Argument `samples` holds a path that does not exist. Received: samples[{index}]={path!r}"
+            )
+        model.load_weights(path, objects_to_skip=_optimizer_to_skip(model))
+        return
+    if not isinstance(sample, (list, tuple)) or len(sample) != num_weights:
+        if isinstance(sample, (list, tuple)):
+            what = f"a list of {len(sample)} arrays"
+        else:
+            what = type(sample).__name__
+        raise ValueError(
+            f"Argument `samples` must hold weight lists of the model's {num_weights} weights "
+            f"(model.get_weights()) or .weights.h5 paths. Received: samples[{index}] is {what}"
+        )
+    model.set_weights(list(sample))
+
+
+def sample_list(samples):
+    """The samples of a list or of a sampler (anything with a `samples` attribute), checked
+    to be a non-empty sequence."""
+    if hasattr(samples, "samples") and not isinstance(samples, (list, tuple)):
+        samples = samples.samples
+    if isinstance(samples, (str, os.PathLike, np.ndarray)) or not hasattr(
+        samples, "__iter__"
+    ):
+        raise ValueError(
+            "Argument `samples` must be a list of samples (weight lists or .weights.h5 paths) "
+            f"or a PosteriorSampler. Received: samples of type {type(samples).__name__}"
+        )
+    samples = list(samples)
+    if not samples:
+        raise ValueError(
+            "Argument `samples` must hold at least one sample. Received: samples=[]"
+        )
+    return samples

@@ -1,0 +1,399 @@
+"""PyTorch's own update (`keras_qsgld.backend.torch`) against the `keras.ops` reference.
+
+QSGLD and QAdam run their update in torch ops on PyTorch: chunk by chunk eagerly, as one
+graph under `torch.compile`. Every test compares with `QuantizedOptimizer.update_step`, the
+`keras.ops` update of the base class, which a subclass overriding `update_step` runs.
+"""
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_qsgld
+from tests.backends import BACKEND, Compiled
+
+pytestmark = pytest.mark.backends("torch")
+
+if BACKEND == "torch":
+    import torch
+
+    from keras_qsgld.backend import torch as torch_backend
+
+
+class ReferenceQSGLD(keras_qsgld.QSGLD):
+    """QSGLD through the `keras.ops` update (an overridden `update_step`)."""
+
+    def update_step(self, gradient, variable, scalars):
+        return super().update_step(gradient, variable, scalars)
+
+
+class ReferenceQAdam(keras_qsgld.QAdam):
+    def update_step(self, gradient, variable, scalars):
+        return super().update_step(gradient, variable, scalars)
+
+
+REFERENCE = {
+    keras_qsgld.QSGLD: ReferenceQSGLD,
+    keras_qsgld.QAdam: ReferenceQAdam,
+}
+# Sizes around a small chunk (96): packed variables, a variable exactly one chunk, larger
+# ones sliced in place with a tail that is packed.
+SHAPES = [(250, 3), (40, 5), (7,), (96,), (1,), (33, 3), (16,)]
+CHUNK = 96
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(torch_backend.eager, "CHUNK", CHUNK)
+
+
+def _gradients(rng, steps, dtype):
+    """Gradients of every size of step, with one beyond the float format's integer range
+    (applied unrounded) and one at a learning rate of 0 (see `_learning_rates`)."""
+    grads = [
+        [rng.normal(0, 0.3, size=s).astype("float32") for s in SHAPES]
+        for _ in range(steps)
+    ]
+    grads[2][1][0, 0] = 1e30
+    grads[3][2][:] = 0.0  # a variable with a zero gradient: norm 0, r = 0
+    return [
+        [ops.cast(ops.convert_to_tensor(g), dtype) for g in step]
+        for step in grads
+    ]
+
+
+def _learning_rates(steps):
+    rates = [0.05] * steps
+    rates[4] = 0.0
+    return rates
+
+
+def _train(cls, kwargs, dtype="float32", steps=6, compiled=False, seed=0):
+    """Runs `cls(**kwargs)` over fixed gradients; returns (weights, optimizer state,
+    noise statistics) as float64 NumPy arrays."""
+    rng = np.random.default_rng(seed)
+    variables = [
+        keras.Variable(rng.normal(size=s).astype("float32"), dtype=dtype)
+        for s in SHAPES
+    ]
+    lr = keras.Variable(0.05, trainable=False)
+    optimizer = cls(learning_rate=lambda: lr, **kwargs)
+    optimizer.build(variables)
+    apply = lambda grads: optimizer.apply(grads, variables)  # noqa: E731
+    if compiled:
+        torch._dynamo.reset()
+        apply = torch.compile(apply)
+    for grads, rate in zip(
+        _gradients(rng, steps, dtype), _learning_rates(steps)
+    ):
+        lr.assign(rate)
+        apply(grads)
+    weights = [np.asarray(v.numpy(), np.float64) for v in variables]
+    state = [
+        np.asarray(v.numpy(), np.float64) for v in optimizer._state_variables()
+    ]
+    stats = optimizer.noise_statistics() if kwargs.get("track_noise") else {}
+    return weights, state, stats
+
+
+def _assert_close_in_cells(actual, expected, qp, compensated):
+    """Bitwise equal; with compensation (per-tensor norms summed in another order) up to
+    one grid cell in a few increments."""
+    if not compensated:
+        for a, e in zip(actual, expected):
+            np.testing.assert_array_equal(a, e)
+        return
+    differing = 0
+    for a, e in zip(actual, expected):
+        off = a != e
+        differing += int(np.sum(off))
+        np.testing.assert_allclose(a[off], e[off], atol=1.01 / qp, rtol=0)
+    assert differing <= 3
+
+
+RESOLUTION = (
+    256.0  # a coarse grid: many increments round to 0, some to several cells
+)
+QSGLD_CASES = list(
+    itertools.product(
+        ["nearest", "floor", "stochastic", "dithered"],
+        [None, 0.5],
+        [(0.0, False), (0.9, False), (0.9, True)],
+    )
+)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
+@pytest.mark.parametrize("rounding,compensation,momentum", QSGLD_CASES)
+def test_eager_qsgld_equals_the_keras_ops_update(
+    small_chunks, rounding, compensation, momentum, dtype
+):
+    kwargs = dict(
+        resolution=keras_qsgld.ResolutionSchedule(
+            eta=RESOLUTION, steps_per_epoch=3
+        ),
+        compensation=compensation,
+        rounding=rounding,
+        momentum=momentum[0],
+        nesterov=momentum[1],
+        seed=5,
+        track_noise=True,
+    )
+    ours = _train(keras_qsgld.QSGLD, kwargs, dtype)
+    reference = _train(ReferenceQSGLD, kwargs, dtype)
+    _assert_close_in_cells(
+        ours[0], reference[0], RESOLUTION, compensation is not None
+    )
+    # Momentum slots, iterations and the seed state: the same bits.
+    for a, e in zip(ours[1], reference[1]):
+        np.testing.assert_array_equal(a, e)
+    for key, value in reference[2].items():
+        assert ours[2][key] == pytest.approx(value, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    "rounding,compensation",
+    list(itertools.product(["nearest", "dithered"], [None, 0.5])),
+)
+def test_eager_qadam_equals_the_keras_ops_update(
+    small_chunks, rounding, compensation, dtype
+):
+    kwargs = dict(
+        resolution=RESOLUTION,
+        compensation=compensation,
+        rounding=rounding,
+        seed=5,
+        track_noise=True,
+        epsilon=0.0,  # the packed padding must not divide 0 by 0
+    )
+    ours = _train(keras_qsgld.QAdam, kwargs, dtype)
+    reference = _train(ReferenceQAdam, kwargs, dtype)
+    _assert_close_in_cells(
+        ours[0], reference[0], RESOLUTION, compensation is not None
+    )
+    for a, e in zip(ours[1], reference[1]):
+        np.testing.assert_array_equal(a, e)
+    for key, value in reference[2].items():
+        assert ours[2][key] == pytest.approx(value, rel=1e-5, abs=1e-6)
+
+
+def test_temperature_grid_that_is_not_a_power_of_two(small_chunks):
+    """`Qp = 1 / sqrt(24 lr T)` is no power of two: `q * (1 / Qp)` then rounds, and the
+    increment is added as the reference adds it (not fused into one multiply-add)."""
+    kwargs = dict(
+        resolution=keras_qsgld.Temperature(1 / 1437),
+        rounding="dithered",
+        seed=2,
+    )
+    ours = _train(keras_qsgld.QSGLD, kwargs)
+    reference = _train(ReferenceQSGLD, kwargs)
+    for a, e in zip(ours[0], reference[0]):
+        np.testing.assert_array_equal(a, e)
+
+
+@pytest.mark.parametrize("compensation", [None, 0.5])
+def test_chunk_size_does_not_change_the_weights(monkeypatch, compensation):
+    kwargs = dict(
+        resolution=RESOLUTION,
+        compensation=compensation,
+        rounding="dithered",
+        seed=1,
+    )
+    results = []
+    for chunk in (CHUNK, 1 << 18):
+        monkeypatch.setattr(torch_backend.eager, "CHUNK", chunk)
+        results.append(_train(keras_qsgld.QSGLD, kwargs)[0])
+    _assert_close_in_cells(
+        results[0], results[1], RESOLUTION, compensation is not None
+    )
+
+
+@pytest.mark.parametrize("cls", [keras_qsgld.QSGLD, keras_qsgld.QAdam])
+def test_non_finite_gradients_as_the_reference(small_chunks, cls):
+    """A NaN or infinite gradient makes its own variable non-finite, as Keras' optimizers
+    do, and leaves the others (whose norms and chunks it shares) as the reference has them."""
+    results = []
+    for c in (cls, REFERENCE[cls]):
+        rng = np.random.default_rng(1)
+        variables = [
+            keras.Variable(rng.normal(size=s).astype("float32")) for s in SHAPES
+        ]
+        opt = c(0.05, resolution=RESOLUTION, compensation=0.5)
+        grads = [np.full(s, 0.1, "float32") for s in SHAPES]
+        grads[0][3, 1] = np.nan
+        grads[2][0] = np.inf
+        opt.apply([ops.convert_to_tensor(g) for g in grads], variables)
+        results.append([v.numpy() for v in variables])
+    for a, e in zip(*results):
+        np.testing.assert_array_equal(a, e)  # NaN where the reference has NaN
+    assert np.isnan(results[0][0][3, 1]) and not np.isfinite(results[0][2][0])
+    assert np.isfinite(results[0][1]).all()
+
+
+def test_learning_rate_zero_freezes_every_rounding(small_chunks):
+    for rounding in ("nearest", "floor", "stochastic", "dithered"):
+        variables = [keras.Variable(np.ones(s, "float32")) for s in SHAPES]
+        opt = keras_qsgld.QSGLD(
+            0.0, resolution=RESOLUTION, compensation=0.5, rounding=rounding
+        )
+        opt.apply([ops.ones(s) for s in SHAPES], variables)
+        for v in variables:
+            np.testing.assert_array_equal(v.numpy(), 1.0)
+
+
+def test_other_variable_lists_get_their_own_layout(small_chunks):
+    """One optimizer applied to two variable lists in turn (as two models sharing it)."""
+    runs = []
+    for cls in (keras_qsgld.QSGLD, ReferenceQSGLD):
+        rng = np.random.default_rng(4)
+        first = [keras.Variable(np.zeros(s, "float32")) for s in SHAPES[:3]]
+        second = [keras.Variable(np.zeros(s, "float32")) for s in SHAPES[3:]]
+        opt = cls(0.05, resolution=RESOLUTION, rounding="stochastic", seed=1)
+        opt.build(first + second)
+        for k in range(4):
+            part = first if k % 2 == 0 else second
+            grads = [
+                ops.convert_to_tensor(
+                    rng.normal(size=v.shape).astype("float32")
+                )
+                for v in part
+            ]
+            opt.apply(grads, part)
+        runs.append([v.numpy() for v in first + second])
+    for a, e in zip(*runs):
+        np.testing.assert_array_equal(a, e)
+
+
+def test_a_subclass_with_its_own_step_runs_the_keras_ops_update():
+    assert torch_backend.step_rule_of(ReferenceQSGLD()) is None
+    assert (
+        torch_backend.step_rule_of(keras_qsgld.QSGLD()) is torch_backend.SGDStep
+    )
+    assert (
+        torch_backend.step_rule_of(keras_qsgld.QAdam())
+        is torch_backend.AdamStep
+    )
+
+
+def test_the_draws_are_the_package_generator(small_chunks):
+    """The eager update draws `keras_qsgld.random.uniform_from_seed`'s numbers: a dithered
+    step of a zero gradient at Qp = 1 moves each weight by 1/2 - u."""
+    from keras_qsgld.random import uniform_from_seed
+
+    variables = [keras.Variable(np.zeros(s, "float32")) for s in SHAPES]
+    opt = keras_qsgld.QSGLD(0.1, resolution=1.0, rounding="dithered", seed=7)
+    opt.build(variables)
+    state = np.array(opt._seed_generator.state.numpy())
+    opt.apply([ops.zeros(s) for s in SHAPES], variables)
+    for i, (v, shape) in enumerate(zip(variables, SHAPES)):
+        seed = ops.convert_to_tensor(state + np.array([0, i]), "int32")
+        u = ops.convert_to_numpy(uniform_from_seed(shape, seed))
+        np.testing.assert_array_equal(v.numpy(), (0.5 - u).astype("float32"))
+    np.testing.assert_array_equal(
+        opt._seed_generator.state.numpy(), state + [0, len(SHAPES)]
+    )
+
+
+# -- operator count --------------------------------------------------------------------
+@pytest.mark.parametrize("compensation", [None, 0.5])
+def test_eager_update_makes_few_operator_calls_per_variable(compensation):
+    """The `keras.ops` update made about 160 operator calls per variable; the eager torch
+    update makes a few per chunk (of up to 2**18 elements) and per variable."""
+    from torch.profiler import profile
+
+    shapes = [(64, 64)] * 40 + [(64,)] * 40 + [(600, 1000)]
+    variables = [keras.Variable(np.zeros(s, "float32")) for s in shapes]
+    grads = [ops.ones(s) for s in shapes]
+    opt = keras_qsgld.QSGLD(
+        0.1, resolution=RESOLUTION, compensation=compensation
+    )
+    opt.apply(grads, variables)  # builds the layout
+    with profile() as prof:
+        opt.apply(grads, variables)
+    calls = sum(
+        e.count for e in prof.key_averages() if e.key.startswith("aten::")
+    )
+    assert calls / len(shapes) <= 20, calls / len(shapes)
+
+
+# -- compiled ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "cls,rounding",
+    [
+        (keras_qsgld.QSGLD, r)
+        for r in ("nearest", "floor", "stochastic", "dithered")
+    ]
+    + [(keras_qsgld.QAdam, "dithered")],
+)
+def test_compiled_update_is_one_graph_compiled_once(cls, rounding):
+    """No graph break with any rounding (the seed state is read once per update), and no
+    recompile on later calls: the schedules' tables exist before the first trace, and a
+    learning rate that changes every step enters as a tensor."""
+    variables = [keras.Variable(np.ones(s, "float32")) for s in SHAPES]
+    opt = cls(
+        keras.optimizers.schedules.ExponentialDecay(0.05, 10, 0.5),
+        resolution=keras_qsgld.ResolutionSchedule(eta=64.0, steps_per_epoch=2),
+        compensation=keras_qsgld.CompensationSchedule(steps_per_epoch=2),
+        rounding=rounding,
+        seed=3,
+    )
+    opt.build(variables)
+    grads = [ops.ones(s) for s in SHAPES]
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(lambda g: opt.apply(g, variables))(
+        grads
+    )
+    assert explanation.graph_break_count == 0, [
+        b.reason for b in explanation.break_reasons
+    ]
+    torch._dynamo.reset()
+    apply = Compiled(lambda g: opt.apply(g, variables))
+    for _ in range(5):  # the resolution changes at step 2 (Qp 64 -> 128)
+        apply(grads)
+    assert apply.traces() == 1
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    "cls,rounding,compensation",
+    [
+        (keras_qsgld.QSGLD, "nearest", None),
+        (keras_qsgld.QSGLD, "dithered", 0.5),
+        (keras_qsgld.QAdam, "stochastic", 0.5),
+    ],
+)
+def test_compiled_update_equals_the_keras_ops_update(
+    cls, rounding, compensation, dtype
+):
+    kwargs = dict(
+        resolution=RESOLUTION,
+        compensation=compensation,
+        rounding=rounding,
+        seed=5,
+        track_noise=True,
+    )
+    ours = _train(cls, kwargs, dtype, compiled=True)
+    reference = _train(REFERENCE[cls], kwargs, dtype)
+    _assert_close_in_cells(
+        ours[0], reference[0], RESOLUTION, compensation is not None
+    )
+    for a, e in zip(ours[1], reference[1]):
+        np.testing.assert_array_equal(a, e)
+    for key, value in reference[2].items():
+        assert ours[2][key] == pytest.approx(value, rel=1e-5, abs=1e-6)
+
+
+def test_compiled_bfloat16_variables_round_once():
+    """Inductor adds a float32 increment to bfloat16 weights without rounding it to bfloat16
+    first (`torch.compile` of the reference does the same): a weight then differs from the
+    eager one by a bfloat16 ulp or two after a few steps, where the increment is off the
+    bfloat16 grid (the dithered rounding's)."""
+    kwargs = dict(resolution=RESOLUTION, rounding="dithered", seed=5)
+    ours = _train(keras_qsgld.QSGLD, kwargs, "bfloat16", compiled=True)
+    reference = _train(ReferenceQSGLD, kwargs, "bfloat16")
+    for a, e in zip(ours[0], reference[0]):
+        np.testing.assert_allclose(a, e, rtol=2.0**-6, atol=2.0**-8)
