@@ -8,3 +8,7 @@ write the Markdown tables published in `BENCHMARKS.md`, which `python -m benchma
 assembles. A bad argument ends a script with one line on stderr (exit code 2); Ctrl-C with one
 line that says how to resume (exit code 130).
 """
+
+from experiments import require_extra
+
+require_extra("benchmarks")

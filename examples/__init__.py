@@ -5,6 +5,7 @@ this package before the script, so TensorFlow is loaded here, quietly, when Kera
 it (`experiments.quiet_startup`).
 """
 
-from experiments import quiet_startup
+from experiments import quiet_startup, require_extra
 
+require_extra("examples")
 quiet_startup()

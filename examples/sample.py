@@ -229,7 +229,10 @@ def run(args):
     )
     start = time.perf_counter()
     model.fit(
-        bundle.train, epochs=settings["train_epochs"], verbose=args.verbose
+        bundle.train,
+        epochs=settings["train_epochs"],
+        shuffle=False,  # the pipeline shuffles (Keras would warn that it ignores True)
+        verbose=args.verbose,
     )
     print(
         f"{args.dataset}: trained {settings['train_epochs']} epochs in {time.perf_counter() - start:.1f} s"
@@ -264,6 +267,7 @@ def run(args):
     model.fit(
         bundle.train,
         epochs=settings["sample_epochs"],
+        shuffle=False,  # the pipeline shuffles
         callbacks=[sampler],
         verbose=args.verbose,
     )

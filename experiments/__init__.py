@@ -11,8 +11,8 @@ harness can pick a backend per process.
 - `defaults`: the one table of default models, learning rates and the paper's presets;
 - `cli`: the one command-line kit of every script: one-line errors (exit code 2), Ctrl-C (exit
   code 130), argument types, the QSGLD flags;
-- here: `import_tensorflow_quietly` and `quiet_startup`, which the script packages run on the
-  way to a script.
+- here: `require_extra`, `import_tensorflow_quietly` and `quiet_startup`, which the script
+  packages run on the way to a script.
 """
 
 import importlib
@@ -48,15 +48,55 @@ def import_tensorflow_quietly():
         os.close(saved)
 
 
+# The modules each script family's extra (pyproject.toml) brings: a script that misses one
+# says which extra to install, in one line.
+EXTRA_MODULES = {
+    "examples": (
+        "tensorflow",
+        "tensorflow_datasets",
+        "importlib_resources",
+        "matplotlib",
+        "sklearn",
+        "mnist1d",
+        "tensorboard",
+    ),
+}
+EXTRA_MODULES["tuning"] = EXTRA_MODULES["examples"] + ("keras_tuner", "scipy")
+EXTRA_MODULES["benchmarks"] = EXTRA_MODULES["examples"] + ("scipy",)
+
+
+def require_extra(extra):
+    """On the way to a script (`python -m PACKAGE.SCRIPT`), ends it with one line naming
+    the extra to install, and exit code 2, when a module of `extra` is missing."""
+    if sys.argv[:1] != ["-m"]:
+        return
+    missing = [
+        m for m in EXTRA_MODULES[extra] if importlib.util.find_spec(m) is None
+    ]
+    if not missing:
+        return
+    argv = getattr(sys, "orig_argv", [])
+    prog = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else extra
+    print(
+        f"{prog}: error: this script needs the '{extra}' extra, which is not installed "
+        f'(missing: {", ".join(missing)}): pip install -e ".[{extra}]" '
+        '(with your backend\'s extra too, e.g. ".[jax,{extra}]")',
+        file=sys.stderr,
+    )
+    raise SystemExit(2)
+
+
 def quiet_startup():
     """What a script package runs while Python imports it on the way to a script
     (`python -m examples.fit`: `sys.argv[0]` is "-m" until the script itself runs), not when
     a test or another script imports a function from it and picks its backend itself:
-    `import_tensorflow_quietly()` when Keras will run on TensorFlow (the default)."""
-    if sys.argv[:1] != ["-m"]:
+    `import_tensorflow_quietly()`, on every backend (the scripts read their data with
+    `tf.data`). On PyTorch, torch is imported first: TensorFlow and then torch in one
+    process has crashed."""
+    if sys.argv[:1] != ["-m"] or "keras" in sys.modules:
         return
-    if (
-        os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow"
-        and "keras" not in sys.modules
+    if os.environ.get("KERAS_BACKEND") == "torch" and importlib.util.find_spec(
+        "torch"
     ):
-        import_tensorflow_quietly()
+        importlib.import_module("torch")
+    import_tensorflow_quietly()

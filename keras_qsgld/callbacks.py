@@ -53,7 +53,8 @@ class QSGLDMonitor(keras.callbacks.Callback):
 
     - `qsgld_qp`: the resolution `Qp(k)`;
     - `qsgld_gate`: the compensation gate `s(k)`, 0 when the optimizer has no compensation;
-    - `qsgld_temperature`: the effective Langevin temperature `Qp**-2 / (24 * lr_eff)`
+    - `qsgld_temperature` (QSGLD; QAdam, whose steps are preconditioned per coordinate, has
+      no single temperature): the effective Langevin temperature `Qp**-2 / (24 * lr_eff)`
       (`lr_eff = lr / (1 - momentum)` for QSGLD; the white-noise hypothesis: uniform rounding
       error of variance `Qp**-2 / 12` per step equals SGLD's `2 * lr_eff * T`); 0 when
       `lr == 0`, since no noise is added then;
@@ -225,9 +226,12 @@ class QSGLDMonitor(keras.callbacks.Callback):
         qp = _scalar(optimizer.resolution_at(step, lr))
         gate = optimizer.gate_at(step)
         gate = 0.0 if gate is None else _scalar(gate)
-        lr_eff = optimizer.effective_learning_rate(lr)
-        temperature = temperature_of(qp, lr_eff)
-        values = {"qp": qp, "gate": gate, "temperature": temperature}
+        values = {"qp": qp, "gate": gate}
+        if (
+            optimizer.supports_temperature
+        ):  # QAdam's preconditioned step has none
+            lr_eff = optimizer.effective_learning_rate(lr)
+            values["temperature"] = temperature_of(qp, lr_eff)
         if optimizer.track_noise:
             stats = optimizer.noise_statistics(reset=False)
             values["zero_fraction"] = stats["zero_fraction"]

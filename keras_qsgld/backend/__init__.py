@@ -31,6 +31,10 @@ every line that uses it.
    arguments) and `keras.src.utils.naming.auto_name` (optimizer names): each imported with
    a fallback should it move (`optimizer.py`).
 7. On PyTorch, a Keras variable's `.value` is the `torch.nn.Parameter` that `assign` writes
-   into (`copy_`): the eager update keeps views of it between updates, made again when its
-   storage changes (`backend/torch/eager.py`).
+   into (`copy_`), the same tensor for the variable's life: the eager update keeps it, and
+   views of it, between updates (made again for other variables, or when its storage
+   changes) (`backend/torch/eager.py`).
+8. `keras.src.backend.common.stateless_scope.in_stateless_scope`: PyTorch's own update
+   writes into the variables, so under `stateless_apply` the `keras.ops` update runs
+   instead (`backend/torch/__init__.py`; without the module, the stateful update runs).
 """

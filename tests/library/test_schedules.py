@@ -347,3 +347,14 @@ def test_temperature_resolution_is_the_same_eager_and_compiled(temperature):
         np.testing.assert_allclose(compiled, eager, rtol=2.0**-23, atol=0)
     else:
         np.testing.assert_array_equal(compiled, eager)
+
+
+def test_temperature_of_is_the_inverse_of_the_temperature_grid():
+    """`langevin.temperature_of(Qp, lr)` undoes `Temperature(T).resolution(lr)`, and is 0
+    at a learning rate of 0 (no noise is added then)."""
+    from keras_qsgld.langevin import temperature_of
+
+    for t, lr in ((1 / 1437, 0.05), (0.3, 1e-3), (2.0, 0.7)):
+        qp = float(keras_qsgld.Temperature(t).resolution(lr))
+        assert temperature_of(qp, lr) == pytest.approx(t, rel=1e-6)
+    assert temperature_of(256.0, 0.0) == 0.0

@@ -397,3 +397,25 @@ def test_compiled_bfloat16_variables_round_once():
     reference = _train(ReferenceQSGLD, kwargs, "bfloat16")
     for a, e in zip(ours[0], reference[0]):
         np.testing.assert_allclose(a, e, rtol=2.0**-6, atol=2.0**-8)
+
+
+def test_stateless_apply_returns_new_values_and_leaves_the_variables():
+    """`stateless_apply` (new values out, variables untouched), as Keras defines it: under a
+    stateless scope the `keras.ops` update runs."""
+    variables = [keras.Variable(np.ones(s, "float32")) for s in SHAPES]
+    opt = keras_qsgld.QSGLD(
+        0.05, resolution=RESOLUTION, rounding="dithered", seed=1
+    )
+    opt.build(variables)
+    grads = [ops.ones(s) for s in SHAPES]
+    values, opt_values = opt.stateless_apply(
+        [v.value for v in opt.variables], grads, [v.value for v in variables]
+    )
+    for v in variables:
+        np.testing.assert_array_equal(v.numpy(), 1.0)
+    reference = ReferenceQSGLD(
+        0.05, resolution=RESOLUTION, rounding="dithered", seed=1
+    )
+    reference.apply(grads, variables)
+    for new, v in zip(values, variables):
+        np.testing.assert_array_equal(ops.convert_to_numpy(new), v.numpy())

@@ -39,13 +39,15 @@ class TorchQuantizedOptimizer(QuantizedOptimizer):
 
     Eagerly the update runs chunk by chunk over all variables (`EagerUpdate`); inside
     `torch.compile` it is traced as one graph (`traced_update`). A subclass whose step is
-    not QSGLD's or QAdam's (another `update_step` or `_apply_increment`) runs the `keras.ops`
-    update of the base class.
+    not QSGLD's or QAdam's (another `update_step` or `_apply_increment`), and a stateless
+    update (`stateless_apply`), run the `keras.ops` update of the base class.
     """
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         step_rule = step_rule_of(self)
-        if step_rule is None:
+        if step_rule is None or in_stateless_scope():
+            # Under `stateless_apply` the new values go to the scope, not into the
+            # variables: the `keras.ops` update, which assigns through Keras, handles it.
             return super()._backend_update_step(
                 grads, trainable_variables, learning_rate
             )
@@ -67,6 +69,19 @@ class TorchQuantizedOptimizer(QuantizedOptimizer):
             # Stored around the attribute tracker: scratch buffers are no optimizer state.
             self.__dict__["_torch_eager_update"] = update
         return update
+
+
+def in_stateless_scope():
+    """Whether Keras runs a stateless update (`optimizer.stateless_apply`) here."""
+    try:
+        from keras.src.backend.common.stateless_scope import (
+            in_stateless_scope as keras_in_stateless_scope,
+        )
+    except (
+        ImportError
+    ):  # a private module: without it, assume the usual stateful update
+        return False
+    return keras_in_stateless_scope()
 
 
 def step_rule_of(optimizer):

@@ -151,6 +151,7 @@ class EagerUpdate:
         self.optimizer = optimizer
         self._layouts = {}
         self._scratch = {}
+        self._groups = None
 
     def scratch(self, n, dtype, device, count):
         """`count` buffers of `n` elements, kept for the next update."""
@@ -177,6 +178,30 @@ class EagerUpdate:
             self._layouts[group] = cached
         return cached[1]
 
+    def groups(self, step_rule, variables):
+        """`[(positions, values, slot values)]`, one group per variable dtype and device:
+        the variables' torch tensors (and their slots'), by their place in this update
+        (which picks their seed). Kept for the next update with the same variables: a
+        Keras variable's tensor stays the same (`assign` copies into it), and reading
+        `.value` costs microseconds per variable."""
+        key = tuple(map(id, variables))
+        cached = self._groups
+        if cached is None or cached[0] != key:
+            groups = {}
+            for position, v in enumerate(variables):
+                value = v.value
+                slots = [s.value for s in step_rule.slots(self.optimizer, v)]
+                member = groups.setdefault(
+                    (value.dtype, value.device), ([], [], [])
+                )
+                member[0].append(position)
+                member[1].append(value)
+                member[2].append(slots)
+            # The variables are held too: their ids cannot be reused while cached.
+            cached = (key, list(groups.values()), list(variables))
+            self._groups = cached
+        return cached[1]
+
     def run(self, step_rule, grads, variables, scalars):
         optimizer = self.optimizer
         random = optimizer.rounding in ("stochastic", "dithered")
@@ -184,17 +209,9 @@ class EagerUpdate:
         if random:
             state = optimizer._seed_generator.state.value
             key_a, key_b = seed_keys(state.tolist(), len(variables))
-        # One group per variable dtype; a variable's place in this update picks its seed.
-        groups = {}
-        for position, (g, v) in enumerate(zip(grads, variables)):
-            value = v.value
-            slots = [s.value for s in step_rule.slots(optimizer, v)]
-            groups.setdefault((value.dtype, value.device), []).append(
-                (position, g, value, slots)
-            )
         stats = [0.0, 0.0, 0.0, 0.0]
-        for members in groups.values():
-            positions, group_grads, values, slot_values = zip(*members)
+        for positions, values, slot_values in self.groups(step_rule, variables):
+            group_grads = [grads[p] for p in positions]
             dtype = increment_dtype(values[0])
             layout = self.layout(values, slot_values, torch_dtype(dtype))
             _GroupUpdate(
