@@ -15,7 +15,7 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-SCRIPTS = ROOT / "tests" / "scripts"
+PROGRAMS = ROOT / "tests" / "programs"
 
 
 def script_env(**extra):
@@ -54,7 +54,7 @@ def capture(*args, env=None, timeout=300):
 def start(script, *args, env=None, log=None):
     """Starts `tests/programs/<script>` (or `<script>` relative to the repository root if it
     names a folder, e.g. `examples/distributed.py`) with the interpreter running the tests."""
-    path = ROOT / script if "/" in str(script) else SCRIPTS / script
+    path = ROOT / script if "/" in str(script) else PROGRAMS / script
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - the child keeps its copy
     try:
         return subprocess.Popen(
