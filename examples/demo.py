@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """`make demo`: QSGLD against SGD and Adam on scikit-learn's digits, offline, on a CPU.
 
-    python examples/demo.py --output-dir results/demo     # what `make demo` runs
+    python -m examples.demo --output-dir results/demo     # what `make demo` runs
     python -m examples.demo --epochs 5                     # a shorter run
 
 Trains the same MLP (same initial weights, same data order) with each optimizer, prints a
@@ -9,7 +9,7 @@ Markdown table of the last epoch and QSGLD's monitor values, and writes what
 `examples/fit.py` writes (per optimizer `log.csv`, `tensorboard/`, `metrics.json`,
 `curves.png`; `comparison.md`, `comparison.png`) to `--output-dir`. It is
 
-    python examples/fit.py --dataset digits --model mlp --optimizer qsgld,sgd,adam
+    python -m examples.fit --dataset digits --model mlp --optimizer qsgld,sgd,adam
         --lr qsgld=0.05,sgd=0.05 --batch-size 32 --epochs 40 --seed 0 --verbose 2
 
 (Adam at its default 0.001); use `fit.py` for other settings.

@@ -16,10 +16,10 @@ worker, each with its own `TF_CONFIG`. See docs/scaling.md.
     # two workers (here both on 127.0.0.1; on a cluster, each host runs its own line)
     TF_CONFIG='{"cluster": {"worker": ["127.0.0.1:12345", "127.0.0.1:12346"]},
                 "task": {"type": "worker", "index": 0}}' \\
-        python examples/distributed.py --dataset digits --output-dir results/dist &
+        python -m examples.distributed --dataset digits --output-dir results/dist &
     TF_CONFIG='{"cluster": {"worker": ["127.0.0.1:12345", "127.0.0.1:12346"]},
                 "task": {"type": "worker", "index": 1}}' \\
-        python examples/distributed.py --dataset digits --output-dir results/dist
+        python -m examples.distributed --dataset digits --output-dir results/dist
 
 `--batch-size` is the global batch: each of the R replicas gets `batch_size / R`, the
 gradients are all-reduced, and every replica applies the same QSGLD update, so the result

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Posterior sampling with QSGLD: train, sample, and compare calibrated predictions.
 
-    python examples/sample.py                       # digits, offline, ~30 s on 2 CPU cores
+    python -m examples.sample                       # digits, offline, ~30 s on 2 CPU cores
     python -m examples.sample --dataset mnist1d     # MNIST-1D, generated locally
-    python examples/sample.py --temperature 0.1     # a cold posterior, T = 0.1 / N
+    python -m examples.sample --temperature 0.1     # a cold posterior, T = 0.1 / N
 
 1. **Train** a model (an MLP for digits, a 1-D CNN for MNIST-1D) with QSGLD as the paper
    runs it (nearest rounding, increasing resolution) at a plain SGD learning rate.

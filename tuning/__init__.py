@@ -1,4 +1,4 @@
-"""KerasTuner search of QSGLD's hyperparameters: `python -m tuning.search` (or `python tuning/search.py`).
+"""KerasTuner search of QSGLD's hyperparameters: `python -m tuning.search`, from the repository root.
 
 The hypermodel it searches with is `tuning.hypermodel`. Importing this package loads
 TensorFlow quietly first, as `examples` does (`experiments.quiet_startup`)."""

@@ -7,7 +7,7 @@ from keras import ops
 
 import keras_qsgld
 from tests import reference as ref
-from tests.test_qsgld import (
+from tests.library.test_qsgld import (
     assert_trajectory_matches,
     make_problem,
     run,

@@ -104,7 +104,7 @@ def test_parse_seeds():
     assert common.parse_seeds("3") == [0, 1, 2]
     assert common.parse_seeds("4,9") == [4, 9]
     for bad in ("0", "x", ","):
-        with pytest.raises(ValueError, match="--seeds"):
+        with pytest.raises(cli.UserError, match="--seeds"):
             common.parse_seeds(bad)
 
 
@@ -251,7 +251,7 @@ def test_optimizer_list_is_data_driven():
         (
             "speed",
             ["--rounds", "0"],
-            "argument --rounds: must be an integer >= 1",
+            "argument --rounds: expected an integer >= 1, received '0'",
         ),
         (
             "speed",
