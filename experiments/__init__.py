@@ -51,6 +51,7 @@ def import_tensorflow_quietly():
 # The modules each script family's extra (pyproject.toml) brings: a script that misses one
 # says which extra to install, in one line.
 EXTRA_MODULES = {
+    "diagnostics": ("arviz",),
     "examples": (
         "tensorflow",
         "tensorflow_datasets",
@@ -59,10 +60,15 @@ EXTRA_MODULES = {
         "sklearn",
         "mnist1d",
         "tensorboard",
+        "arviz",
     ),
 }
 EXTRA_MODULES["tuning"] = EXTRA_MODULES["examples"] + ("keras_tuner", "scipy")
 EXTRA_MODULES["benchmarks"] = EXTRA_MODULES["examples"] + ("scipy",)
+EXTRA_MODULES["peers"] = EXTRA_MODULES["benchmarks"] + (
+    "blackjax",
+    "posteriors",
+)
 
 
 def require_extra(extra):
@@ -80,7 +86,7 @@ def require_extra(extra):
     print(
         f"{prog}: error: this script needs the '{extra}' extra, which is not installed "
         f'(missing: {", ".join(missing)}): pip install -e ".[{extra}]" '
-        '(with your backend\'s extra too, e.g. ".[jax,{extra}]")',
+        f'(with your backend\'s extra too, e.g. ".[jax,{extra}]")',
         file=sys.stderr,
     )
     raise SystemExit(2)

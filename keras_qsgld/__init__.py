@@ -4,6 +4,7 @@ from keras_qsgld import (  # noqa: F401
     calibration,
     callbacks,
     langevin,
+    losses,
     sampling,
 )
 from keras_qsgld.callbacks import QSGLDMonitor

@@ -130,8 +130,8 @@ def posterior_predictive(
         model: a built `keras.Model` with the architecture of the samples.
         samples: a list of samples, each a weight list (`model.get_weights()`, as
             `PosteriorSampler` keeps in memory) or the path of a `.weights.h5` file (as it
-            writes to a directory); or a `PosteriorSampler` (its `samples`). Pool several
-            chains by concatenating their lists.
+            writes to a directory); or a `PosteriorSampler` (its `samples`), or a list of
+            samplers, one per chain (their samples pooled).
         x: inputs, anything `model.predict` takes (NumPy arrays, a `tf.data.Dataset` of
             `x` or `(x, y)`, ...). A dataset must give the same examples in the same
             order on every pass (no shuffling).
@@ -143,7 +143,9 @@ def posterior_predictive(
             summing to 1: a softmax layer) raise a ValueError too.
         model_variance: bool, regression only: the model returns a list or tuple
             `(mean, variance)` (not a dict: Keras sorts a dict's outputs by key, so the
-            order would be lost). Default False.
+            order would be lost), or one output of shape `(..., 2)` holding the mean and
+            the variance in its last axis (as `keras_qsgld.losses.GaussianNegativeLogLikelihood()`
+            trains). Default False.
         verbose: 0 (default), 1 or 2, `model.predict`'s progress display.
 
     Returns:
@@ -156,12 +158,49 @@ def posterior_predictive(
             a model with a dict of several outputs, or, in classification, outputs that are not probabilities with
             `from_logits=False`, or already probabilities with `from_logits=True`.
 
+    Examples:
+        Two samples of a softmax layer that predict `(1/2, 1/2)` and `(3/4, 1/4)`: the
+        posterior predictive is their mean.
+
+        >>> import keras, numpy as np, keras_qsgld
+        >>> model = keras.Sequential(
+        ...     [keras.Input((2,)), keras.layers.Dense(2, activation="softmax")]
+        ... )
+        >>> kernel = np.zeros((2, 2), "float32")
+        >>> samples = [
+        ...     [kernel, np.array([0.0, 0.0], "float32")],
+        ...     [kernel, np.array([np.log(3.0), 0.0], "float32")],
+        ... ]
+        >>> probs = keras_qsgld.posterior_predictive(
+        ...     model, samples, np.ones((1, 2), "float32")
+        ... )
+        >>> print(np.round(probs, 4))
+        [[0.625 0.375]]
+
     References:
         - [Welling & Teh, 2011](https://www.stats.ox.ac.uk/~teh/research/compstats/WelTeh2011a.pdf),
           Bayesian Learning via Stochastic Gradient Langevin Dynamics.
         - [Wenzel et al., 2020](https://arxiv.org/abs/2002.02405), How Good is the Bayes
           Posterior in Deep Neural Networks Really?
     """
+    samples = store.sample_list(samples)
+    options = check_prediction_arguments(
+        model, x, batch_size, task, from_logits, model_variance, verbose
+    )
+    reducer = (
+        _ClassificationMean()
+        if options["task"] == "classification"
+        else _RegressionMoments(options["model_variance"])
+    )
+    for_each_prediction(model, samples, x, reducer.add, **options)
+    return reducer.result()
+
+
+def check_prediction_arguments(
+    model, x, batch_size, task, from_logits, model_variance, verbose
+):
+    """The prediction options of `posterior_predictive`, checked; a dict of the keyword
+    arguments of `for_each_prediction`."""
     if not isinstance(model, keras.Model):
         raise ValueError(
             f"Argument `model` must be a keras.Model. Received: model of type {type(model).__name__}"
@@ -170,7 +209,6 @@ def posterior_predictive(
         raise ValueError(
             "Argument `model` must be built (call it on data, or build it) before predicting."
         )
-    samples = store.sample_list(samples)
     if isinstance(x, np.ndarray) and (x.ndim == 0 or len(x) == 0):
         raise ValueError(
             f"Argument `x` must hold at least one example. Received: x with shape {x.shape}"
@@ -196,51 +234,113 @@ def posterior_predictive(
             "Argument `model_variance` applies to regression only. "
             "Received: model_variance=True with task='classification'"
         )
-
-    reducer = (
-        _ClassificationMean(from_logits)
-        if task == "classification"
-        else _RegressionMoments(model_variance)
+    return dict(
+        batch_size=batch_size,
+        task=task,
+        from_logits=from_logits,
+        model_variance=model_variance,
+        verbose=verbose,
     )
+
+
+def for_each_prediction(
+    model,
+    samples,
+    x,
+    consume,
+    batch_size,
+    task,
+    from_logits,
+    model_variance,
+    verbose,
+):
+    """Calls `consume(prediction)` for each sample in turn, the model's weights set to it:
+    the probabilities (classification) or a pair `(mean, variance)` (regression; the
+    variance None without `model_variance`), float64 arrays. Restores the model's own
+    weights afterwards, also when an error interrupts."""
     original = [np.array(w, copy=True) for w in model.get_weights()]
     try:
         for index, sample in enumerate(samples):
             store.load_sample(model, sample, index, len(original))
-            reducer.add(_predict(model, x, batch_size, verbose))
+            outputs = _predict(model, x, batch_size, verbose)
+            consume(
+                _probabilities(outputs, from_logits)
+                if task == "classification"
+                else _moments(outputs, model_variance)
+            )
     finally:
         model.set_weights(original)
-    return reducer.result()
+
+
+def _probabilities(outputs, from_logits):
+    """One sample's predicted probabilities (a softmax or sigmoid of logits first)."""
+    if isinstance(outputs, list):
+        raise ValueError(
+            "Argument `model` must have one output for classification. "
+            f"Received: a model with {len(outputs)} outputs"
+        )
+    # One output unit, `(n, 1)`, or one value per example, `(n,)`: a binary
+    # classifier's p(class 1) (or its logit).
+    binary = outputs.ndim == 1 or outputs.shape[-1] == 1
+    if from_logits:
+        if not binary:
+            _check_not_probabilities(outputs)
+        return _sigmoid(outputs) if binary else _softmax(outputs)
+    rows = (
+        outputs.reshape(-1, outputs.shape[-1]) if outputs.ndim > 1 else outputs
+    )
+    check_probabilities(rows, name="model outputs")
+    return outputs
+
+
+def _moments(outputs, model_variance):
+    """One sample's predicted `(mean, variance)`; the variance None without
+    `model_variance`."""
+    if not model_variance:
+        if isinstance(outputs, list):
+            raise ValueError(
+                f"Argument `model` must have one output for regression without model_variance. "
+                f"Received: a model with {len(outputs)} outputs (pass model_variance=True for "
+                "(mean, variance))"
+            )
+        return outputs, None
+    if isinstance(outputs, list) and len(outputs) == 2:
+        mu, var = outputs
+    elif not isinstance(outputs, list) and outputs.shape[-1:] == (2,):
+        # One output holding (mean, variance) in its last axis: the model a
+        # GaussianNegativeLogLikelihood() loss trains.
+        mu, var = outputs[..., 0], outputs[..., 1]
+    else:
+        raise ValueError(
+            "Argument `model_variance=True` needs a model that returns two outputs "
+            "(mean, variance), or one output whose last axis (length 2) holds them. "
+            "Received: a model with "
+            + (
+                f"{len(outputs)} outputs"
+                if isinstance(outputs, list)
+                else f"one output of shape {outputs.shape}"
+            )
+        )
+    if var.shape != mu.shape or np.any(var < 0):
+        raise ValueError(
+            "Argument `model_variance=True` needs the second output to be variances "
+            f">= 0 of the mean's shape {mu.shape}. Received: shape {var.shape}, minimum "
+            f"{float(np.min(var)):g}"
+        )
+    return mu, var
 
 
 class _ClassificationMean:
-    """The mean of the predicted probabilities (after a softmax or sigmoid of logits)."""
+    """The mean of the samples' predicted probabilities."""
 
-    def __init__(self, from_logits):
-        self.from_logits = from_logits
+    def __init__(self):
         self.total = None
         self.count = 0
 
-    def add(self, outputs):
-        if isinstance(outputs, list):
-            raise ValueError(
-                "Argument `model` must have one output for classification. "
-                f"Received: a model with {len(outputs)} outputs"
-            )
-        # One output unit, `(n, 1)`, or one value per example, `(n,)`: a binary
-        # classifier's p(class 1) (or its logit).
-        binary = outputs.ndim == 1 or outputs.shape[-1] == 1
-        if self.from_logits:
-            if not binary:
-                _check_not_probabilities(outputs)
-            outputs = _sigmoid(outputs) if binary else _softmax(outputs)
-        else:
-            rows = (
-                outputs.reshape(-1, outputs.shape[-1])
-                if outputs.ndim > 1
-                else outputs
-            )
-            check_probabilities(rows, name="model outputs")
-        self.total = outputs if self.total is None else self.total + outputs
+    def add(self, probabilities):
+        self.total = (
+            probabilities if self.total is None else self.total + probabilities
+        )
         self.count += 1
 
     def result(self):
@@ -257,32 +357,12 @@ class _RegressionMoments:
         self.mean = self.m2 = self.variances = None
         self.count = 0
 
-    def add(self, outputs):
-        if self.model_variance:
-            if not (isinstance(outputs, list) and len(outputs) == 2):
-                raise ValueError(
-                    "Argument `model_variance=True` needs a model that returns two outputs "
-                    "(mean, variance). Received: a model with "
-                    f"{len(outputs) if isinstance(outputs, list) else 1} outputs"
-                )
-            mu, var = outputs
-            if var.shape != mu.shape or np.any(var < 0):
-                raise ValueError(
-                    "Argument `model_variance=True` needs the second output to be variances "
-                    f">= 0 of the mean's shape {mu.shape}. Received: shape {var.shape}, minimum "
-                    f"{float(np.min(var)):g}"
-                )
+    def add(self, moments):
+        mu, var = moments
+        if var is not None:
             self.variances = (
                 var if self.variances is None else self.variances + var
             )
-        else:
-            if isinstance(outputs, list):
-                raise ValueError(
-                    f"Argument `model` must have one output for regression without model_variance. "
-                    f"Received: a model with {len(outputs)} outputs (pass model_variance=True for "
-                    "(mean, variance))"
-                )
-            mu = outputs
         self.count += 1
         if self.mean is None:
             self.mean, self.m2 = mu.copy(), np.zeros_like(mu)

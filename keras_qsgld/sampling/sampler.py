@@ -17,6 +17,15 @@ from keras_qsgld.validation import check_choice, check_integer
 BURN_IN_UNITS = ("epochs", "steps")
 
 
+def _steps_per_execution(model):
+    """The model's `steps_per_execution` (1 before compile), read without a state sync."""
+    value = getattr(model, "steps_per_execution", 1)
+    try:
+        return max(int(value), 1)
+    except (TypeError, ValueError):
+        return 1
+
+
 def _to_int(value):
     return int(keras.ops.convert_to_numpy(value))
 
@@ -117,6 +126,35 @@ class PosteriorSampler(keras.callbacks.Callback):
         ValueError: for an argument of the wrong type or out of its range (naming it);
             at the start of `fit`, for a burn-in in epochs when `fit` does not know the
             number of batches per epoch (a dataset of unknown length).
+
+    Examples:
+        A sampling run of 6 epochs of 4 updates: after a burn-in of 2 epochs (8 updates),
+        the weights after every 5th update.
+
+        >>> import keras, numpy as np, keras_qsgld
+        >>> x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+        >>> y = (x[:, 0] > 0).astype("int32")
+        >>> model = keras.Sequential(
+        ...     [keras.Input((4,)), keras.layers.Dense(2, activation="softmax")]
+        ... )
+        >>> model.compile(
+        ...     optimizer=keras_qsgld.QSGLD(
+        ...         0.05,
+        ...         resolution=keras_qsgld.Temperature(1 / 64),
+        ...         rounding="dithered",
+        ...         seed=0,
+        ...     ),
+        ...     loss="sparse_categorical_crossentropy",
+        ... )
+        >>> sampler = keras_qsgld.PosteriorSampler(burn_in=2, thin=5, verbose=0)
+        >>> _ = model.fit(
+        ...     x, y, batch_size=16, epochs=6, callbacks=[sampler], verbose=0
+        ... )
+        >>> sampler.sample_steps
+        [13, 18, 23]
+        >>> probs = keras_qsgld.posterior_predictive(model, sampler, x[:3])
+        >>> probs.shape
+        (3, 2)
 
     References:
         - [Welling & Teh, 2011](https://www.stats.ox.ac.uk/~teh/research/compstats/WelTeh2011a.pdf),
@@ -442,6 +480,27 @@ class PosteriorSampler(keras.callbacks.Callback):
         )
         if remaining is not None:
             self._check_run_length(start, start + remaining)
+        self._check_thin_against_epoch(optimizer)
+
+    def _check_thin_against_epoch(self, optimizer):
+        """A warning when every sample falls at one point of the epoch: `thin` a multiple of
+        the updates per epoch (with more than one batch per epoch; cycles set their own)."""
+        per_epoch = self._updates_after(optimizer, 1)
+        if (
+            self.cycle_length is not None
+            or per_epoch is None
+            or per_epoch < 2
+            or self.thin % per_epoch != 0
+        ):
+            return
+        self._warn_once(
+            ("thin", per_epoch),
+            f"PosteriorSampler: thin={self.thin} is a multiple of the {per_epoch} updates per "
+            "epoch, so every sample is taken at the same point of the epoch. The batches of "
+            "an epoch are not independent (each example is seen once), and samples at one "
+            "point of the epoch follow another law than samples anywhere. Take a thin that "
+            f"is not a multiple of {per_epoch} (e.g. {self.thin + 1}).",
+        )
 
     # -- callback hooks ---------------------------------------------------------------------------
     def on_train_begin(self, logs=None):
@@ -450,21 +509,39 @@ class PosteriorSampler(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if self._last is None:
             self._start(self.model, epoch)
+        # The index of the last batch seen in this epoch. Keras passes the first batch of
+        # an execution (3.10-3.13) or its last (3.14 on): starting one execution before 0
+        # makes the count below an upper bound of the updates made either way.
+        self._batch = -_steps_per_execution(self._model)
+        self._unread = (
+            0  # at most this many updates since the count was last read
+        )
 
     def on_train_batch_end(self, batch, logs=None):
         if self._last is None or self._full():
             return
+        # Each batch makes at most one update: unless a sample can be due by now, the model
+        # is not touched (on JAX, reading it syncs the whole training state into it).
+        self._unread += max(batch - self._batch, 1)
+        self._batch = batch
+        if self._count_between(self._last, self._last + self._unread) == 0:
+            return
+        self._catch_up()
+
+    def _catch_up(self):
+        """Reads the update count and keeps a sample if one is due."""
         model = (
             self.model
         )  # on JAX this syncs the weights from the training state
         now = _to_int(model.optimizer.iterations)
+        self._unread = 0
         if now <= self._last:
             return
         due = [
             u for u in range(self._last + 1, now + 1) if self.is_sample_step(u)
         ]
         self._last = now
-        if not due:
+        if not due or self._full():
             return
         if due[-1] != now or len(due) > 1:
             self._warn_once(
@@ -480,9 +557,13 @@ class PosteriorSampler(keras.callbacks.Callback):
         self._keep(model, now)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self._last is None or not self.verbose:
+        if self._last is None:
             return
-        now = _to_int(self.model.optimizer.iterations)
+        # Once an epoch, the true count: updates no batch callback saw are caught up here.
+        self._catch_up()
+        if not self.verbose:
+            return
+        now = self._last
         burn_in = self._burn_in_steps
         total = f"/{self.max_samples}" if self.max_samples is not None else ""
         if now <= burn_in:

@@ -84,6 +84,12 @@ def load_sample(model, sample, index, num_weights):
             )
         model.load_weights(path, objects_to_skip=_optimizer_to_skip(model))
         return
+    check_weight_list(sample, index, num_weights)
+    model.set_weights(list(sample))
+
+
+def check_weight_list(sample, index, num_weights):
+    """A `ValueError` unless `sample` is a list of `num_weights` arrays."""
     if not isinstance(sample, (list, tuple)) or len(sample) != num_weights:
         if isinstance(sample, (list, tuple)):
             what = f"a list of {len(sample)} arrays"
@@ -93,14 +99,24 @@ def load_sample(model, sample, index, num_weights):
             f"Argument `samples` must hold weight lists of the model's {num_weights} weights "
             f"(model.get_weights()) or .weights.h5 paths. Received: samples[{index}] is {what}"
         )
-    model.set_weights(list(sample))
+
+
+def is_chain(value):
+    """A sampler (anything with a `samples` attribute) stands for its chain's samples."""
+    return hasattr(value, "samples") and not isinstance(value, (list, tuple))
 
 
 def sample_list(samples):
-    """The samples of a list or of a sampler (anything with a `samples` attribute), checked
-    to be a non-empty sequence."""
-    if hasattr(samples, "samples") and not isinstance(samples, (list, tuple)):
+    """The samples of a list, of a sampler (anything with a `samples` attribute) or of a
+    list of samplers (several chains, pooled), checked to be a non-empty sequence."""
+    if is_chain(samples):
         samples = samples.samples
+    elif isinstance(samples, (list, tuple)) and any(map(is_chain, samples)):
+        samples = [
+            s
+            for chain in samples
+            for s in (chain.samples if is_chain(chain) else [chain])
+        ]
     if isinstance(samples, (str, os.PathLike, np.ndarray)) or not hasattr(
         samples, "__iter__"
     ):

@@ -12,7 +12,7 @@ from tests.programs import runner
 
 def test_import_loads_neither_tensorflow_nor_the_scripts_dependencies():
     """`import keras_qsgld` adds no TensorFlow, KerasTuner, matplotlib, scikit-learn,
-    tensorflow-datasets or the scripts' kit to what `import keras` loaded (Keras on
+    tensorflow-datasets, ArviZ or the scripts' kit to what `import keras` loaded (Keras on
     TensorFlow imports TensorFlow itself; on JAX it imports matplotlib and scikit-learn)."""
     code = (
         "import sys\n"
@@ -21,7 +21,7 @@ def test_import_loads_neither_tensorflow_nor_the_scripts_dependencies():
         "import keras_qsgld\n"
         "new = {m.split('.')[0] for m in set(sys.modules) - before}\n"
         "heavy = {'tensorflow', 'keras_tuner', 'matplotlib', 'sklearn', "
-        "'tensorflow_datasets', 'experiments', 'torch', 'jax'}\n"
+        "'tensorflow_datasets', 'experiments', 'torch', 'jax', 'arviz'}\n"
         "print(sorted(new & heavy))\n"
     )
     result = runner.capture("-c", code)

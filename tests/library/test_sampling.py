@@ -20,6 +20,7 @@ from keras_qsgld.sampling import (
     posterior_predictive,
     sample_file_name,
 )
+from tests.docs import code_block
 from tests.programs import runner
 
 BACKEND = keras.backend.backend()
@@ -107,6 +108,67 @@ def sampler_warnings(record):
 
 
 # -- which updates ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "thin, batch, warns", [(8, BATCH, True), (7, BATCH, False), (4, N, False)]
+)
+def test_thin_a_multiple_of_the_epoch_warns(thin, batch, warns):
+    """Samples all at one point of the epoch follow another law; with full batches (one
+    update per epoch) there is no such point."""
+    x, y = tiny_data()
+    model = compiled_model()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model.fit(
+            x,
+            y,
+            batch_size=batch,
+            epochs=2,
+            shuffle=False,
+            verbose=0,
+            callbacks=[PosteriorSampler(thin=thin, verbose=0)],
+        )
+    messages = [
+        m for m in sampler_warnings(record) if "point of the epoch" in m
+    ]
+    assert len(messages) == int(warns), messages
+    if warns:
+        assert "thin=8 is a multiple of the 4 updates per epoch" in messages[0]
+
+
+@pytest.mark.parametrize("steps_per_execution", [1, 2])
+def test_the_model_is_read_only_when_a_sample_can_be_due(
+    monkeypatch, steps_per_execution
+):
+    """On JAX reading `callback.model` syncs the whole training state: the sampler reads it
+    after the updates it keeps (and once an epoch), not after every batch; with
+    `steps_per_execution` it still keeps exactly the sample updates."""
+    if BACKEND == "torch" and steps_per_execution > 1:
+        pytest.skip("Keras on PyTorch runs one step per execution")
+    reads = []
+    real = PosteriorSampler._catch_up
+
+    def counted(self):
+        reads.append(self._last)
+        return real(self)
+
+    monkeypatch.setattr(PosteriorSampler, "_catch_up", counted)
+    sampler = PosteriorSampler(burn_in=1, thin=6, verbose=0)
+    model = compiled_model()
+    model.compile(
+        optimizer=sampling_optimizer(),
+        loss="sparse_categorical_crossentropy",
+        steps_per_execution=steps_per_execution,
+    )
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        fit(model, sampler, epochs=8)  # 32 updates, 4 per epoch
+    assert sampler_warnings(record) == []
+    assert sampler.sample_steps == [10, 16, 22, 28]
+    # One read per sample and one per epoch (8), at most one more per epoch where the
+    # first execution's count is an upper bound: far fewer than the 32 batches.
+    assert len(reads) <= 4 + 2 * 8, reads
+
+
 def test_burn_in_in_steps_then_every_thin_updates():
     sampler, recorder = (
         PosteriorSampler(burn_in=5, burn_in_unit="steps", thin=3, verbose=0),
@@ -931,17 +993,6 @@ def test_example_script_ctrl_c_is_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err == "sample.py: interrupted\n"
 
 
-def guide_code():
-    text = (ROOT / "docs" / "sampling.md").read_text()
-    blocks = re.findall(
-        r"<!-- tested -->\n```python\n(.*?)```", text, flags=re.S
-    )
-    assert len(blocks) == 1, (
-        "docs/sampling.md must hold one ```python block marked <!-- tested -->"
-    )
-    return blocks[0]
-
-
 def test_user_guide_snippet_runs(tmp_path, monkeypatch, capsys):
     """The guide's complete run, as a user would paste it, on every backend: its data are
     NumPy arrays (no tf.data, nothing of the repository's scripts)."""
@@ -951,7 +1002,14 @@ def test_user_guide_snippet_runs(tmp_path, monkeypatch, capsys):
     namespace = {}
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        exec(compile(guide_code(), "docs/sampling.md", "exec"), namespace)
+        exec(
+            compile(
+                code_block("sampling.md", "classification"),
+                "docs/sampling.md",
+                "exec",
+            ),
+            namespace,
+        )
     assert sampler_warnings(record) == []  # the run's settings are consistent
     report = namespace["report"]
     assert set(report) == {"accuracy", "nll", "brier", "ece"}

@@ -34,6 +34,7 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch, capsys):
         "tuning.search: error: this script needs the 'tuning' extra"
     )
     assert "missing: keras_tuner" in err and 'pip install -e ".[tuning]"' in err
+    assert 'e.g. ".[jax,tuning]")' in err
 
 
 # Distribution names whose module is named otherwise.
