@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Train a model with QSGLD and compare it with the optimizers you know.
 
-    python examples/fit.py --dataset digits --optimizer qsgld --epochs 20
+    python -m examples.fit --dataset digits --optimizer qsgld --epochs 20
     python -m examples.fit --dataset mnist1d --optimizer qsgld,sgd,adam --epochs 30
-    python examples/fit.py --preset paper-fashion-mnist            # the authors' protocol
-    python examples/fit.py --dataset cifar10 --data-dir /data/tfds --optimizer qsgld,adam
-    KERAS_BACKEND=jax python examples/fit.py --dataset digits      # or torch; Keras' default: tensorflow
+    python -m examples.fit --preset paper-fashion-mnist            # the authors' protocol
+    python -m examples.fit --dataset cifar10 --data-dir /data/tfds --optimizer qsgld,adam
+    KERAS_BACKEND=jax python -m examples.fit --dataset digits      # or torch; Keras' default: tensorflow
 
 Every optimizer trains a fresh model from the same initial weights, on the same data order,
 with the same seed. Each run writes to OUTPUT_DIR/<optimizer>/: log.csv (one row per epoch),
@@ -29,7 +29,9 @@ from examples.fitting import OPTIMIZERS, FitConfig, compare
 from experiments import cli, flags
 from experiments.defaults import (
     DEFAULT_LEARNING_RATE,
+    DEFAULT_LEARNING_RATE_BY_DATASET,
     PAPER_PRESETS,
+    default_learning_rate,
 )
 
 PROG = "fit.py"
@@ -129,7 +131,13 @@ def build_parser():
         type=learning_rates,
         help="learning rate: one number for every optimizer, or per optimizer as "
         "'qsgld=0.05,adam=0.001' (the others keep theirs). Default: the preset's, "
-        "else each optimizer's: "
+        "else the rate measured for the optimizer on the data set ("
+        + "; ".join(
+            f"{d}: " + ", ".join(f"{k} {v:g}" for k, v in rates.items())
+            for d, rates in DEFAULT_LEARNING_RATE_BY_DATASET.items()
+            if rates
+        )
+        + "), else each optimizer's own: "
         + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LEARNING_RATE.items()),
     )
     g.add_argument(
@@ -224,7 +232,10 @@ def parse_args(argv=None):
             rates[name] = args.lr[name]
         else:
             rates[name] = preset.get("lr_per_optimizer", {}).get(
-                name, preset.get("lr", DEFAULT_LEARNING_RATE[name])
+                name,
+                preset.get(
+                    "lr", default_learning_rate(name, settings["dataset"])
+                ),
             )
     return FitConfig(optimizers=optimizers, learning_rates=rates, **settings)
 

@@ -41,8 +41,8 @@ from experiments.cli import user_errors
 from experiments.datasets import load_dataset, repeat_from_epoch
 from experiments.defaults import (
     DEFAULT_DEPTH,
-    DEFAULT_LEARNING_RATE,
     DEFAULT_MODEL,
+    default_learning_rate,
 )
 from experiments.models import build_model
 from keras_qsgld import (
@@ -81,7 +81,7 @@ class FitConfig:
     """The settings of a comparison (the flags of `examples/fit.py`).
 
     `model=None` is the data set's default model (`DEFAULT_MODEL`), a learning rate missing
-    from `learning_rates` the optimizer's default (`DEFAULT_LEARNING_RATE`), `tau0=None`
+    from `learning_rates` the optimizer's default on the data set (`default_learning_rate`), `tau0=None`
     `DEFAULT_WARMUP_FRACTION` (0.2) of `epochs`, as in the paper.
     """
 
@@ -122,7 +122,9 @@ class FitConfig:
         return self.model or DEFAULT_MODEL[self.dataset]
 
     def learning_rate(self, name):
-        return self.learning_rates.get(name, DEFAULT_LEARNING_RATE[name])
+        return self.learning_rates.get(
+            name, default_learning_rate(name, self.dataset)
+        )
 
     def gate_off_epoch(self):
         """`tau0`, in epochs."""

@@ -2,6 +2,7 @@
 
 import math
 import warnings
+import weakref
 
 import keras
 from keras import ops
@@ -10,6 +11,10 @@ from keras_qsgld.langevin import temperature_of
 from keras_qsgld.optimizer import QuantizedOptimizer
 from keras_qsgld.schedules import epoch_schedules
 from keras_qsgld.validation import check_bool
+
+# Optimizers whose untracked noise a monitor has reported: once per optimizer and process, not
+# once per monitor (a script that makes a monitor for every `fit` would repeat it).
+_REPORTED_UNTRACKED = weakref.WeakSet()
 
 MONITOR_KEYS = (
     "qsgld_qp",
@@ -236,7 +241,8 @@ class QSGLDMonitor(keras.callbacks.Callback):
             stats = optimizer.noise_statistics(reset=False)
             values["zero_fraction"] = stats["zero_fraction"]
             values["noise_variance_ratio"] = stats["variance_ratio"]
-        elif self.warn_untracked:
+        elif self.warn_untracked and optimizer not in _REPORTED_UNTRACKED:
+            _REPORTED_UNTRACKED.add(optimizer)
             self._warn_once(
                 "noise",
                 "QSGLDMonitor: the optimizer was made with track_noise=False, so "

@@ -2,9 +2,9 @@
 
 Examples (see docs/tuning.md):
 
-    python tuning/search.py --dataset cifar10 --data-dir ~/tensorflow_datasets
+    python -m tuning.search --dataset cifar10 --data-dir ~/tensorflow_datasets
     python -m tuning.search --dataset cifar100 --tuner bayesian --max-trials 30 --epochs 20
-    python tuning/search.py --smoke                      # digits + MLP, offline, 1-2 minutes
+    python -m tuning.search --smoke                      # digits + MLP, offline, 1-2 minutes
 
 An existing search in `--directory/--project-name` resumes (rerun the same command after a
 crash or Ctrl-C); `--overwrite` starts anew. At the end (on the chief, in a distributed
@@ -552,7 +552,7 @@ def write_results(tuner, hypermodel, args, info, output_dir):
         qsgld_config=config,
     )
     record["fit_args"] = fit_arguments(record, args)
-    record["fit_command"] = "python examples/fit.py " + shlex.join(
+    record["fit_command"] = "python -m examples.fit " + shlex.join(
         record["fit_args"]
     )
     (output_dir / "best_hyperparameters.json").write_text(
@@ -713,7 +713,7 @@ def run(args, hypermodel_class=QSGLDHyperModel):
 
 
 def main(argv=None):
-    """Entry point: `python tuning/search.py --help`; returns the exit code."""
+    """Entry point: `python -m tuning.search --help`; returns the exit code."""
     args = parse_args(argv)
     return cli.run_script(lambda: run(args), prog=PROG, interrupted=RESUME)
 

@@ -149,8 +149,12 @@ def test_monitor_with_schedule_gate_and_loss_scaling(rng, tmp_path):
             verbose=0,
             callbacks=[QSGLDMonitor()],
         )
+        # A second fit with a monitor of its own: the same optimizer is not reported again.
+        model.fit(
+            x, y, batch_size=2, epochs=1, verbose=0, callbacks=[QSGLDMonitor()]
+        )
     noise_warnings = [w for w in caught if "track_noise" in str(w.message)]
-    assert len(noise_warnings) == 1  # warned once, not every epoch
+    assert len(noise_warnings) == 1  # warned once, not every epoch or every fit
     logged = {k for k in history.history if k.startswith("qsgld_")}
     assert logged == {"qsgld_qp", "qsgld_gate", "qsgld_temperature"}
     k = np.arange(1, epochs + 1) * steps

@@ -329,7 +329,7 @@ def test_smoke_hyperband_end_to_end_and_continuation_keeps_iterations(tmp_path):
         3,
     )
     assert best["fit_command"].startswith(
-        "python examples/fit.py --dataset digits --model mlp"
+        "python -m examples.fit --dataset digits --model mlp"
     )
 
     png = (out / "objective_vs_hyperparameters.png").read_bytes()
@@ -415,7 +415,8 @@ def test_distributed_chief_and_two_workers(tmp_path, processes):
     port = _free_port()
     argv = [
         sys.executable,
-        str(REPO / "tuning" / "search.py"),
+        "-m",
+        "tuning.search",
         *TINY,
         "--tuner",
         "random",
@@ -474,3 +475,36 @@ def test_distributed_chief_and_two_workers(tmp_path, processes):
     keras_qsgld.QSGLD.from_config(
         json.loads((project / "qsgld_config.json").read_text())
     )
+
+
+def test_learning_rate_grid_smoke_picks_the_best_held_out_accuracy(
+    tmp_path, capsys
+):
+    """`python -m tuning.learning_rates --smoke`: KerasTuner's grid over two rates per
+    optimizer, on held-out data; the printed table is what it measured, the winner the
+    best held-out accuracy of its trials."""
+    from tuning import learning_rates
+
+    code = learning_rates.main(
+        ["--smoke", "--optimizers", "sgd,qsgld", "--output-dir", str(tmp_path)]
+    )
+    assert code == 0
+    saved = json.loads((tmp_path / "learning_rates.json").read_text())
+    for name in ("sgd", "qsgld"):
+        trials = saved["results"][name]["trials"]
+        assert sorted(t["learning_rate"] for t in trials) == [0.01, 0.1]
+        best = max(trials, key=lambda t: (t["val_accuracy"], -t["val_loss"]))
+        assert saved["results"][name]["best"] == best["learning_rate"]
+    out = capsys.readouterr().out
+    assert '{"digits": {"sgd": ' in out
+
+
+def test_learning_rate_grid_refuses_bad_flags(capsys):
+    from tuning import learning_rates
+
+    with pytest.raises(SystemExit) as exit_info:
+        learning_rates.main(["--grid", "0.1,-1"])
+    assert exit_info.value.code == 2
+    assert "learning rates > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        learning_rates.main(["--optimizers", "sgd,nope"])
