@@ -7,7 +7,7 @@ export KERAS_HOME := $(CURDIR)/.keras_home
 export TF_CPP_MIN_LOG_LEVEL := 2
 export KERAS_BACKEND := tensorflow
 
-.PHONY: venv demo lint test test-keras-floor clean
+.PHONY: venv demo lint docs browser test test-keras-floor clean
 
 # torch==2.13.0 first: on these machines pip takes its CPU build from the local wheel folder
 # (seconds), where an open range would pull a CUDA build of several GB.
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/demo.py --output-dir results/demo
+	$(PY) -m examples.demo --output-dir results/demo
 
 # Every backend in a process of its own, each running every test its `backends` marker allows
 # (tests/conftest.py); JAX again with x64 mode, for the tests marked float64 or x64.
@@ -32,7 +32,21 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 
-test: lint
+# The documentation site, into site/ (ignored), every warning an error (mkdocs.yml: strict).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 TF_CPP_MIN_LOG_LEVEL=3 $(VENV)/bin/mkdocs build --strict --quiet
+
+# A headless Chromium and its driver from the distribution, for the site's browser test.
+browser:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)
+
+# The docstrings' examples, on the default backend.
+DOCTESTED := keras_qsgld/qsgld.py keras_qsgld/qadam.py keras_qsgld/langevin.py \
+	keras_qsgld/sampling/sampler.py keras_qsgld/sampling/predictive.py
+
+test: lint docs browser
+	$(PY) -m pytest -q -p no:cacheprovider --doctest-modules $(DOCTESTED)
 	KERAS_BACKEND=tensorflow $(PYTEST) tests
 	KERAS_BACKEND=jax $(PYTEST) tests
 	KERAS_BACKEND=jax JAX_ENABLE_X64=1 $(PYTEST) -m "float64 or x64" tests/library
@@ -57,4 +71,4 @@ test-keras-floor: $(STAMP)
 		-k "not moves_to_another_backend"
 
 clean:
-	rm -rf $(VENV) results .keras_home .pytest_cache .keras-floor
+	rm -rf $(VENV) results site .keras_home .pytest_cache .keras-floor

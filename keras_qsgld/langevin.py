@@ -64,6 +64,23 @@ class Temperature:
     Raises:
         ValueError: for a temperature that is not a positive finite number.
 
+    Examples:
+        The Bayesian posterior of a mean loss over 1437 examples, at `lr = 0.05`: the grid
+        resolution that gives the dither the variance `2 lr T` of SGLD's noise.
+
+        >>> import keras_qsgld
+        >>> optimizer = keras_qsgld.QSGLD(
+        ...     0.05,
+        ...     resolution=keras_qsgld.Temperature(1 / 1437),
+        ...     rounding="dithered",
+        ...     seed=0,
+        ... )
+        >>> qp = float(optimizer.resolution_at(0, 0.05))  # 1 / sqrt(24 lr T)
+        >>> round(qp, 2)
+        34.6
+        >>> round(qp**-2 / (24 * 0.05) * 1437, 4)  # the temperature, times N
+        1.0
+
     References:
         - [Welling & Teh, 2011](https://www.stats.ox.ac.uk/~teh/research/compstats/WelTeh2011a.pdf),
           Bayesian Learning via Stochastic Gradient Langevin Dynamics.

@@ -55,6 +55,17 @@ class QAdam(BackendQuantizedOptimizer):
         ValueError: for an argument of the wrong type or out of its range (naming the
             argument and the value received), or a `Temperature` resolution.
 
+    Examples:
+        The first update is Adam's `-lr * sign(g)` (bias-corrected), here `(-0.1, 0.1)`,
+        rounded on a fixed grid of `1 / 8` to `(-1, 1)` cells:
+
+        >>> import keras, numpy as np, keras_qsgld
+        >>> w = keras.Variable([0.3, -0.2])
+        >>> optimizer = keras_qsgld.QAdam(0.1, resolution=8.0)
+        >>> _ = optimizer.apply([keras.ops.convert_to_tensor([1.0, -2.0])], [w])
+        >>> print(np.round(keras.ops.convert_to_numpy(w), 4))
+        [ 0.175 -0.075]
+
     References:
         - [Seok & Cho, 2023](https://arxiv.org/abs/2305.18864), Stochastic Gradient
           Langevin Dynamics Based on Quantization with Increasing Resolution.

@@ -94,6 +94,27 @@ class QSGLD(BackendQuantizedOptimizer):
         ValueError: for an argument of the wrong type or out of its range, naming the
             argument and the value received.
 
+    Examples:
+        One update on a fixed grid of `1 / 8` (`Qp = 8`): `h = -0.1 * g = (-0.1, 0.2)`,
+        `Qp * h = (-0.8, 1.6)` rounds to `(-1, 2)` cells.
+
+        >>> import keras, numpy as np, keras_qsgld
+        >>> w = keras.Variable([0.3, -0.2])
+        >>> optimizer = keras_qsgld.QSGLD(0.1, resolution=8.0)
+        >>> _ = optimizer.apply([keras.ops.convert_to_tensor([1.0, -2.0])], [w])
+        >>> print(np.round(keras.ops.convert_to_numpy(w), 4))
+        [0.175 0.05 ]
+
+        In `fit`, as the paper runs it (the monitor sets the epoch clock from the data):
+
+        >>> optimizer = keras_qsgld.QSGLD(
+        ...     0.05,
+        ...     resolution=keras_qsgld.ResolutionSchedule(),
+        ...     compensation=keras_qsgld.CompensationSchedule.from_budget(epochs=20),
+        ... )
+        >>> # model.compile(optimizer=optimizer, loss=...)
+        >>> # model.fit(x, y, epochs=20, callbacks=[keras_qsgld.QSGLDMonitor()])
+
     References:
         - [Seok & Cho, 2023](https://arxiv.org/abs/2305.18864), Stochastic Gradient
           Langevin Dynamics Based on Quantization with Increasing Resolution.

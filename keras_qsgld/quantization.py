@@ -10,8 +10,13 @@ from keras import ops
 from keras_qsgld.backend.ops import optimization_barrier
 
 ROUNDING_MODES = ("nearest", "floor", "stochastic", "dithered")
-# Modes that need a uniform draw `noise ~ U[0, 1)` of the shape of `y`.
+"""The values of the optimizers' `rounding`: `"nearest"` (the paper's `floor(y + 1/2)`),
+`"floor"` (the authors' code), `"stochastic"` (`floor(y + u)`) and `"dithered"` (the
+subtractive dither `floor(y + u + 1/2) - u`, whose error is exactly uniform), `u ~ U[0, 1)`."""
+
 RANDOM_ROUNDING_MODES = ("stochastic", "dithered")
+"""The rounding modes that draw a uniform `u ~ U[0, 1)` of the shape of the step (they take
+the optimizers' `seed`)."""
 
 
 def floor(y):
