@@ -28,6 +28,9 @@ def import_tensorflow_quietly():
 
     TensorFlow 2.21 prints its start-up lines (oneDNN, the CUDA probe) before it reads
     `TF_CPP_MIN_LOG_LEVEL`, and they would precede a script's one-line error message.
+    When Keras runs on another backend, TensorFlow only reads data (`tf.data`): it is shown
+    no GPU, so that it neither holds GPU memory that JAX or PyTorch need nor, on a machine
+    without a GPU driver, prints its failed CUDA probe ("failed call to cuInit") later.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if "tensorflow" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] in (
@@ -42,7 +45,9 @@ def import_tensorflow_quietly():
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
-            importlib.import_module("tensorflow")
+            tf = importlib.import_module("tensorflow")
+            if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+                tf.config.set_visible_devices([], "GPU")
     finally:
         os.dup2(saved, 2)
         os.close(saved)

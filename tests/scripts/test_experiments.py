@@ -62,3 +62,36 @@ def test_every_extra_of_the_scripts_is_checked():
                 continue
             module = MODULE_OF.get(name, name.replace("-", "_"))
             assert module in experiments.EXTRA_MODULES[extra], (extra, name)
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_tensorflow_is_shown_no_gpu_when_it_only_reads_data(
+    monkeypatch, backend
+):
+    """On JAX and PyTorch the scripts' TensorFlow reads data only: it gets no GPU (no memory
+    held there, no CUDA probe printed later); on TensorFlow its devices are left alone."""
+    calls = []
+
+    class Config:
+        @staticmethod
+        def set_visible_devices(devices, kind):
+            calls.append((devices, kind))
+
+    fake = type(sys)("tensorflow")
+    fake.config = Config
+    real_import = importlib.import_module
+    monkeypatch.setattr(
+        importlib,
+        "import_module",
+        lambda name, *a: (
+            fake if name == "tensorflow" else real_import(name, *a)
+        ),
+    )
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    for name, expected in ((backend, [([], "GPU")]), ("tensorflow", [])):
+        calls.clear()
+        monkeypatch.setenv("KERAS_BACKEND", name)
+        experiments.import_tensorflow_quietly()
+        assert calls == expected, name
