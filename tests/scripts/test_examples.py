@@ -315,9 +315,15 @@ def test_fit_on_digits_end_to_end_and_a_rerun_starts_clean(tmp_path, capsys):
     assert config["compensation"]["config"]["tau0"] == pytest.approx(0.2)
     assert config["track_noise"] is True
     table = (out / "comparison.md").read_text()
-    assert "| qsgld | 0.01 |" in table and "| sgd | 0.01 |" in table
+    lr = {
+        n: f"{default_learning_rate(n, 'digits'):g}" for n in ("qsgld", "sgd")
+    }
+    assert (
+        f"| qsgld | {lr['qsgld']} |" in table
+        and f"| sgd | {lr['sgd']} |" in table
+    )
     assert "| test loss | test acc |" in table and "best" not in table
-    assert "learning rates: qsgld 0.01, sgd 0.01" in table
+    assert f"learning rates: qsgld {lr['qsgld']}, sgd {lr['sgd']}" in table
     assert (out / "comparison.png").read_bytes()[:8] == PNG_MAGIC
     assert (
         "| optimizer | lr |" in capsys.readouterr().out
