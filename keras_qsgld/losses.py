@@ -14,6 +14,7 @@ model that predicts a variance per example (heteroscedastic).
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_qsgld.validation import check_real
@@ -67,8 +68,9 @@ class GaussianNegativeLogLikelihood(keras.losses.Loss):
 
     Raises:
         ValueError: for a `noise_std` that is not a finite real number > 0 (a bool
-            included), and, when called, for `y_pred` whose last axis does not hold 2
-            entries with `noise_std=None`.
+            included) or whose square underflows float32, and, when called, for shapes
+            other than those above (`y_pred` whose last axis does not hold 2 entries with
+            `noise_std=None`, targets that would broadcast against the predictions).
 
     References:
         Welling & Teh, 2011. Bayesian Learning via Stochastic Gradient Langevin Dynamics.
@@ -91,6 +93,12 @@ class GaussianNegativeLogLikelihood(keras.losses.Loss):
                 exclusive_minimum=True,
                 description="a noise standard deviation",
             )
+            if noise_std**2 < np.finfo(np.float32).tiny:
+                raise ValueError(
+                    "Argument `noise_std` must be a noise standard deviation whose square is "
+                    "a normal float32 number (>= 1.2e-38; a smaller one makes the loss "
+                    f"infinite). Received: noise_std={noise_std!r}"
+                )
         self.noise_std = noise_std
 
     def call(self, y_true, y_pred):
@@ -105,6 +113,7 @@ class GaussianNegativeLogLikelihood(keras.losses.Loss):
                 )
             mean, variance = y_pred[..., 0], y_pred[..., 1]
             y_true = _match_rank(y_true, mean)
+            _check_shapes(y_true, mean, y_pred)
             nll = (
                 ops.square(y_true - mean) / (2.0 * variance)
                 + 0.5 * ops.log(variance)
@@ -112,6 +121,7 @@ class GaussianNegativeLogLikelihood(keras.losses.Loss):
             )
         else:
             y_true = _match_rank(y_true, y_pred)
+            _check_shapes(y_true, y_pred, y_pred)
             sigma = self.noise_std
             nll = ops.square(y_true - y_pred) / (2.0 * sigma**2) + (
                 math.log(sigma) + _HALF_LOG_TWO_PI
@@ -124,6 +134,21 @@ class GaussianNegativeLogLikelihood(keras.losses.Loss):
         config = super().get_config()
         config["noise_std"] = self.noise_std
         return config
+
+
+def _check_shapes(y_true, mean, y_pred):
+    """A `ValueError` unless `y_true` (its rank matched) has the shape of the predicted
+    mean: a broadcast would compare targets with other examples' or entries' predictions."""
+    known = zip(y_true.shape, mean.shape)
+    if len(y_true.shape) != len(mean.shape) or any(
+        a is not None and b is not None and a != b for a, b in known
+    ):
+        raise ValueError(
+            "Arguments `y_true` and `y_pred` must be of one shape (with `noise_std=None`, "
+            "`y_pred` with a last axis of 2 more), or `(batch,)` against `(batch, 1)`. "
+            f"Received: y_true with shape {tuple(y_true.shape)}, y_pred with shape "
+            f"{tuple(y_pred.shape)}"
+        )
 
 
 def _match_rank(y_true, mean):

@@ -73,17 +73,27 @@ def _selected_weights(model, weights):
     everything = {v.path: i for i, v in enumerate(model.weights)}
     if weights is None:
         return [(v.path, everything[v.path]) for v in model.trainable_weights]
-    if isinstance(weights, str) or not isinstance(weights, (list, tuple)):
+    if (
+        isinstance(weights, str)
+        or not isinstance(weights, (list, tuple))
+        or not weights
+    ):
         raise ValueError(
-            "Argument `weights` must be None or a list of weight paths (`v.path` for v in "
-            f"model.weights). Received: weights={weights!r}"
+            "Argument `weights` must be None or a non-empty list of weight paths (`v.path` "
+            f"for v in model.weights) or weights. Received: weights={weights!r}"
         )
     chosen = []
-    for name in weights:
-        if name not in everything:
+    for weight in weights:
+        name = getattr(weight, "path", weight)  # a weight stands for its path
+        if not isinstance(name, str) or name not in everything:
             raise ValueError(
                 f"Argument `weights` names a weight the model does not have. Received: "
-                f"{name!r}; the model's weights: {sorted(everything)}"
+                f"{weight!r}; the model's weights: {sorted(everything)}"
+            )
+        if any(name == seen for seen, _ in chosen):
+            raise ValueError(
+                f"Argument `weights` names a weight twice. Received: {name!r} twice in "
+                f"weights={weights!r}"
             )
         chosen.append((name, everything[name]))
     return chosen
@@ -97,6 +107,14 @@ def _weight_draws(model, samples, chosen):
         for index, sample in enumerate(samples):
             if isinstance(sample, (list, tuple)):
                 store.check_weight_list(sample, index, len(original))
+                for weight, value in zip(model.weights, sample):
+                    if np.shape(value) != tuple(weight.shape):
+                        raise ValueError(
+                            "Argument `samples` must hold weight lists that fit the model. "
+                            f"Received: samples[{index}] holds an array of shape "
+                            f"{np.shape(value)} for {weight.path!r}, of shape "
+                            f"{tuple(weight.shape)}"
+                        )
                 values = sample
             else:  # a file: read it through the model
                 store.load_sample(model, sample, index, len(original))
@@ -138,8 +156,9 @@ def to_inference_data(
             (weight lists as `model.get_weights()` returns, or `.weights.h5` paths).
         model: a built `keras.Model` with the samples' architecture (it names the weights,
             reads sample files and predicts; its own weights are restored afterwards).
-        weights: None (default: every trainable weight) or a list of weight paths
-            (`v.path for v in model.weights`), the ones to export. A sample of a large
+        weights: None (default: every trainable weight) or a non-empty list of weight
+            paths (`v.path for v in model.weights`) or of the weights themselves, each
+            once: the ones to export. A sample of a large
             model is large: choose a few, or rely on the predictions.
         x: None (default) or inputs, anything `posterior_predictive` takes: each sample's
             predictions on them are exported too.
@@ -156,7 +175,8 @@ def to_inference_data(
     Raises:
         ImportError: without ArviZ (naming the extra to install).
         ValueError: for a bad argument (naming it): no chains, chains of different
-            lengths, an unknown weight path, a sample that does not fit the model, and
+            lengths, an unknown or repeated weight, a sample that does not fit the model
+            (a weight list of other shapes), and
             what `posterior_predictive` refuses.
 
     References:
@@ -217,17 +237,24 @@ def convergence_summary(idata, group="posterior"):
 
     Returns:
         A dict of dicts of Python floats, one entry per variable of the group (NaN where
-        ArviZ has no value for any entry: constant draws, or too few of them).
+        ArviZ has no value for any entry: constant draws, or too few of them). R-hat
+        compares chains: with one chain it is NaN; run two or more.
 
     Raises:
         ImportError: without ArviZ.
-        ValueError: for a group the InferenceData does not have.
+        ValueError: for an `idata` that is not an InferenceData, or a group it does not
+            have.
     """
     arviz = _arviz()
-    if group not in getattr(idata, "groups", lambda: [])():
+    if not isinstance(idata, arviz.InferenceData):
+        raise ValueError(
+            "Argument `idata` must be an `arviz.InferenceData` (`to_inference_data` makes "
+            f"one). Received: idata of type {type(idata).__name__}"
+        )
+    if group not in idata.groups():
         raise ValueError(
             f"Argument `group` must be a group of `idata`. Received: group={group!r}; "
-            f"the groups: {list(idata.groups()) if hasattr(idata, 'groups') else []}"
+            f"the groups: {list(idata.groups())}"
         )
     data = idata[group]
     rhat = arviz.rhat(data)

@@ -131,7 +131,7 @@ def posterior_predictive(
         samples: a list of samples, each a weight list (`model.get_weights()`, as
             `PosteriorSampler` keeps in memory) or the path of a `.weights.h5` file (as it
             writes to a directory); or a `PosteriorSampler` (its `samples`), or a list of
-            samplers, one per chain (their samples pooled).
+            chains, each a sampler or a list of samples (their samples pooled).
         x: inputs, anything `model.predict` takes (NumPy arrays, a `tf.data.Dataset` of
             `x` or `(x, y)`, ...). A dataset must give the same examples in the same
             order on every pass (no shuffling).

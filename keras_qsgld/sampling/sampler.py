@@ -481,6 +481,43 @@ class PosteriorSampler(keras.callbacks.Callback):
         if remaining is not None:
             self._check_run_length(start, start + remaining)
         self._check_thin_against_epoch(optimizer)
+        self._check_executions(model, optimizer)
+
+    def _check_executions(self, model, optimizer):
+        """A warning when `steps_per_execution` moves samples: the batch callbacks run at
+        the end of each execution, and Keras starts the executions anew at each epoch, so
+        an update due for a sample inside an execution is replaced by the execution's last."""
+        per_execution = _steps_per_execution(model)
+        per_epoch = self._updates_after(optimizer, 1)
+        if (
+            per_execution == 1
+            or per_epoch is None
+            or per_epoch != self.params.get("steps")  # gradient accumulation
+        ):
+            return
+        if self.cycle_length is None:
+            periods = {"the updates per epoch": per_epoch, "thin": self.thin}
+            periods["the burn-in"] = self._require_burn_in()
+        else:
+            periods = {
+                "the updates per epoch": per_epoch,
+                "thin": self.thin,
+                "cycle_length": self.cycle_length,
+            }
+        off = [
+            f"{name} ({n})" for name, n in periods.items() if n % per_execution
+        ]
+        if not off:
+            return
+        self._warn_once(
+            ("executions", per_execution, per_epoch),
+            f"PosteriorSampler: steps_per_execution={per_execution} does not divide "
+            f"{', '.join(off)}: the callbacks run once per execution, the executions start "
+            "anew at each epoch, and an update due for a sample inside an execution is "
+            "replaced by the last update of that execution (`sample_steps` lists the "
+            f"updates kept). Use a steps_per_execution that divides {', '.join(periods)}, "
+            "or 1.",
+        )
 
     def _check_thin_against_epoch(self, optimizer):
         """A warning when every sample falls at one point of the epoch: `thin` a multiple of

@@ -106,16 +106,35 @@ def is_chain(value):
     return hasattr(value, "samples") and not isinstance(value, (list, tuple))
 
 
+def is_chain_list(value):
+    """A list of samples itself (a chain as `to_inference_data` takes it): its first item
+    is a weight list or a path, where a sample's first item is an array."""
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) > 0
+        and isinstance(value[0], (list, tuple, str, os.PathLike))
+    )
+
+
 def sample_list(samples):
     """The samples of a list, of a sampler (anything with a `samples` attribute) or of a
-    list of samplers (several chains, pooled), checked to be a non-empty sequence."""
+    list of chains, each a sampler or a list of samples (pooled), checked to be a non-empty
+    sequence."""
     if is_chain(samples):
         samples = samples.samples
-    elif isinstance(samples, (list, tuple)) and any(map(is_chain, samples)):
+    elif isinstance(samples, (list, tuple)) and any(
+        is_chain(c) or is_chain_list(c) for c in samples
+    ):
         samples = [
             s
             for chain in samples
-            for s in (chain.samples if is_chain(chain) else [chain])
+            for s in (
+                chain.samples
+                if is_chain(chain)
+                else chain
+                if is_chain_list(chain)
+                else [chain]
+            )
         ]
     if isinstance(samples, (str, os.PathLike, np.ndarray)) or not hasattr(
         samples, "__iter__"

@@ -235,11 +235,68 @@ def test_chains_of_different_lengths_and_unknown_weights(rng):
         to_inference_data([lists[0], lists[1][:2]], model_of())
     with pytest.raises(ValueError, match=r"`weights` names a weight.*'nope'"):
         to_inference_data(lists, model_of(), weights=["nope"])
-    with pytest.raises(ValueError, match=r"`weights` must be None or a list"):
+    with pytest.raises(
+        ValueError, match=r"`weights` must be None or a non-empty list"
+    ):
         to_inference_data(lists, model_of(), weights="dense/bias")
+    with pytest.raises(
+        ValueError, match=r"`weights` must be None or a non-empty list"
+    ):
+        to_inference_data(lists, model_of(), weights=[])
     with pytest.raises(ValueError, match=r"samples\[0\] is a list of 1 arrays"):
         to_inference_data([[[np.zeros(2)]]], model_of())
     with pytest.raises(ValueError, match=r"`group` must be a group"):
         convergence_summary(
             to_inference_data(lists, model_of()), group="predictions"
         )
+
+
+def test_weights_named_twice_or_by_themselves(rng):
+    """A path given twice is refused (it gave its draws twice, the other weights NaN-padded);
+    a weight stands for its path."""
+    lists = as_weight_lists(ar1_chains(rng, chains=2, draws=4, rho=0.5))
+    model = model_of()
+    kernel, bias = (v.path for v in model.weights)
+    with pytest.raises(ValueError, match=r"names a weight twice.*" + bias):
+        to_inference_data(lists, model, weights=[bias, kernel, bias])
+    by_weight = to_inference_data(lists, model, weights=[model.weights[1]])
+    by_path = to_inference_data(lists, model, weights=[bias])
+    assert list(by_weight.posterior.data_vars) == [bias]
+    np.testing.assert_array_equal(
+        by_weight.posterior[bias].values, by_path.posterior[bias].values
+    )
+    assert by_weight.posterior[bias].shape == (2, 4, CLASSES)
+
+
+@pytest.mark.parametrize("which", ["transposed", "flat", "scalar"])
+def test_samples_of_other_shapes_are_refused(rng, which):
+    """Weight lists with the right count but other shapes were read as they came."""
+    lists = as_weight_lists(ar1_chains(rng, chains=2, draws=3, rho=0.5))
+    kernel, bias = lists[1][2]
+    bad = {
+        "transposed": [kernel.T, bias],
+        "flat": [kernel, np.zeros(CLASSES + 1, "float32")],
+        "scalar": [np.float32(0.0), np.float32(0.0)],
+    }[which]
+    lists[1][2] = bad
+    with pytest.raises(
+        ValueError, match=r"samples\[2\] holds an array of shape"
+    ):
+        to_inference_data(lists, model_of())
+
+
+def test_convergence_summary_wants_inference_data():
+    with pytest.raises(
+        ValueError, match=r"`idata` must be an `arviz.InferenceData`.*dict"
+    ):
+        convergence_summary({"a": 1})
+
+
+def test_posterior_predictive_pools_chains_given_as_lists(rng):
+    """The chains `to_inference_data` takes (lists of samples) are pooled by
+    `posterior_predictive` as a list of samplers is."""
+    lists = as_weight_lists(ar1_chains(rng, chains=2, draws=3, rho=0.5))
+    model = model_of()
+    x = rng.normal(size=(5, FEATURES)).astype("float32")
+    pooled = posterior_predictive(model, lists[0] + lists[1], x)
+    np.testing.assert_array_equal(posterior_predictive(model, lists, x), pooled)

@@ -165,7 +165,7 @@ def test_every_real_number_type_is_accepted(number):
 
 
 @pytest.mark.parametrize(
-    "bad", [0.0, -1.0, float("nan"), float("inf"), True, "1", [1.0]]
+    "bad", [0.0, -1.0, float("nan"), float("inf"), True, "1", [1.0], 1e-20]
 )
 def test_bad_noise_std_is_refused_by_name(bad):
     with pytest.raises(ValueError, match=r"`noise_std`.*Received: noise_std="):
@@ -175,3 +175,29 @@ def test_bad_noise_std_is_refused_by_name(bad):
 def test_predictions_without_a_variance_axis_are_refused():
     with pytest.raises(ValueError, match=r"last axis \(length 2\).*\(4, 3\)"):
         GaussianNegativeLogLikelihood()(np.zeros((4,)), np.ones((4, 3)))
+
+
+@pytest.mark.parametrize(
+    "noise_std, y_shape, pred_shape",
+    [
+        (0.5, (3, 2), (3, 1)),  # one predicted mean broadcast over two targets
+        (0.5, (3, 1), (1, 3)),  # the batch axes broadcast against each other
+        (0.5, (3,), (1, 1)),
+        (0.5, (3,), (3, 2)),
+        (None, (3, 2), (3, 2)),  # a mean and a variance for one target of two
+        (None, (4, 3), (4, 1, 2)),
+    ],
+)
+def test_shapes_that_would_broadcast_are_refused(
+    noise_std, y_shape, pred_shape
+):
+    """Keras' own losses broadcast here; a likelihood must not pair a target with other
+    examples' or entries' predictions."""
+    loss = GaussianNegativeLogLikelihood(noise_std=noise_std)
+    y_pred = np.ones(pred_shape, "float32")
+    if noise_std is None:
+        y_pred[..., 1] = 1.0
+    with pytest.raises(
+        ValueError, match=r"`y_true` and `y_pred` must be of one shape"
+    ):
+        loss(np.zeros(y_shape, "float32"), y_pred)

@@ -169,6 +169,42 @@ def test_the_model_is_read_only_when_a_sample_can_be_due(
     assert len(reads) <= 4 + 2 * 8, reads
 
 
+@pytest.mark.parametrize(
+    "steps_per_execution, thin, off",
+    [
+        (2, 3, ["thin (3)"]),
+        (3, 6, ["the updates per epoch (4)", "the burn-in (4)"]),
+    ],
+)
+def test_executions_that_move_samples_are_named_before_fit_runs(
+    steps_per_execution, thin, off
+):
+    """Keras starts its executions anew at each epoch and the callbacks run once per
+    execution: a steps_per_execution that does not divide the epoch, thin and burn-in moves
+    samples to the ends of executions; the sampler says so as fit starts, naming which."""
+    if BACKEND == "torch":
+        pytest.skip("Keras on PyTorch runs one step per execution")
+    sampler = PosteriorSampler(burn_in=1, thin=thin, verbose=0)
+    model = compiled_model()
+    model.compile(
+        optimizer=sampling_optimizer(),
+        loss="sparse_categorical_crossentropy",
+        steps_per_execution=steps_per_execution,
+    )
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        fit(model, sampler, epochs=8)  # 32 updates, 4 per epoch
+    messages = [m for m in sampler_warnings(record) if "does not divide" in m]
+    assert len(messages) == 1, sampler_warnings(record)
+    assert (
+        f"steps_per_execution={steps_per_execution} does not divide"
+        in messages[0]
+    )
+    assert all(name in messages[0] for name in off), messages[0]
+    due = [u for u in range(1, 33) if sampler.is_sample_step(u)]
+    assert sampler.sample_steps != due  # the samples were indeed moved
+
+
 def test_burn_in_in_steps_then_every_thin_updates():
     sampler, recorder = (
         PosteriorSampler(burn_in=5, burn_in_unit="steps", thin=3, verbose=0),
