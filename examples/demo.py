@@ -20,6 +20,15 @@ import dataclasses
 import os
 import sys
 
+# Run as a file, the script could not import the repository's experiments/ kit.
+if not __package__:
+    print(
+        "demo.py: error: run it as a module, from the repository root: "
+        "python -m examples.demo",
+        file=sys.stderr,
+    )
+    sys.exit(2)
+
 os.environ.setdefault(
     "TF_CPP_MIN_LOG_LEVEL", "2"
 )  # before TensorFlow loads: fewer C++ logs

@@ -28,6 +28,15 @@ import os
 import sys
 import time
 
+# Run as a file, the script could not import the repository's experiments/ kit.
+if not __package__:
+    print(
+        "sample.py: error: run it as a module, from the repository root: "
+        "python -m examples.sample",
+        file=sys.stderr,
+    )
+    sys.exit(2)
+
 os.environ.setdefault(
     "TF_CPP_MIN_LOG_LEVEL", "2"
 )  # before TensorFlow loads: no C++ info logs

@@ -59,7 +59,8 @@ class QSGLD(BackendQuantizedOptimizer):
             let `QSGLDMonitor` set it from the data in `fit`.
         compensation: a `CompensationSchedule` (or any callable of the step), a constant
             gate in [0, 1], or None (default: no compensation term).
-        rounding: how `Q` rounds, one of
+        rounding: how `Q` rounds, one of:
+
             - `"nearest"` (default, the paper): `floor(y + 1/2)`. Deterministic; every step
               smaller than half a grid cell is exactly 0 (a dead zone with no noise).
             - `"floor"` (the authors' code): `floor(y)`. Deterministic; a drift of

@@ -18,6 +18,15 @@ import json
 import os
 import sys
 
+# Run as a file, the script could not import the repository's experiments/ kit.
+if not __package__:
+    print(
+        "learning_rates.py: error: run it as a module, from the repository root: "
+        "python -m tuning.learning_rates",
+        file=sys.stderr,
+    )
+    sys.exit(2)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras

@@ -30,6 +30,15 @@ import shlex
 import sys
 from pathlib import Path
 
+# Run as a file, the script could not import the repository's experiments/ kit.
+if not __package__:
+    print(
+        "search.py: error: run it as a module, from the repository root: "
+        "python -m tuning.search",
+        file=sys.stderr,
+    )
+    sys.exit(2)
+
 os.environ.setdefault(
     "TF_CPP_MIN_LOG_LEVEL", "2"
 )  # before TensorFlow loads: fewer C++ logs
@@ -40,7 +49,7 @@ from matplotlib.figure import Figure  # noqa: E402  (no pyplot: no display neede
 
 from experiments import cli, flags
 from experiments.datasets import hold_out, load_dataset
-from experiments.defaults import DEFAULT_MODEL
+from experiments.defaults import DEFAULT_MODEL, default_learning_rate
 from tuning.hypermodel import (
     QSGLDHyperModel,
     SearchSpace,
@@ -278,8 +287,10 @@ def build_parser():
     g.add_argument(
         "--learning-rate",
         type=cli.positive_float,
-        default=SPACE.learning_rate,
-        help="the fixed learning rate when it is not searched",
+        default=None,
+        help="the fixed learning rate when it is not searched (default: QSGLD's for the "
+        "data set, experiments.defaults.default_learning_rate: "
+        f"{SPACE.learning_rate:g} where none was measured)",
     )
     g.add_argument(
         "--lr-min",
@@ -311,6 +322,8 @@ def parse_args(argv=None):
             setattr(args, key, value)
     if args.model is None:
         args.model = DEFAULT_MODEL[args.dataset]
+    if args.learning_rate is None:
+        args.learning_rate = default_learning_rate("qsgld", args.dataset)
     if not 0 <= args.validation_fraction < 1:
         parser.error(
             f"argument --validation-fraction: expected a fraction in [0, 1), received {args.validation_fraction!r}"

@@ -52,13 +52,17 @@ def capture(*args, env=None, timeout=300):
 
 
 def start(script, *args, env=None, log=None):
-    """Starts `tests/programs/<script>` (or `<script>` relative to the repository root if it
-    names a folder, e.g. `examples/distributed.py`) with the interpreter running the tests."""
-    path = ROOT / script if "/" in str(script) else PROGRAMS / script
+    """Starts `tests/programs/<script>`, or the repository's script `<script>` as a module if
+    it names a folder (`examples/distributed.py` runs as `-m examples.distributed`, as users
+    run it), with the interpreter running the tests."""
+    if "/" in str(script):
+        target = ["-m", str(script).removesuffix(".py").replace("/", ".")]
+    else:
+        target = [str(PROGRAMS / script)]
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - the child keeps its copy
     try:
         return subprocess.Popen(
-            [sys.executable, str(path), *map(str, args)],
+            [sys.executable, *target, *map(str, args)],
             env=env or script_env(),
             stdout=out,
             stderr=subprocess.STDOUT,

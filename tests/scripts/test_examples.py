@@ -535,36 +535,50 @@ def no_network_env():
     "args, expected",
     [
         pytest.param(
-            ["examples/fit.py", "--dataset", "cifar10", "--data-dir", "{tmp}"],
+            [
+                "-m",
+                "examples.fit",
+                "--dataset",
+                "cifar10",
+                "--data-dir",
+                "{tmp}",
+            ],
             "fit.py: error: Data set 'cifar10' is not prepared",
             id="fit-no-data",
         ),
         pytest.param(
-            ["examples/fit.py", "--base", "0.5", "--no-plots"],
+            ["-m", "examples.fit", "--base", "0.5", "--no-plots"],
             "fit.py: error: Argument `base` must be",
             id="fit-setting",
             marks=tensorflow_only,
         ),
         pytest.param(
-            ["examples/demo.py", "--epochs", "x"],
+            ["-m", "examples.demo", "--epochs", "x"],
             "demo.py: error: argument --epochs: expected an integer >= 1, received 'x'",
             id="demo-args",
             marks=tensorflow_only,
         ),
         pytest.param(
-            ["examples/distributed.py", "--optimizer", "sgd"],
+            ["-m", "examples.distributed", "--optimizer", "sgd"],
             "distributed.py: error: argument --optimizer: invalid choice: 'sgd'",
             id="distributed-args",
             marks=tensorflow_only,
         ),
         pytest.param(
-            ["tuning/search.py", "--dataset", "cifar10", "--data-dir", "{tmp}"],
+            [
+                "-m",
+                "tuning.search",
+                "--dataset",
+                "cifar10",
+                "--data-dir",
+                "{tmp}",
+            ],
             "search.py: error: Data set 'cifar10' is not prepared",
             id="search-no-data",
             marks=tensorflow_only,
         ),
         pytest.param(
-            ["tuning/search.py", "--eta-min", "8", "--eta-max", "4"],
+            ["-m", "tuning.search", "--eta-min", "8", "--eta-max", "4"],
             "search.py: error: Argument `eta_min` must be <= `eta_max`",
             id="search-space",
             marks=tensorflow_only,
@@ -587,7 +601,8 @@ def test_changed_search_settings_are_one_line(tmp_path):
     project = tmp_path / "digits_mlp_random"
     project.mkdir()
     args = [
-        "tuning/search.py",
+        "-m",
+        "tuning.search",
         "--smoke",
         "--tuner",
         "random",
@@ -617,7 +632,8 @@ def test_changed_search_settings_are_one_line(tmp_path):
 )
 def test_distributed_refuses_another_backend_in_one_line():
     result = run_script(
-        "examples/distributed.py",
+        "-m",
+        "examples.distributed",
         "--epochs",
         "1",
         env=runner.script_env(KERAS_BACKEND="jax"),
@@ -663,7 +679,8 @@ def test_ctrl_c_in_fit_says_how_to_resume(tmp_path):
     code, lines = interrupt_when(
         (tmp_path / "out" / "qsgld").exists,  # made just before `fit`
         [
-            "examples/fit.py",
+            "-m",
+            "examples.fit",
             "--dataset",
             "digits",
             "--epochs",
@@ -907,3 +924,28 @@ def test_a_bad_flag_is_exactly_one_line_on_stderr(module, args, message):
     result = run_script("-m", module, *args)
     assert result.returncode == 2
     assert result.stderr == message + "\n"
+
+
+@pytest.mark.backends("tensorflow")
+@pytest.mark.parametrize(
+    "path",
+    [
+        "examples/fit.py",
+        "examples/sample.py",
+        "examples/regression.py",
+        "examples/demo.py",
+        "examples/distributed.py",
+        "tuning/search.py",
+        "tuning/learning_rates.py",
+    ],
+)
+def test_a_script_run_as_a_file_says_to_run_it_as_a_module(path):
+    """`python examples/fit.py` cannot import the repository's `experiments/` kit: one line
+    naming the module form, exit code 2, not a ModuleNotFoundError."""
+    module = path.removesuffix(".py").replace("/", ".")
+    result = run_script(path, "--help", env=runner.script_env(PYTHONPATH=""))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"{path.split('/')[-1]}: error: run it as a module, from the repository "
+        f"root: python -m {module}\n"
+    )

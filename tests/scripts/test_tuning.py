@@ -28,7 +28,7 @@ import keras
 import keras_qsgld
 from examples import fit
 from experiments.cli import UserError
-from experiments.defaults import DEFAULT_LEARNING_RATE
+from experiments.defaults import DEFAULT_LEARNING_RATE, default_learning_rate
 from tests import reference  # noqa: E402  (the NumPy formulas)
 from tuning import hypermodel as hm
 from tuning import search
@@ -281,7 +281,7 @@ def test_smoke_hyperband_end_to_end_and_continuation_keeps_iterations(tmp_path):
     assert space.base_min <= v["base"] <= space.base_max
     assert space.kappa_min <= v["kappa"] <= space.kappa_max
     assert space.tau0_min <= v["tau0_fraction"] <= space.tau0_max
-    assert v["learning_rate"] == space.learning_rate
+    assert v["learning_rate"] == default_learning_rate("qsgld", "digits")
     assert best["tau0"] == pytest.approx(v["tau0_fraction"] * 3)
 
     # The written config loads directly and is the best trial's optimizer.
@@ -508,3 +508,21 @@ def test_learning_rate_grid_refuses_bad_flags(capsys):
     assert "learning rates > 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         learning_rates.main(["--optimizers", "sgd,nope"])
+
+
+def test_the_fixed_learning_rate_is_qsgld_default_for_the_data_set():
+    """The smoke search (digits) trains at QSGLD's measured rate there, not at the paper's
+    CIFAR rate; a rate given on the command line wins."""
+    assert search.parse_args(
+        ["--smoke"]
+    ).learning_rate == default_learning_rate("qsgld", "digits")
+    assert default_learning_rate("qsgld", "digits") != default_learning_rate(
+        "qsgld", "cifar10"
+    )
+    assert search.parse_args(
+        ["--dataset", "cifar10"]
+    ).learning_rate == default_learning_rate("qsgld", "cifar10")
+    assert (
+        search.parse_args(["--smoke", "--learning-rate", "0.05"]).learning_rate
+        == 0.05
+    )
