@@ -9,12 +9,16 @@ export KERAS_BACKEND := tensorflow
 
 .PHONY: venv demo lint docs browser test test-keras-floor clean
 
-# torch==2.13.0 first: on these machines pip takes its CPU build from the local wheel folder
-# (seconds), where an open range would pull a CUDA build of several GB.
+# torch==2.13.0 first, its CPU build: from PyTorch's CPU index (the one install.md gives), or
+# from a local wheel folder where pip is configured with one; PyPI alone would bring the CUDA
+# build and its CUDA wheels (several GB). Where PyTorch's index cannot be reached, pip says
+# so on a line or two and goes on (a short timeout and one retry bound the wait).
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet --timeout 10 --retries 1 \
+		--extra-index-url $(TORCH_CPU_INDEX) "torch==2.13.0"
 	$(PY) -m pip install --quiet -e ".[all]"
 	touch $(STAMP)
 
