@@ -495,15 +495,11 @@ class PosteriorSampler(keras.callbacks.Callback):
             or per_epoch != self.params.get("steps")  # gradient accumulation
         ):
             return
+        periods = {"the updates per epoch": per_epoch, "thin": self.thin}
         if self.cycle_length is None:
-            periods = {"the updates per epoch": per_epoch, "thin": self.thin}
             periods["the burn-in"] = self._require_burn_in()
         else:
-            periods = {
-                "the updates per epoch": per_epoch,
-                "thin": self.thin,
-                "cycle_length": self.cycle_length,
-            }
+            periods["cycle_length"] = self.cycle_length
         off = [
             f"{name} ({n})" for name, n in periods.items() if n % per_execution
         ]
