@@ -11,13 +11,14 @@ export KERAS_BACKEND := tensorflow
 
 # torch==2.13.0 first, its CPU build: from PyTorch's CPU index (the one install.md gives), or
 # from a local wheel folder where pip is configured with one; PyPI alone would bring the CUDA
-# build and its CUDA wheels (several GB). Where PyTorch's index cannot be reached, pip says
-# so on a line or two and goes on (a short timeout and one retry bound the wait).
+# build and its CUDA wheels (several GB). Torch alone (--no-deps) from there: its own
+# dependencies come with the package's. Where PyTorch's index cannot be reached, pip says so
+# on a line and goes on (a short timeout and one retry bound the wait).
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --timeout 10 --retries 1 \
+	$(PY) -m pip install --quiet --no-deps --timeout 10 --retries 1 \
 		--extra-index-url $(TORCH_CPU_INDEX) "torch==2.13.0"
 	$(PY) -m pip install --quiet -e ".[all]"
 	touch $(STAMP)
