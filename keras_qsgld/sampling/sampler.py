@@ -404,6 +404,19 @@ class PosteriorSampler(keras.callbacks.Callback):
                 "train longer.",
             )
             return
+        if self._count_between(start, end) == 0:
+            self._warn_once(
+                "no_sample",
+                f"PosteriorSampler: no update of this run ({start + 1} to {end}) is due for a "
+                f"sample (burn-in {unit}{burn_in} updates, thin {self.thin}"
+                + (
+                    f", cycles of {self.cycle_length}"
+                    if self.cycle_length is not None
+                    else ""
+                )
+                + "): this fit keeps no samples. Lower thin or train longer.",
+            )
+            return
         if self.max_samples is None:
             return
         have = sum(1 for u in self._kept if u <= start)

@@ -541,6 +541,18 @@ def test_warns_when_the_burn_in_outlasts_the_run():
         fit(compiled_model(), PosteriorSampler(burn_in=5, verbose=0), epochs=2)
 
 
+def test_warns_when_thin_outlasts_the_run():
+    """No update of the run is due for a sample (it kept none, silently)."""
+    sampler = PosteriorSampler(burn_in=0, thin=9, verbose=0)
+    with pytest.warns(
+        UserWarning,
+        match=r"no update of this run \(1 to 8\) is due for a sample \(burn-in 0 epochs = 0 "
+        r"updates, thin 9\)",
+    ):
+        fit(compiled_model(), sampler, epochs=2)
+    assert sampler.samples == []
+
+
 def test_warns_when_max_samples_cannot_be_reached():
     with pytest.warns(
         UserWarning,
