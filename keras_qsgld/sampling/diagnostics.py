@@ -102,27 +102,16 @@ def _selected_weights(model, weights):
 def _weight_draws(model, samples, chosen):
     """`{name: array (draws, *shape)}` of the chosen weights over one chain's samples."""
     draws = {name: [] for name, _ in chosen}
-    original = [np.array(w, copy=True) for w in model.get_weights()]
-    try:
+    with store.restoring_weights(model):
         for index, sample in enumerate(samples):
             if isinstance(sample, (list, tuple)):
-                store.check_weight_list(sample, index, len(original))
-                for weight, value in zip(model.weights, sample):
-                    if np.shape(value) != tuple(weight.shape):
-                        raise ValueError(
-                            "Argument `samples` must hold weight lists that fit the model. "
-                            f"Received: samples[{index}] holds an array of shape "
-                            f"{np.shape(value)} for {weight.path!r}, of shape "
-                            f"{tuple(weight.shape)}"
-                        )
+                store.check_weight_list(sample, index, model.weights)
                 values = sample
             else:  # a file: read it through the model
-                store.load_sample(model, sample, index, len(original))
+                store.load_sample(model, sample, index)
                 values = [keras.ops.convert_to_numpy(v) for v in model.weights]
             for name, i in chosen:
                 draws[name].append(np.array(values[i], dtype=np.float64))
-    finally:
-        model.set_weights(original)
     return {name: np.stack(d) for name, d in draws.items()}
 
 

@@ -258,18 +258,15 @@ def for_each_prediction(
     the probabilities (classification) or a pair `(mean, variance)` (regression; the
     variance None without `model_variance`), float64 arrays. Restores the model's own
     weights afterwards, also when an error interrupts."""
-    original = [np.array(w, copy=True) for w in model.get_weights()]
-    try:
+    with store.restoring_weights(model):
         for index, sample in enumerate(samples):
-            store.load_sample(model, sample, index, len(original))
+            store.load_sample(model, sample, index)
             outputs = _predict(model, x, batch_size, verbose)
             consume(
                 _probabilities(outputs, from_logits)
                 if task == "classification"
                 else _moments(outputs, model_variance)
             )
-    finally:
-        model.set_weights(original)
 
 
 def _probabilities(outputs, from_logits):

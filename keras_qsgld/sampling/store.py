@@ -7,6 +7,7 @@ atomically (to a temporary name of this process, then renamed), so a killed writ
 leaves a truncated sample.
 """
 
+import contextlib
 import os
 import re
 
@@ -68,9 +69,20 @@ def write_file(model, directory, update):
     return path
 
 
-def load_sample(model, sample, index, num_weights):
-    """Sets the model's weights to `sample`: a weight list of its `num_weights` weights, or
-    a `.weights.h5` path. `index`: its place in the caller's list, for the messages."""
+@contextlib.contextmanager
+def restoring_weights(model):
+    """Restores the model's own weights on leaving, also when an error interrupts: for the
+    readers that set a model's weights to each sample in turn."""
+    original = keep_in_memory(model)
+    try:
+        yield
+    finally:
+        model.set_weights(original)
+
+
+def load_sample(model, sample, index):
+    """Sets the model's weights to `sample`: a weight list of its weights, or a
+    `.weights.h5` path. `index`: its place in the caller's list, for the messages."""
     if isinstance(sample, (str, os.PathLike)):
         path = os.fspath(sample)
         if not path.endswith(".weights.h5"):
@@ -84,21 +96,30 @@ def load_sample(model, sample, index, num_weights):
             )
         model.load_weights(path, objects_to_skip=_optimizer_to_skip(model))
         return
-    check_weight_list(sample, index, num_weights)
+    check_weight_list(sample, index, model.weights)
     model.set_weights(list(sample))
 
 
-def check_weight_list(sample, index, num_weights):
-    """A `ValueError` unless `sample` is a list of `num_weights` arrays."""
-    if not isinstance(sample, (list, tuple)) or len(sample) != num_weights:
+def check_weight_list(sample, index, weights):
+    """A `ValueError` unless `sample` is a list of arrays of the shapes of `weights` (the
+    model's weights, in order)."""
+    if not isinstance(sample, (list, tuple)) or len(sample) != len(weights):
         if isinstance(sample, (list, tuple)):
             what = f"a list of {len(sample)} arrays"
         else:
             what = type(sample).__name__
         raise ValueError(
-            f"Argument `samples` must hold weight lists of the model's {num_weights} weights "
+            f"Argument `samples` must hold weight lists of the model's {len(weights)} weights "
             f"(model.get_weights()) or .weights.h5 paths. Received: samples[{index}] is {what}"
         )
+    for weight, value in zip(weights, sample):
+        if np.shape(value) != tuple(weight.shape):
+            raise ValueError(
+                "Argument `samples` must hold weight lists that fit the model. "
+                f"Received: samples[{index}] holds an array of shape "
+                f"{np.shape(value)} for {weight.path!r}, of shape "
+                f"{tuple(weight.shape)}"
+            )
 
 
 def is_chain(value):
