@@ -127,11 +127,14 @@ def build_parser():
 class LearningRateHyperModel(kt.HyperModel):
     """One optimizer, its learning rate the only hyperparameter."""
 
-    def __init__(self, optimizer, config, data):
+    def __init__(self, optimizer, config, data, steps_per_epoch):
         super().__init__(name=optimizer)
         self.optimizer = optimizer
         self.config = config
-        self.data = data
+        self.data = data  # the data set's bundle: its input shape and classes
+        self.steps_per_epoch = (
+            steps_per_epoch  # of the training split less the held-out part
+        )
 
     def build(self, hp):
         rate = hp.Choice("learning_rate", [float(r) for r in self.config.grid])
@@ -150,7 +153,7 @@ class LearningRateHyperModel(kt.HyperModel):
         )
         model.compile(
             optimizer=make_optimizer(
-                self.optimizer, config, self.data.steps_per_epoch
+                self.optimizer, config, self.steps_per_epoch
             ),
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
@@ -175,16 +178,11 @@ def search(args):
         bundle, VALIDATION_FRACTION, seed=args.seed
     )
 
-    class Data:
-        input_shape = bundle.input_shape
-        num_classes = bundle.num_classes
-        steps_per_epoch = steps
-
     results = {}
     for name in args.optimizers:
         keras.utils.set_random_seed(args.seed)
         tuner = kt.GridSearch(
-            LearningRateHyperModel(name, args, Data),
+            LearningRateHyperModel(name, args, bundle, steps),
             objective=kt.Objective("val_accuracy", "max"),
             directory=args.output_dir,
             project_name=f"{args.dataset}-{name}",
