@@ -52,11 +52,15 @@ os.environ.setdefault(
 
 import keras
 import numpy as np
-from sklearn.datasets import load_diabetes
 
 import keras_qsgld
 from experiments import cli
 from experiments.cli import non_negative_int, positive_float, positive_int
+from experiments.linear_regression import (
+    diabetes,
+    exact_posterior,
+    least_squares_noise_std,
+)
 from keras_qsgld.losses import GaussianNegativeLogLikelihood
 from keras_qsgld.sampling import (
     PosteriorSampler,
@@ -135,33 +139,6 @@ def build_parser():
         help="folder for results.md and results.json (default %(default)s)",
     )
     return p
-
-
-def diabetes():
-    """Standardized features `(442, 10)` and target `(442,)`, float64."""
-    x, y = load_diabetes(return_X_y=True)
-    x = (x - x.mean(axis=0)) / x.std(axis=0)
-    y = (y - y.mean()) / y.std()
-    return x, y
-
-
-def least_squares_noise_std(x, y):
-    """The residual standard deviation of the least-squares fit (with an intercept)."""
-    design = np.c_[x, np.ones(len(x))]
-    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-    residual = y - design @ coef
-    return float(np.sqrt(residual @ residual / (len(y) - design.shape[1])))
-
-
-def exact_posterior(x, y, noise_std, prior_std):
-    """The closed-form posterior of `[w, b]`: its mean and precision matrix."""
-    design = np.c_[x, np.ones(len(x))]
-    precision = (
-        design.T @ design / noise_std**2
-        + np.eye(design.shape[1]) / prior_std**2
-    )
-    mean = np.linalg.solve(precision, design.T @ y / noise_std**2)
-    return mean, precision
 
 
 def sample_chain(x, y, args, noise_std, seed):

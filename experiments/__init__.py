@@ -9,6 +9,8 @@ harness can pick a backend per process.
   stream, the validation hold-out;
 - `models`: the paper's models and small ones for the offline data sets;
 - `defaults`: the one table of default models, learning rates and the paper's presets;
+- `linear_regression`: the diabetes regression's closed-form posterior, for the regression
+  example and the sampling-cost benchmark;
 - `cli`: the one command-line kit of every script: one-line errors (exit code 2), Ctrl-C (exit
   code 130), argument types, the QSGLD flags;
 - here: `require_extra`, `import_tensorflow_quietly` and `quiet_startup`, which the script

@@ -40,6 +40,11 @@ import numpy as np
 
 from benchmarks import common
 from experiments import cli
+from experiments.linear_regression import (
+    diabetes,
+    exact_posterior,
+    least_squares_noise_std,
+)
 
 TABLES = ("linear", "logistic")
 # The SGLD run of each problem: (learning rate, batch size, updates per chain, burn-in, thin).
@@ -88,37 +93,20 @@ def build_parser():
 def load_problem(name):
     """`(x, y, noise_std)`: standardized features, targets (float64), and the noise sd of the
     linear problem (None for the logistic one)."""
-    from sklearn.datasets import load_breast_cancer, load_diabetes
+    if name == "linear":
+        x, y = diabetes()
+        return x, y, least_squares_noise_std(x, y)
+    from sklearn.datasets import load_breast_cancer
 
-    if name == "linear":
-        x, y = load_diabetes(return_X_y=True)
-        y = (y - y.mean()) / y.std()
-    else:
-        x, y = load_breast_cancer(return_X_y=True)
-        y = y.astype(np.float64)
+    x, y = load_breast_cancer(return_X_y=True)
     x = (x - x.mean(axis=0)) / x.std(axis=0)
-    noise_std = None
-    if name == "linear":
-        design = np.c_[x, np.ones(len(x))]
-        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-        residual = y - design @ coef
-        noise_std = float(
-            np.sqrt(residual @ residual / (len(y) - design.shape[1]))
-        )
-    return x, y, noise_std
+    return x, y.astype(np.float64), None
 
 
 def linear_reference(x, y, noise_std):
     """The closed-form posterior of `[w, b]`: mean and marginal variances."""
-    design = np.c_[x, np.ones(len(x))]
-    precision = (
-        design.T @ design / noise_std**2
-        + np.eye(design.shape[1]) / PRIOR_STD**2
-    )
-    covariance = np.linalg.inv(precision)
-    return np.linalg.solve(precision, design.T @ y / noise_std**2), np.diag(
-        covariance
-    )
+    mean, precision = exact_posterior(x, y, noise_std, PRIOR_STD)
+    return mean, np.diag(np.linalg.inv(precision))
 
 
 def logistic_reference(args, x, y):
