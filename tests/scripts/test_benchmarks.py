@@ -411,6 +411,21 @@ def test_global_opt_quick(tmp_path):
         assert len(f.readlines()) == n
 
 
+@pytest.mark.backends("jax")
+def test_langevin_cost_quick_linear(tmp_path):
+    """The sampling-cost benchmark's --quick mode on the linear problem (its NUTS-free
+    table): keras-qsgld's two recipes and blackjax, each a row."""
+    pytest.importorskip("blackjax")
+    pytest.importorskip("arviz")
+    from benchmarks.langevin import cost
+
+    cost.main(["--quick", "--tables", "linear", "--output-dir", str(tmp_path)])
+    _, rows = _check_table(str(tmp_path / "linear_jax.md"), min_rows=3)
+    assert [r.split(" | ")[0] for r in rows] == [
+        f"| {cost.LABELS[c]}" for c in cost.CANDIDATES["jax"]
+    ]
+
+
 @pytest.mark.backends("tensorflow")
 def test_diagnostics_quick(tmp_path):
     from benchmarks.langevin import diagnostics

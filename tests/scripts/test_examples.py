@@ -949,3 +949,27 @@ def test_a_script_run_as_a_file_says_to_run_it_as_a_module(path):
         f"{path.split('/')[-1]}: error: run it as a module, from the repository "
         f"root: python -m {module}\n"
     )
+
+
+@pytest.mark.backends("jax")
+def test_regression_example_runs_its_chains_against_the_closed_form(tmp_path):
+    """`python -m examples.regression`, small: its chains, diagnostics and the closed-form
+    comparison end in a table (the numbers of docs/sampling.md come from full runs)."""
+    result = run_script(
+        "-m",
+        "examples.regression",
+        "--updates",
+        "1000",
+        "--burn-in",
+        "100",
+        "--chains",
+        "2",
+        "--output-dir",
+        tmp_path,
+        env=runner.script_env(KERAS_BACKEND="jax"),
+    )
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "results.md").read_text()
+    assert "| lr | batch | chains x updates |" in table
+    assert "| 0.05 | 442 | 2 x 1000 |" in table
+    assert (tmp_path / "results.json").exists()
