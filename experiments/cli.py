@@ -228,6 +228,21 @@ class _InsistentInterrupt:
             sys.excepthook = self._excepthook
 
 
+def _forget_unhandled_interrupt():
+    """Keeps CPython from ending the process by SIGINT after a Ctrl-C this module handled.
+
+    When a `KeyboardInterrupt` passes through C code that runs Python with `PyRun_String`
+    (TensorFlow's and optree's C++ do), CPython sets a global flag, "unhandled Ctrl-C", that
+    catching the exception later does not clear; at exit it then kills the process with
+    SIGINT (return code -2) instead of exiting with the script's code. Running any code
+    through `PyRun_String` resets the flag.
+    """
+    if sys.implementation.name == "cpython":
+        import ctypes
+
+        ctypes.pythonapi.PyRun_SimpleString(b"pass")
+
+
 _QUIET = {"interrupt": False}
 
 
@@ -270,6 +285,7 @@ def run_script(run, prog=None, interrupted=None):
             interrupts.caught.set()
         else:
             return 0
+    _forget_unhandled_interrupt()
     if not _QUIET["interrupt"]:
         print(
             f"{prog}: interrupted"

@@ -15,6 +15,7 @@ on every backend, each script in a process of its own.
 import csv
 import importlib.util
 import json
+import os
 import re
 import signal
 import subprocess
@@ -791,6 +792,37 @@ def test_error_after_a_swallowed_ctrl_c_is_the_interruption():
     `test_ctrl_c_in_fit_says_how_to_resume` in CI): after a Ctrl-C, that error is reported
     as the interruption."""
     result = run_script("-c", SWALLOWED_CTRL_C_THEN_ERROR, timeout=120)
+    assert (result.returncode, script_messages(result.stderr)) == (
+        130,
+        ["x.py: interrupted; resume hint"],
+    ), result.stderr
+
+
+CTRL_C_THROUGH_PYRUN_STRING = """
+import ctypes, sys
+from experiments import cli
+
+run_string = ctypes.pythonapi.PyRun_String  # as TensorFlow's and optree's C++ run Python
+run_string.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.py_object, ctypes.py_object]
+run_string.restype = ctypes.py_object
+
+def run():
+    run_string(b"import os, signal, time\\nos.kill(os.getpid(), signal.SIGINT)\\ntime.sleep(60)",
+               257, {}, {})  # 257: Py_file_input
+
+sys.exit(cli.run_script(run, prog="x.py", interrupted="resume hint"))
+"""
+
+
+@tensorflow_only  # `cli.run_script` alone, the same on every backend
+def test_ctrl_c_through_c_code_that_runs_python_still_exits_130(tmp_path):
+    """A Ctrl-C that passes through `PyRun_String` leaves CPython's "unhandled Ctrl-C" flag
+    set, and a script run with `-m` then died by SIGINT (-2) after its message (it broke
+    `test_ctrl_c_in_search_says_how_to_resume` in CI)."""
+    (tmp_path / "ctrl_c_script.py").write_text(CTRL_C_THROUGH_PYRUN_STRING)
+    env = runner.script_env()
+    env["PYTHONPATH"] += os.pathsep + str(tmp_path)
+    result = run_script("-m", "ctrl_c_script", env=env, timeout=120)
     assert (result.returncode, script_messages(result.stderr)) == (
         130,
         ["x.py: interrupted; resume hint"],
