@@ -47,6 +47,7 @@ SECTIONS = [
             "speed_torch/breakdown",
             "speed_xeon/apply",
             "speed_xeon/breakdown",
+            "speed_xeon/xla_code",
             "speed_0.1.0/apply",
             "speed_0.1.0/step",
             "speed_0.1.0/breakdown",
@@ -122,6 +123,19 @@ What the tables show (CPU; the GPU picture may differ, see the last section):
   the update's pass. The 1.4x target is not met on this host; we found no formulation XLA
   reduces faster there (the plain reduction is faster on JAX alone and was not adopted: it
   was not measured on the EPYC, where the two-level sum was tuned).
+  Why the reduction is slow, from the code XLA generates (`benchmarks.xla_code`, same host,
+  `jax.jit`, one variable of 2.36M elements; the table below the breakdown): XLA vectorizes
+  the two-level sum across rows, 8 rows to a 256-bit register, and builds those registers
+  one element at a time: 192 `vinsertps` (scalar-into-vector inserts) and 64 scalar loads,
+  one per element of the 8 rows of 32 an iteration sums, among the kernel's 398
+  instructions and 31 FMAs. It emits almost no 512-bit code (6 of the 398 instructions touch
+  zmm registers). On Intel cores these inserts issue on one
+  execution port, one per cycle, so the norm costs about a cycle per element however fast
+  memory is; that matches the breakdown, where the norms alone cost 1.2-1.26x a whole SGD
+  update that moves three times the bytes. The rounded update is not the problem: it is one
+  loop (`select_add_fusion`) with its `floor` vectorized (`vroundps` on 256-bit registers),
+  and it costs 1.02-1.05x SGD. AMD's cores issue such inserts on more ports, which is
+  consistent with the EPYC's 1.26x, but no EPYC was at hand to dump its code.
 * **PyTorch** (`speed_torch`: an Intel Xeon with AVX-512, 2 cores, PyTorch 2.13 CPU; each
   candidate compiled in a function of its own, from a fresh Inductor cache).
   - Eager, Keras' default on PyTorch: the update runs in direct, in-place torch ops over

@@ -12,7 +12,9 @@ import json
 import math
 import os
 import pathlib
+import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -424,6 +426,36 @@ def test_langevin_cost_quick_linear(tmp_path):
     assert [r.split(" | ")[0] for r in rows] == [
         f"| {cost.LABELS[c]}" for c in cost.CANDIDATES["jax"]
     ]
+
+
+@pytest.mark.backends("jax")  # a process of its own: XLA reads its flags once
+@pytest.mark.skipif(
+    platform.machine() not in ("x86_64", "AMD64")
+    or shutil.which("objdump") is None,
+    reason="counts x86-64 instructions with objdump",
+)
+def test_xla_code_counts_the_kernels_of_each_update():
+    """SGD's update is one elementwise kernel without a floor; QSGLD's has the norm's
+    reduction and the rounded update, whose floor is vectorized."""
+    result = run_module("xla_code", "--size", "65536")
+    assert result.returncode == 0, result.stderr
+    header, _, *rows = [
+        line for line in result.stdout.splitlines() if line.startswith("|")
+    ]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    kernels = {}
+    for row in rows:
+        cells = dict(
+            zip(columns, (c.strip() for c in row.strip("|").split("|")))
+        )
+        kernels.setdefault(cells["update"], {})[cells["kernel"]] = cells
+    assert set(kernels) == {"sgd", "qsgld"}
+    assert all(k["vector floors"] == "0" for k in kernels["sgd"].values())
+    assert any("reduce" in name for name in kernels["qsgld"])
+    assert sum(int(k["vector floors"]) for k in kernels["qsgld"].values()) > 0
+    assert (
+        "XLA_FLAGS" not in result.stdout
+    )  # the dump folder is not the machine's
 
 
 @pytest.mark.backends("tensorflow")
