@@ -298,6 +298,71 @@ def test_the_draws_are_the_package_generator(small_chunks):
     )
 
 
+@pytest.mark.parametrize("track_noise", [True, False])
+@pytest.mark.parametrize("rounding", ["stochastic", "dithered"])
+def test_fused_draws_equal_the_tensor_operations(
+    small_chunks, monkeypatch, rounding, track_noise
+):
+    """The compiled kernels (the draws; the draws and the rounding) give the tensor
+    operations' bits: per-row keys (the packed buffers) and one key (the sliced
+    variables), weights and noise statistics (tracked, the packed chunks draw apart)."""
+    from keras_qsgld.backend.torch import draws
+
+    inner = torch.randint(-(2**31), 2**31 - 1, (12 * 32,), dtype=torch.int32)
+    rows = torch.randint(-(2**31), 2**31 - 1, (12, 1), dtype=torch.int32)
+    scratch = [torch.empty_like(inner) for _ in range(2)]
+    results = {}
+    monkeypatch.setattr(draws, "_fused", {"failed": False, "kernels": {}})
+    for fused in (True, False):
+        monkeypatch.setattr(draws, "FUSED_DRAWS", fused)
+        results[fused] = [
+            draws.draw_uniform_(inner, key, *scratch, torch.empty(inner.shape))
+            for key in (rows, 2**32 - 5, 7)
+        ] + list(
+            _train(
+                keras_qsgld.QSGLD,
+                dict(
+                    resolution=RESOLUTION,
+                    compensation=0.5,
+                    rounding=rounding,
+                    track_noise=track_noise,
+                    seed=3,
+                ),
+            )
+        )
+    assert not draws._fused["failed"]  # the kernels ran
+    for fused, unfused in zip(results[True][:3], results[False][:3]):
+        assert torch.equal(fused, unfused)
+    weights, state, stats = results[True][3:]
+    _assert_close_in_cells(weights, results[False][3], RESOLUTION, False)
+    assert stats == results[False][5]
+
+
+def test_draws_fall_back_with_one_warning_where_they_cannot_compile(
+    monkeypatch,
+):
+    """Without a working `torch.compile` (no C++ compiler, say) the draws are the tensor
+    operations': one warning, and the same weights."""
+    from keras_qsgld.backend.torch import draws
+
+    def no_compiler(fn, **kwargs):
+        def fail(*args):
+            raise RuntimeError("no C++ compiler found")
+
+        return fail
+
+    kwargs = dict(resolution=RESOLUTION, rounding="dithered", seed=5)
+    expected = _train(keras_qsgld.QSGLD, kwargs)
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    monkeypatch.setattr(draws, "_fused", {"failed": False, "kernels": {}})
+    with pytest.warns(RuntimeWarning, match="no C.. compiler found") as caught:
+        actual = _train(keras_qsgld.QSGLD, kwargs)
+    ours = [w for w in caught if "could not compile" in str(w.message)]
+    assert len(ours) == 1, [str(w.message) for w in caught]
+    for a, e in zip(actual[0], expected[0]):
+        np.testing.assert_array_equal(a, e)
+
+
 # -- operator count --------------------------------------------------------------------
 @pytest.mark.parametrize("compensation", [None, 0.5])
 def test_eager_update_makes_few_operator_calls_per_variable(compensation):

@@ -3,7 +3,19 @@
 The first hash round, `lowbias32(position ^ key_a)`, depends on the position and the seed's
 first word alone, which `SeedGenerator.next` never advances: the eager update keeps it from
 one update to the next, and both forms compute it once for all variables.
+
+Eagerly, the rest of the hash is about sixteen tensor operations, each a pass over the
+chunk: the draws then cost more than the whole nearest-rounding update. `draw_uniform_`
+and `round_random_` (the draws and the rounding) run as one kernel each, which
+`torch.compile` builds on first use (integer maths, a conversion exact in float32, and
+the rounding's operations in the same order: the same bits). That first use costs seconds
+(measured: 10 s with an empty Inductor cache, 2.4 s with a warm one, 2 cores); they fall
+back to the tensor operations, with one warning, where they cannot be compiled (no C++
+compiler, for one), and `KERAS_QSGLD_FUSED_DRAWS=0` keeps to them.
 """
+
+import os
+import warnings
 
 import torch
 
@@ -56,11 +68,120 @@ def seed_keys(state, count):
     ]
 
 
+def _uniform(inner, keys, dtype):
+    """The uniform draws of `inner` for `keys` (one key, or one per row), as `dtype`."""
+    bits = lowbias32(inner + keys)
+    # 24 bits, exact in float32: the conversion and the power-of-two scale round nothing.
+    return ((bits >> 8) & 0xFFFFFF).to(dtype) * 2.0**-24
+
+
+# The kernels: the draws alone, and the random roundings `out` = `floor(x qp + u)` (less
+# `u - 1/2`, dithered), in which each operation rounds as the tensor operations' do
+# (Inductor contracts no `a * b + c`, and `u`'s product is exact anyway). Each in a function
+# of its own for one key (a 0-d tensor) and for a key per row: each compiles for itself,
+# within Dynamo's limit of recompilations per function, and the one-key kernels index no
+# rows.
+def _draws(out, inner, keys):
+    out.copy_(_uniform(inner, keys, out.dtype))
+
+
+def _draws_rows(out, inner, keys):
+    out.copy_(_uniform(inner, keys, out.dtype))
+
+
+def _stochastic(out, x, inner, keys, qp):
+    out.copy_(torch.floor(x * qp + _uniform(inner, keys, out.dtype)))
+
+
+def _stochastic_rows(out, x, inner, keys, qp):
+    out.copy_(torch.floor(x * qp + _uniform(inner, keys, out.dtype)))
+
+
+def _dithered(out, x, inner, keys, qp):
+    u = _uniform(inner, keys, out.dtype)
+    out.copy_(torch.floor(x * qp + u) - (u - 0.5))
+
+
+def _dithered_rows(out, x, inner, keys, qp):
+    u = _uniform(inner, keys, out.dtype)
+    out.copy_(torch.floor(x * qp + u) - (u - 0.5))
+
+
+def _fused_draws_setting():
+    value = os.environ.get("KERAS_QSGLD_FUSED_DRAWS", "1")
+    if value not in ("0", "1"):
+        raise ValueError(
+            "Environment variable `KERAS_QSGLD_FUSED_DRAWS` must be 1 (the eager update "
+            "compiles its random roundings' draws) or 0 (tensor operations). Received: "
+            f"KERAS_QSGLD_FUSED_DRAWS={value!r}"
+        )
+    return value == "1"
+
+
+# Whether the draws run as one compiled kernel (`KERAS_QSGLD_FUSED_DRAWS=0` turns it off,
+# as tests do to check the tensor operations); `_fused`: the kernels compiled so far, and
+# whether compiling has failed.
+FUSED_DRAWS = _fused_draws_setting()
+_fused = {"failed": False, "kernels": {}}
+
+
+def _run_fused(kernels, tensors, key_b, *rest):
+    """Runs `kernel(*tensors, keys, *rest)` compiled (once per process), `kernels` the
+    one-key and the key-per-row kernel: for a Python integer `key_b` the first, on flat
+    tensors, else the second, on the tensors viewed as one row per key. False where it
+    cannot be compiled."""
+    if not FUSED_DRAWS or _fused["failed"]:
+        return False
+    if isinstance(key_b, int):
+        kernel = kernels[0]
+        keys = torch.tensor(
+            to_int32(key_b), dtype=torch.int32, device=tensors[0].device
+        )
+    else:
+        kernel, keys = kernels[1], key_b
+        tensors = [t.view(keys.shape[0], -1) for t in tensors]
+    compiled = _fused["kernels"].get(kernel)
+    if compiled is None:
+        # Sizes become dynamic where they change (not the rows' length of 32).
+        compiled = _fused["kernels"][kernel] = torch.compile(
+            kernel, fullgraph=True
+        )
+    try:
+        compiled(*tensors, keys, *rest)
+    except Exception as error:  # noqa: BLE001 - any failure to compile means: fall back
+        _fused["failed"] = True
+        warnings.warn(
+            "keras_qsgld: the eager PyTorch update could not compile its random roundings' "
+            f"draws into one kernel ({type(error).__name__}: {str(error)[:200]}); it computes "
+            "them with tensor operations instead (the same values, about twice the update's "
+            "time).",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return False
+    return True
+
+
+def round_random_(out, x, qp, inner, key_b, dithered):
+    """`out` = `floor(x qp + u)` (stochastic) or `floor(x qp + u) - (u - 1/2)` (dithered),
+    `u` the draws of `draw_uniform_(inner, key_b, ...)`, as one compiled kernel; `qp` a 0-d
+    tensor of `x`'s dtype. Returns False, `out` untouched, where that kernel cannot run
+    (then draw and round by tensor operations)."""
+    kernels = (
+        (_dithered, _dithered_rows)
+        if dithered
+        else (_stochastic, _stochastic_rows)
+    )
+    return _run_fused(kernels, (out, x, inner), key_b, qp)
+
+
 def draw_uniform_(inner, key_b, bits, tmp, out):
     """`out` = the uniform draws in [0, 1) at the positions whose first hash round is
     `inner` (`lowbias32(position ^ key_a)`), for the second key `key_b`: a Python integer,
     or an int32 tensor of one key per row (shape `(rows, 1)`) of `inner` cut into rows.
     `bits`, `tmp`: int32 scratch."""
+    if _run_fused((_draws, _draws_rows), (out, inner), key_b):
+        return out
     if isinstance(key_b, int):
         torch.add(inner, to_int32(key_b), out=bits)
     else:

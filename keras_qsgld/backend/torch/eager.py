@@ -14,6 +14,7 @@ import torch
 from keras_qsgld.backend.torch.draws import (
     draw_uniform_,
     lowbias32_,
+    round_random_,
     seed_keys,
     to_int32,
 )
@@ -426,9 +427,6 @@ class _GroupUpdate:
                 ).view(-1)
             elif self.scale_list[k] != 0:
                 x = torch.add(h, h, alpha=self.scale_list[k], out=buffers[2])
-        noise = None
-        if self.rounding in ("stochastic", "dithered"):
-            noise = self.draw(k, a, b, buffers[5])
         fast = not self.exact
         if fast and not safe:
             low, high = torch.aminmax(x)
@@ -437,8 +435,11 @@ class _GroupUpdate:
                 1 - 2.0**-20
             )  # False for NaN
         if fast:
-            q = self.round_fast(x, noise, buffers, padding)
+            q = self.round_fast(x, chunk, buffers, padding)
         else:
+            noise = None
+            if self.rounding in ("stochastic", "dithered"):
+                noise = self.draw(k, a, b, buffers[5])
             delta = self.round_exact(
                 x, noise, self.layout.padding[a:b] if k is None else None
             )
@@ -474,19 +475,41 @@ class _GroupUpdate:
             noise.masked_fill_(self.layout.padding[a:b], 0.5)
         return noise
 
-    def round_fast(self, x, noise, buffers, padding):
+    def round_random_fused(self, out, x, chunk):
+        """`out` = the stochastic or dithered rounding of `qp x`, drawn and rounded in one
+        compiled kernel; False where that cannot be: a packed chunk whose noise is tracked
+        (its padding draws 1/2, see `draw`), or no compiled kernel (see `draws`)."""
+        k, a, b = chunk
+        if k is None:
+            if self.track:
+                return False
+            inner, key_b = (
+                self.inner[1][a:b],
+                self.key_b_rows[a // ROW : b // ROW],
+            )
+        else:
+            inner, key_b = self.inner[0][a:b], self.key_b[k]
+        qp = torch.tensor(self.qp, dtype=x.dtype, device=x.device)
+        return round_random_(
+            out, x, qp, inner, key_b, self.rounding == "dithered"
+        )
+
+    def round_fast(self, x, chunk, buffers, padding):
         """`Q(qp x)` in grid units, where every `|qp x| < limit`, by in-place ops."""
         y = buffers[3]
         if self.rounding == "nearest":
             # floor(y + 1/2) = ceil(floor(2 y) / 2), exactly: 2 y and the halving are exact.
             q = torch.mul(x, 2.0 * self.qp, out=y).floor_().mul_(0.5).ceil_()
-        else:
+        elif self.rounding == "floor":
+            q = torch.mul(x, self.qp, out=y).floor_()
+        elif not self.round_random_fused(y, x, chunk):
             q = torch.mul(x, self.qp, out=y)
-            if self.rounding != "floor":
-                q.add_(noise)
-            q.floor_()
+            noise = self.draw(*chunk, buffers[5])
+            q.add_(noise).floor_()
             if self.rounding == "dithered":
                 q.sub_(noise.sub_(0.5))
+        else:
+            q = y
         if self.track:
             # The padding's q and error are 0: neither rounded nor zero increments.
             error = torch.mul(x, self.qp, out=buffers[4]).neg_().add_(q)
