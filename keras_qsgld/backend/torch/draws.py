@@ -152,7 +152,7 @@ def _run_fused(kernels, tensors, key_b, *rest):
         _fused["failed"] = True
         warnings.warn(
             "keras_qsgld: the eager PyTorch update could not compile its random roundings' "
-            f"draws into one kernel ({type(error).__name__}: {str(error)[:200]}); it computes "
+            f"draws into one kernel ({type(error).__name__}: {_first_line(error)}); it computes "
             "them with tensor operations instead (the same values, about twice the update's "
             "time).",
             RuntimeWarning,
@@ -160,6 +160,12 @@ def _run_fused(kernels, tensors, key_b, *rest):
         )
         return False
     return True
+
+
+def _first_line(error, limit=200):
+    """The first line of `error`'s message, cut at `limit` characters with an ellipsis."""
+    line = (str(error).strip().splitlines() or [""])[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def round_random_(out, x, qp, inner, key_b, dithered):
