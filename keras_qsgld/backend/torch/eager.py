@@ -270,6 +270,8 @@ class _GroupUpdate:
         # The grid: `qp` and `1 / qp` in the compute dtype, as `increment_and_error` has them.
         self.qp = qp = float(scalars.resolution)
         self.cell = float(1.0 / torch.tensor(qp, dtype=dtype))
+        # `qp` as the random roundings' compiled kernel takes it (once per update).
+        self.qp_tensor = torch.tensor(qp, dtype=dtype, device=device)
         self.limit = exact_integer_limit(str(dtype).replace("torch.", ""))
         self.pow2 = 0 < qp < math.inf and math.frexp(qp)[0] == 0.5
         self.gate = None
@@ -489,9 +491,8 @@ class _GroupUpdate:
             )
         else:
             inner, key_b = self.inner[0][a:b], self.key_b[k]
-        qp = torch.tensor(self.qp, dtype=x.dtype, device=x.device)
         return round_random_(
-            out, x, qp, inner, key_b, self.rounding == "dithered"
+            out, x, self.qp_tensor, inner, key_b, self.rounding == "dithered"
         )
 
     def round_fast(self, x, chunk, buffers, padding):
