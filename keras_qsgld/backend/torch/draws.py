@@ -57,6 +57,59 @@ def lowbias32(x):
     return x
 
 
+# Traced (`traced.traced_update`), Inductor inlines each elementwise result into the
+# kernels that read it, and lowers it again for each read: each of the hash's three
+# `x ^ (x >> s)` reads `x` twice, so a hash of a hash is lowered 64 times over, and the
+# compile time grows fourfold with each hash chained (measured: ResNet50's dithered update,
+# three hashes deep, compiled for 460 s). Two operators of our own keep every kernel one
+# hash deep, as buffers that the kernels read: the keys' hash, and the first round at every
+# position, which depends on the seed's first word alone (`SeedGenerator.next` never
+# advances it) and is kept from one update to the next, as the eager update keeps it.
+
+
+def _hash_keys(keys: torch.Tensor) -> torch.Tensor:
+    return lowbias32_(keys.clone(), torch.empty_like(keys))
+
+
+def _position_hash(key_a: torch.Tensor, size: int) -> torch.Tensor:
+    value = int(key_a.reshape(-1)[0])
+    cached = _position_hashes.get(key_a.device)
+    if cached is None or cached[0] != value or cached[1].numel() < size:
+        positions = torch.arange(size, dtype=torch.int32, device=key_a.device)
+        inner = lowbias32_(
+            positions.bitwise_xor_(value), torch.empty_like(positions)
+        )
+        cached = _position_hashes[key_a.device] = (value, inner)
+    # A copy: the compiled graph owns its operators' results and may reuse their memory.
+    return cached[1][:size].clone()
+
+
+def _position_hash_shape(key_a, size):
+    return torch.empty(size, dtype=torch.int32, device=key_a.device)
+
+
+# Per device: (key_a, lowbias32(position ^ key_a) at positions 0, 1, ...).
+_position_hashes = {}
+
+if hasattr(torch.library, "custom_op"):  # PyTorch 2.4 and later
+    hash_keys = torch.library.custom_op(
+        "keras_qsgld::hash_keys", _hash_keys, mutates_args=()
+    )
+    hash_keys.register_fake(torch.empty_like)
+    position_hash = torch.library.custom_op(
+        "keras_qsgld::position_hash", _position_hash, mutates_args=()
+    )
+    position_hash.register_fake(_position_hash_shape)
+else:  # the same values, inlined
+
+    def hash_keys(keys):
+        return lowbias32(keys)
+
+    def position_hash(key_a, size):
+        positions = torch.arange(size, dtype=torch.int32, device=key_a.device)
+        return lowbias32(positions ^ key_a)
+
+
 def seed_keys(state, count):
     """`(key_a, [key_b of variable i])` for the update's `count` variables: the keys
     `keras_qsgld.random.uniform_from_seed` derives from the seed `(s0, s1 + i)` that the

@@ -2,7 +2,12 @@
 
 import torch
 
-from keras_qsgld.backend.torch.draws import lowbias32, to_int32
+from keras_qsgld.backend.torch.draws import (
+    hash_keys,
+    lowbias32,
+    position_hash,
+    to_int32,
+)
 from keras_qsgld.backend.torch.steps import torch_dtype
 from keras_qsgld.optimizer import increment_dtype
 from keras_qsgld.quantization import exact_integer_limit
@@ -19,16 +24,15 @@ def traced_update(optimizer, step_rule, grads, variables, scalars):
     if random:
         state = optimizer._seed_generator.state.value
         seed = state.to(torch.int32)
-        key_a = lowbias32(seed[0] ^ to_int32(FIRST_KEY))
+        # The keys, and the first hash round at each position (for the largest
+        # variable, sliced for the others), as buffers: see `draws.hash_keys`.
+        key_a = hash_keys(seed[:1] ^ to_int32(FIRST_KEY))
         count = torch.arange(
             len(variables), dtype=torch.int32, device=seed.device
         )
-        keys_b = lowbias32(seed[1] + count + key_a)
-        # The first hash round depends on the position alone: once, for the largest
-        # variable, and sliced for the others.
+        keys_b = hash_keys(seed[1] + count + key_a)
         largest = max(v.value.numel() for v in variables)
-        index = torch.arange(largest, dtype=torch.int32, device=seed.device)
-        inner = lowbias32(index ^ key_a)
+        inner = position_hash(key_a, largest)
     tracked = optimizer._noise is not None
     stats = []
     groups = {}
