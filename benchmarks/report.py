@@ -141,32 +141,40 @@ What the tables show (CPU; the GPU picture may differ, see the last section):
   candidate compiled in a function of its own, from a fresh Inductor cache).
   - Eager, Keras' default on PyTorch: the update runs in direct, in-place torch ops over
     all variables at once (`keras_qsgld/backend/torch`, at most 20 operator calls per
-    variable, tested). QSGLD costs 4.48x Keras' eager SGD on ResNet50 and 4.52x on the
+    variable, tested). QSGLD costs 4.48x Keras' eager SGD on ResNet50 and 3.58x on the
     CIFAR ResNet-50 (release 0.2: 36-50x); Keras' SGD is one fused `torch._foreach` update,
     QSGLD's norm, compensation and rounding take several passes over each tensor. QAdam
-    costs 1.01x and 1.11x Keras' eager Adam. The random roundings' counter-based hash (the
-    same draws on every backend) is some fifteen integer operations per element: op by op,
-    each a pass over the tensor, it made the dithered rounding 1.87x and 1.35x QSGLD (this
-    table). The eager update now draws and rounds in one small kernel that `torch.compile`
-    builds on first use (`speed_torch_eager`, same host, eager only): dithered 1.42x QSGLD
-    on ResNet50, 1.19x on the CIFAR ResNet-50 and 1.28x on the MLP (stochastic 1.39x, 1.25x,
-    1.22x), for a first update that takes seconds longer (3 and 12 s on ResNet50, the first
-    model of that run; measured apart on a small model, 10 s with an empty Inductor cache
-    and 2.4 s with a warm one). On ResNet50 the 1.3x target is not met with 2 threads: the
+    costs 0.74x and 0.91x Keras' eager Adam. The random roundings' counter-based hash (the
+    same draws on every backend) is some fifteen integer operations per element; eagerly
+    the update draws and rounds in one small kernel that `torch.compile` builds on first
+    use (op by op, each a pass over the tensor, it was 1.87x and 1.35x QSGLD). Dithered
+    costs 1.37x QSGLD on ResNet50, 1.13x on the CIFAR ResNet-50 and 1.16x on the MLP
+    (`speed_torch_eager`, an earlier eager-only run on the same host: 1.42x, 1.19x, 1.28x,
+    stochastic 1.39x, 1.25x, 1.22x), for a first update that takes seconds longer (3.3 s on
+    ResNet50 here; measured apart on a small model, 10 s with an empty Inductor cache and
+    2.4 s with a warm one). On ResNet50 that is above the 1.3x target with 2 threads: the
     kernel's sizes vary from chunk to chunk, so Inductor compiles it for dynamic sizes, and
     such a kernel ran as fast on 1 thread as on 2 (measured apart), while the tensor
-    operations use both. On the small MLP (6 variables) QSGLD's eager update is 9.5x SGD's,
-    1.8 ms: per-call overhead.
-  - Compiled (`jit_compile=True`, `torch.compile`): QSGLD 1.44x compiled SGD on ResNet50,
-    0.99x on the CIFAR ResNet-50 and 0.72x on the MLP. QAdam is 2.72x compiled Adam on
-    ResNet50 (1.42x and 1.54x on the others), about twice its traffic floor: Inductor's code
-    for it is not at the floor there. The first call compiles QSGLD's ResNet50 update in 42 s
-    against SGD's 11 s (45 s against 10 s on the CIFAR model); the dithered rounding takes
-    461 s and 333 s, most of it in Inductor's fusion search over the hash's many small
-    operations. Compiled code is cached on disk, so a later process on the same machine
-    compiles faster.
-  - Whole training steps of the 19M-parameter MLP: compiled, QSGLD 1.08x SGD and QAdam 1.52x
-    Adam; eager, QSGLD 1.54x SGD and QAdam 0.63x Keras' eager Adam.""",
+    operations use both. On the small MLP (6 variables) QSGLD's eager update is 8.3x SGD's,
+    1.3 ms: per-call overhead.
+  - Compiled (`jit_compile=True`, `torch.compile`): QSGLD 1.51x compiled SGD on ResNet50,
+    0.96x on the CIFAR ResNet-50 and 0.74x on the MLP; dithered 2.21x, 1.04x and 1.41x
+    (1.46x, 1.08x and 1.9x QSGLD). QAdam is 2.72x compiled Adam on ResNet50 (1.31x and 1.28x
+    on the others), about twice its traffic floor: Inductor's code for it is not at the
+    floor there. The first call compiles QSGLD's ResNet50 update in 35 s against SGD's
+    10 s (32 s against 9 s on the CIFAR model), and the dithered update in 68 s and 59 s.
+    That was 461 s and 333 s before the random roundings' keys and first hash round became
+    operators of their own: Inductor inlines an elementwise result into each reader and
+    lowers it again for each read, and each of the hash's shift-and-xor steps reads its
+    input twice, so the three chained hashes of every kernel were lowered hundreds of times
+    over (`keras_qsgld/backend/torch/draws.py`; the compiled update also runs faster, 2.21x
+    SGD against 3.03x). The 2x-SGD target for the first call is not met: what is left is
+    Inductor's fusion search over some 15 operations per variable, against SGD's one
+    `torch._foreach_add_` for all. Compiled code is cached on disk, so a later process on
+    the same machine compiles faster.
+  - Whole training steps of the 19M-parameter MLP: compiled, QSGLD 0.99x SGD and QAdam 3.09x
+    Adam (a noisy row: by their minima 68 and 38 ms, 1.8x); eager, QSGLD 1.59x SGD and
+    QAdam 0.58x Keras' eager Adam.""",
     ),
     (
         "Quality on offline data",

@@ -12,7 +12,9 @@ variables of an update at once, in two forms:
   and nothing is allocated per chunk.
 - Traced (`traced.traced_update`, inside `torch.compile`: `model.compile(jit_compile=True)`): one
   graph over whole tensors, the range checks as `torch.where`, the seed state read once per
-  update (no graph break with any rounding), Inductor fusing each variable's update.
+  update (no graph break with any rounding), Inductor fusing each variable's update; the
+  random roundings' keys and first hash round are operators of their own (`draws`), which
+  keeps Inductor from lowering a chain of hashes many times over.
 
 Both compute what `QuantizedOptimizer.update_step` computes with `keras.ops` (the reference,
 still used for other subclasses and tested against these): the same bits without
