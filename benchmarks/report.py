@@ -152,10 +152,16 @@ What the tables show (CPU; the GPU picture may differ, see the last section):
     (`speed_torch_eager`, an earlier eager-only run on the same host: 1.42x, 1.19x, 1.28x,
     stochastic 1.39x, 1.25x, 1.22x), for a first update that takes seconds longer (3.3 s on
     ResNet50 here; measured apart on a small model, 10 s with an empty Inductor cache and
-    2.4 s with a warm one). On ResNet50 that is above the 1.3x target with 2 threads: the
-    kernel's sizes vary from chunk to chunk, so Inductor compiles it for dynamic sizes, and
-    such a kernel ran as fast on 1 thread as on 2 (measured apart), while the tensor
-    operations use both. On the small MLP (6 variables) QSGLD's eager update is 8.3x SGD's,
+    2.4 s with a warm one). On ResNet50 that is above the 1.3x target with 2 threads. Timed
+    inside the update (a side script), the kernel costs 142 us per chunk of 2^18 elements,
+    against about 75 us for the nearest rounding's four tensor operations, in 89 such chunks
+    per update: the hash's 32-bit integer multiplies are dear on this Intel host (computing
+    the first hash round in the kernel instead of reading it measured slower still, 125
+    against 100 us per chunk apart), and each call of a compiled kernel costs some 20 us
+    more than a tensor operation. Inductor's code for the chunks whose size differs ran on
+    one thread; it now lets OpenMP use both (82 against 174 us per 2^18 elements, measured
+    apart), which left the update's time unchanged (1.34x in a side script, with and
+    without), as those are 14 calls of 103. On the small MLP (6 variables) QSGLD's eager update is 8.3x SGD's,
     1.3 ms: per-call overhead.
   - Compiled (`jit_compile=True`, `torch.compile`): QSGLD 1.51x compiled SGD on ResNet50,
     0.96x on the CIFAR ResNet-50 and 0.74x on the MLP; dithered 2.21x, 1.04x and 1.41x
