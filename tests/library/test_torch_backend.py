@@ -339,6 +339,49 @@ def test_fused_draws_equal_the_tensor_operations(
     assert stats == results[False][5]
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dithered", [False, True])
+def test_fused_kernels_for_every_size(monkeypatch, dtype, dithered):
+    """On a CPU the kernels are compiled once, by `torch._inductor.standalone_compile`,
+    for any size (traced on sizes of their own, with no guards at run time): sizes of 1,
+    odd and large, one key and a key per row (1 row and several), against the tensor
+    operations."""
+    from keras_qsgld.backend.torch import draws
+
+    monkeypatch.setattr(draws, "_fused", {"failed": False, "kernels": {}})
+    dtype = getattr(torch, dtype)
+    qp = torch.tensor([1000.0], dtype=dtype)
+    generator = torch.Generator().manual_seed(0)
+    cases = [(n, 2**32 - 5) for n in (1, 31, 33, 24, 100003)]
+    cases += [
+        (rows * 32, torch.arange(rows, dtype=torch.int32)[:, None] * 7919)
+        for rows in (1, 3, 100)
+    ]
+    for n, key in cases:
+        x = torch.randn(n, dtype=dtype, generator=generator) * 0.1
+        inner = torch.randint(
+            -(2**31), 2**31 - 1, (n,), dtype=torch.int32, generator=generator
+        )
+        fused = torch.full((n,), float("nan"), dtype=dtype)
+        assert draws.round_random_(fused, x, qp, inner, key, dithered)
+        scratch = [torch.empty_like(inner) for _ in range(2)]
+        with monkeypatch.context() as m:
+            m.setattr(draws, "FUSED_DRAWS", False)
+            u = draws.draw_uniform_(
+                inner, key, *scratch, torch.empty(n, dtype=dtype)
+            )
+        expected = torch.floor(x * qp + u)
+        if dithered:
+            expected -= u - 0.5
+        assert torch.equal(fused, expected), n
+    kernels = draws._fused["kernels"].values()
+    assert len(kernels) == 2
+    if hasattr(torch._inductor, "standalone_compile"):
+        from torch._inductor.standalone_compile import CompiledArtifact
+
+        assert all(isinstance(k, CompiledArtifact) for k in kernels)
+
+
 def test_draws_fall_back_with_one_warning_where_they_cannot_compile(
     monkeypatch,
 ):
@@ -346,7 +389,7 @@ def test_draws_fall_back_with_one_warning_where_they_cannot_compile(
     operations': one warning, and the same weights."""
     from keras_qsgld.backend.torch import draws
 
-    def no_compiler(fn, **kwargs):
+    def no_compiler(fn, *args, **kwargs):
         def fail(*args):
             raise RuntimeError(
                 "no C++ compiler found\n\nSet TORCHDYNAMO_VERBOSE=1 "
@@ -358,6 +401,7 @@ def test_draws_fall_back_with_one_warning_where_they_cannot_compile(
     kwargs = dict(resolution=RESOLUTION, rounding="dithered", seed=5)
     expected = _train(keras_qsgld.QSGLD, kwargs)
     monkeypatch.setattr(torch, "compile", no_compiler)
+    monkeypatch.setattr(torch._inductor, "standalone_compile", no_compiler)
     monkeypatch.setattr(draws, "_fused", {"failed": False, "kernels": {}})
     with pytest.warns(RuntimeWarning, match="no C.. compiler found") as caught:
         actual = _train(keras_qsgld.QSGLD, kwargs)

@@ -271,7 +271,7 @@ class _GroupUpdate:
         self.qp = qp = float(scalars.resolution)
         self.cell = float(1.0 / torch.tensor(qp, dtype=dtype))
         # `qp` as the random roundings' compiled kernel takes it (once per update).
-        self.qp_tensor = torch.tensor(qp, dtype=dtype, device=device)
+        self.qp_tensor = torch.tensor([qp], dtype=dtype, device=device)
         self.limit = exact_integer_limit(str(dtype).replace("torch.", ""))
         self.pow2 = 0 < qp < math.inf and math.frexp(qp)[0] == 0.5
         self.gate = None
