@@ -577,6 +577,36 @@ def test_compiled_draws_of_optimizers_with_other_seeds_and_sizes():
         np.testing.assert_array_equal(a, e)
 
 
+def test_compiled_optimizers_taking_turns_keep_their_first_hash_round(
+    monkeypatch,
+):
+    """Optimizers with other seeds, taking turns (a GAN's two, say), each keep their
+    first hash round: it is not computed again at every turn."""
+    from keras_qsgld.backend.torch import draws
+
+    monkeypatch.setattr(draws, "_position_hashes", {})
+    applies = []
+    for seed in (5, 11, 17):
+        vs = [keras.Variable(np.zeros(s, "float32")) for s in SHAPES]
+        opt = keras_qsgld.QSGLD(
+            0.05, resolution=RESOLUTION, rounding="dithered", seed=seed
+        )
+        opt.build(vs)
+        applies.append(
+            (torch.compile(lambda g, o=opt, vs=vs: o.apply(g, vs)), vs)
+        )
+    grads = [ops.ones(s) for s in SHAPES]
+    torch._dynamo.reset()
+    for apply, vs in applies:
+        apply(grads)
+    kept = {key: id(value) for key, value in draws._position_hashes.items()}
+    assert len(kept) == 3
+    for _ in range(2):
+        for apply, vs in applies:
+            apply(grads)
+    assert {k: id(v) for k, v in draws._position_hashes.items()} == kept
+
+
 def test_compiled_bfloat16_variables_round_once():
     """Inductor adds a float32 increment to bfloat16 weights without rounding it to bfloat16
     first (`torch.compile` of the reference does the same): a weight then differs from the

@@ -2,16 +2,17 @@
 
 The first hash round, `lowbias32(position ^ key_a)`, depends on the position and the seed's
 first word alone, which `SeedGenerator.next` never advances: the eager update keeps it from
-one update to the next, and both forms compute it once for all variables.
+one update to the next, and both forms compute it once for all variables (traced, as
+operators of their own: see `hash_keys`).
 
 Eagerly, the rest of the hash is about sixteen tensor operations, each a pass over the
 chunk: the draws then cost more than the whole nearest-rounding update. `draw_uniform_`
-and `round_random_` (the draws and the rounding) run as one kernel each, which
-`torch.compile` builds on first use (integer maths, a conversion exact in float32, and
-the rounding's operations in the same order: the same bits). That first use costs seconds
-(measured: 10 s with an empty Inductor cache, 2.4 s with a warm one, 2 cores); they fall
-back to the tensor operations, with one warning, where they cannot be compiled (no C++
-compiler, for one), and `KERAS_QSGLD_FUSED_DRAWS=0` keeps to them.
+and `round_random_` (the draws and the rounding) run as one kernel each, which Inductor
+compiles on first use (integer maths, a conversion exact in float32, and the rounding's
+operations in the same order: the same bits; see `_compile`). That first use costs
+seconds (measured: 10 s with an empty Inductor cache, 2.4 s with a warm one, 2 cores);
+they fall back to the tensor operations, with one warning, where they cannot be compiled
+(no C++ compiler, for one), and `KERAS_QSGLD_FUSED_DRAWS=0` keeps to them.
 """
 
 import os
@@ -72,23 +73,28 @@ def _hash_keys(keys: torch.Tensor) -> torch.Tensor:
 
 
 def _position_hash(key_a: torch.Tensor, size: int) -> torch.Tensor:
-    value = int(key_a.reshape(-1)[0])
-    cached = _position_hashes.get(key_a.device)
-    if cached is None or cached[0] != value or cached[1].numel() < size:
+    key = (key_a.device, int(key_a.reshape(-1)[0]))
+    inner = _position_hashes.pop(key, None)
+    if inner is None or inner.numel() < size:
         positions = torch.arange(size, dtype=torch.int32, device=key_a.device)
         inner = lowbias32_(
-            positions.bitwise_xor_(value), torch.empty_like(positions)
+            positions.bitwise_xor_(key[1]), torch.empty_like(positions)
         )
-        cached = _position_hashes[key_a.device] = (value, inner)
+    _position_hashes[key] = inner  # the most recent last
+    while len(_position_hashes) > POSITION_HASHES:
+        del _position_hashes[next(iter(_position_hashes))]
     # A copy: the compiled graph owns its operators' results and may reuse their memory.
-    return cached[1][:size].clone()
+    return inner[:size].clone()
 
 
 def _position_hash_shape(key_a, size):
     return torch.empty(size, dtype=torch.int32, device=key_a.device)
 
 
-# Per device: (key_a, lowbias32(position ^ key_a) at positions 0, 1, ...).
+# (device, key_a): lowbias32(position ^ key_a) at positions 0, 1, ..., for the first keys
+# used last, a few, as optimizers with other seeds (a GAN's two, chains in one process)
+# take turns; each holds 4 bytes per element of its largest variable.
+POSITION_HASHES = 4
 _position_hashes = {}
 
 if hasattr(torch.library, "custom_op"):  # PyTorch 2.4 and later
