@@ -146,23 +146,23 @@ What the tables show (CPU; the GPU picture may differ, see the last section):
     QSGLD's norm, compensation and rounding take several passes over each tensor. QAdam
     costs 0.74x and 0.91x Keras' eager Adam. The random roundings' counter-based hash (the
     same draws on every backend) is some fifteen integer operations per element; eagerly
-    the update draws and rounds in one small kernel that `torch.compile` builds on first
-    use (op by op, each a pass over the tensor, it was 1.87x and 1.35x QSGLD). Dithered
-    costs 1.37x QSGLD on ResNet50, 1.13x on the CIFAR ResNet-50 and 1.16x on the MLP
-    (`speed_torch_eager`, an earlier eager-only run on the same host: 1.42x, 1.19x, 1.28x,
-    stochastic 1.39x, 1.25x, 1.22x), for a first update that takes seconds longer (3.3 s on
-    ResNet50 here; measured apart on a small model, 10 s with an empty Inductor cache and
-    2.4 s with a warm one). On ResNet50 that is above the 1.3x target with 2 threads. Timed
-    inside the update (a side script), the kernel costs 142 us per chunk of 2^18 elements,
-    against about 75 us for the nearest rounding's four tensor operations, in 89 such chunks
-    per update: the hash's 32-bit integer multiplies are dear on this Intel host (computing
-    the first hash round in the kernel instead of reading it measured slower still, 125
-    against 100 us per chunk apart), and each call of a compiled kernel costs some 20 us
-    more than a tensor operation. Inductor's code for the chunks whose size differs ran on
-    one thread; it now lets OpenMP use both (82 against 174 us per 2^18 elements, measured
-    apart), which left the update's time unchanged (1.34x in a side script, with and
-    without), as those are 14 calls of 103. On the small MLP (6 variables) QSGLD's eager update is 8.3x SGD's,
-    1.3 ms: per-call overhead.
+    the update draws and rounds in one small kernel that Inductor compiles on first use
+    (op by op, each a pass over the tensor, it was 1.87x and 1.35x QSGLD). In this table's
+    run that kernel was called through `torch.compile`: dithered 1.37x QSGLD on ResNet50,
+    1.13x on the CIFAR ResNet-50 and 1.16x on the MLP. Timed inside the update (a side
+    script), the kernel cost 142 us per chunk of 2^18 elements, against about 75 us for the
+    nearest rounding's four tensor operations, and some 35 us of each call were Dynamo's
+    guards and wrappers, in about 100 calls an update. On a CPU the kernel is now compiled
+    by `torch._inductor.standalone_compile` and called without them (7 us a call): in
+    `speed_torch_eager` (a later eager-only run, same host, 21 rounds) dithered costs
+    1.19x QSGLD on ResNet50, 1.10x on the CIFAR ResNet-50 and 1.03x on the MLP (from the
+    medians; stochastic 1.17x, 1.13x, 1.11x), within the 1.3x target, and QSGLD 5.08x SGD
+    on ResNet50 (4.48x in this table: the ratio moves with the host's load, SGD's update
+    being the one bound by memory). The first update with a random rounding compiles:
+    1.7 s there, 9.6 s for the first kernel of the process (Inductor's start). Inductor's
+    code for dynamic sizes ran on one thread; it now lets OpenMP use both (82 against
+    174 us per 2^18 elements, measured apart). On the small MLP (6 variables) QSGLD's eager
+    update is 8.3x SGD's, 1.3 ms: per-call overhead.
   - Compiled (`jit_compile=True`, `torch.compile`): QSGLD 1.51x compiled SGD on ResNet50,
     0.96x on the CIFAR ResNet-50 and 0.74x on the MLP; dithered 2.21x, 1.04x and 1.41x
     (1.46x, 1.08x and 1.9x QSGLD). QAdam is 2.72x compiled Adam on ResNet50 (1.31x and 1.28x
