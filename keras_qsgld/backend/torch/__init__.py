@@ -60,9 +60,14 @@ class TorchQuantizedOptimizer(QuantizedOptimizer):
                     self, step_rule, grads, trainable_variables, scalars
                 )
             else:
-                self._eager_update().run(
-                    step_rule, grads, trainable_variables, scalars
-                )
+                # Its buffers, kept from one update to the next, must not be inference
+                # tensors: an update under `torch.inference_mode` followed by one outside
+                # it could not write them (Keras' own optimizers allow it).
+                # (`inference_mode(False)` turns gradients on: `no_grad` comes after.)
+                with torch.inference_mode(False), torch.no_grad():
+                    self._eager_update().run(
+                        step_rule, grads, trainable_variables, scalars
+                    )
 
     def _eager_update(self):
         update = self.__dict__.get("_torch_eager_update")

@@ -16,6 +16,7 @@ they fall back to the tensor operations, with one warning, where they cannot be 
 """
 
 import os
+import threading
 import warnings
 
 import torch
@@ -186,6 +187,7 @@ def _fused_draws_setting():
 # whether compiling has failed.
 FUSED_DRAWS = _fused_draws_setting()
 _fused = {"failed": False, "kernels": {}}
+_compiling = threading.Lock()
 
 
 def _run_fused(kernels, tensors, key_b, *rest):
@@ -203,16 +205,25 @@ def _run_fused(kernels, tensors, key_b, *rest):
     else:
         kernel, keys = kernels[1], key_b
         tensors = [t.view(keys.shape[0], -1) for t in tensors]
-    device, dtype = tensors[0].device, tensors[0].dtype
-    compiled = _fused["kernels"].get((kernel, device, dtype))
+    key = (kernel, tensors[0].device, tensors[0].dtype)
     try:
+        compiled = _fused["kernels"].get(key)
         if compiled is None:
-            compiled = _fused["kernels"][kernel, device, dtype] = _compile(
-                kernel, device, dtype, keys.dim()
-            )
+            # One thread at a time compiles, and calls a kernel first (where
+            # `torch.compile` compiles): tracing in two threads at once fails.
+            with _compiling:
+                compiled = _fused["kernels"].get(key)
+                if compiled is None:
+                    compiled = _compile(kernel, *key[1:], keys.dim())
+                    compiled(*tensors, keys, *rest)
+                    _fused["kernels"][key] = compiled
+                    return True
         compiled(*tensors, keys, *rest)
     except Exception as error:  # noqa: BLE001 - any failure to compile means: fall back
-        _fused["failed"] = True
+        with _compiling:
+            warned, _fused["failed"] = _fused["failed"], True
+        if warned:  # by another thread
+            return False
         warnings.warn(
             "keras_qsgld: the eager PyTorch update could not compile its random roundings' "
             f"draws into one kernel ({type(error).__name__}: {_first_line(error)}); it computes "
@@ -234,7 +245,14 @@ def _compile(kernel, device, dtype, key_dims):
     of ResNet50's dithered update, in about 100 calls. Inductor's code for dynamic sizes
     runs on one thread unless told to let OpenMP decide at run time (measured: 174 us per
     2**18 elements on 1 or 2 threads, 82 us with `dynamic_threads` on 2)."""
-    options = {"cpp.dynamic_threads": True}
+    options = {
+        "cpp.dynamic_threads": True,
+        # The same bits as the tensor operations whatever the user's environment sets for
+        # Inductor: no `a * b + c` contracted, and no flush of subnormals to zero (which
+        # the unsafe-math build sets for the whole process as the kernel loads).
+        "cpp.enable_floating_point_contract_flag": "off",
+        "cpp.enable_unsafe_math_opt_flag": False,
+    }
     if device.type == "cpu" and hasattr(torch._inductor, "standalone_compile"):
         try:
             return _compile_standalone(kernel, device, dtype, key_dims, options)
