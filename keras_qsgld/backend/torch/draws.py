@@ -10,7 +10,7 @@ chunk: the draws then cost more than the whole nearest-rounding update. `draw_un
 and `round_random_` (the draws and the rounding) run as one kernel each, which Inductor
 compiles on first use (integer maths, a conversion exact in float32, and the rounding's
 operations in the same order: the same bits; see `_compile`). That first use costs
-seconds (measured: 10 s with an empty Inductor cache, 2.4 s with a warm one, 2 cores);
+seconds (measured: 9 s with an empty Inductor cache, 2 s with a warm one, 2 cores);
 they fall back to the tensor operations, with one warning, where they cannot be compiled
 (no C++ compiler, for one), and `KERAS_QSGLD_FUSED_DRAWS=0` keeps to them.
 """
@@ -283,9 +283,8 @@ def _compile_standalone(kernel, device, dtype, key_dims, options):
     else:
         examples = [out, inner, keys]
     graph = make_fx(returning_out, tracing_mode="symbolic")(*examples)
-    for node in (
-        graph.graph.nodes
-    ):  # where standalone_compile looks for the fake tensors
+    # `standalone_compile` finds the fake tensors under "example_value", as Dynamo puts them.
+    for node in graph.graph.nodes:
         if "val" in node.meta:
             node.meta.setdefault("example_value", node.meta["val"])
     return torch._inductor.standalone_compile(
