@@ -339,6 +339,18 @@ def test_fused_draws_equal_the_tensor_operations(
     assert stats == results[False][5]
 
 
+def _rounded_by_tensor_operations(monkeypatch, x, qp, inner, key, dithered):
+    """`round_random_`'s result computed by the tensor operations (no compiled kernel)."""
+    from keras_qsgld.backend.torch import draws
+
+    scratch = [torch.empty_like(inner) for _ in range(2)]
+    with monkeypatch.context() as m:
+        m.setattr(draws, "FUSED_DRAWS", False)
+        u = draws.draw_uniform_(inner, key, *scratch, torch.empty_like(x))
+    rounded = torch.floor(x * qp + u)
+    return rounded - (u - 0.5) if dithered else rounded
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("dithered", [False, True])
 def test_fused_kernels_for_every_size(monkeypatch, dtype, dithered):
@@ -364,15 +376,9 @@ def test_fused_kernels_for_every_size(monkeypatch, dtype, dithered):
         )
         fused = torch.full((n,), float("nan"), dtype=dtype)
         assert draws.round_random_(fused, x, qp, inner, key, dithered)
-        scratch = [torch.empty_like(inner) for _ in range(2)]
-        with monkeypatch.context() as m:
-            m.setattr(draws, "FUSED_DRAWS", False)
-            u = draws.draw_uniform_(
-                inner, key, *scratch, torch.empty(n, dtype=dtype)
-            )
-        expected = torch.floor(x * qp + u)
-        if dithered:
-            expected -= u - 0.5
+        expected = _rounded_by_tensor_operations(
+            monkeypatch, x, qp, inner, key, dithered
+        )
         assert torch.equal(fused, expected), n
     kernels = draws._fused["kernels"].values()
     assert len(kernels) == 2
@@ -407,12 +413,10 @@ def test_fused_kernels_keep_their_bits_under_the_users_inductor_settings(
     fused = torch.empty(n)
     with users:
         assert draws.round_random_(fused, x, qp, inner, 12345, False)
-    scratch = [torch.empty_like(inner) for _ in range(2)]
-    monkeypatch.setattr(draws, "FUSED_DRAWS", False)
-    u = draws.draw_uniform_(inner, 12345, *scratch, torch.empty(n))
-    np.testing.assert_array_equal(
-        fused.numpy(), torch.floor(x * qp + u).numpy()
+    expected = _rounded_by_tensor_operations(
+        monkeypatch, x, qp, inner, 12345, False
     )
+    np.testing.assert_array_equal(fused.numpy(), expected.numpy())
     tiny = torch.tensor([1e-40])
     assert float(tiny * 1.0) > 0  # no flush to zero in this process
 

@@ -73,14 +73,20 @@ def _hash_keys(keys: torch.Tensor) -> torch.Tensor:
     return lowbias32_(keys.clone(), torch.empty_like(keys))
 
 
+def first_round(size, key_a, device):
+    """The draws' first hash round `lowbias32(position ^ key_a)` at positions 0 to
+    `size - 1`; `key_a` an int32 value."""
+    positions = torch.arange(size, dtype=torch.int32, device=device)
+    return lowbias32_(
+        positions.bitwise_xor_(key_a), torch.empty_like(positions)
+    )
+
+
 def _position_hash(key_a: torch.Tensor, size: int) -> torch.Tensor:
     key = (key_a.device, int(key_a.reshape(-1)[0]))
     inner = _position_hashes.pop(key, None)
     if inner is None or inner.numel() < size:
-        positions = torch.arange(size, dtype=torch.int32, device=key_a.device)
-        inner = lowbias32_(
-            positions.bitwise_xor_(key[1]), torch.empty_like(positions)
-        )
+        inner = first_round(size, key[1], key_a.device)
     _position_hashes[key] = inner  # the most recent last
     while len(_position_hashes) > POSITION_HASHES:
         del _position_hashes[next(iter(_position_hashes))]

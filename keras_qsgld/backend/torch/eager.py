@@ -13,6 +13,7 @@ import torch
 
 from keras_qsgld.backend.torch.draws import (
     draw_uniform_,
+    first_round,
     lowbias32_,
     round_random_,
     seed_keys,
@@ -133,12 +134,7 @@ class _Layout:
         the second)."""
         if self._inner is None or self._inner[0] != key_a:
             k = to_int32(key_a)
-            positions = torch.arange(
-                self.largest, dtype=torch.int32, device=self.grad.device
-            )
-            large = lowbias32_(
-                positions.bitwise_xor_(k), torch.empty_like(positions)
-            )
+            large = first_round(self.largest, k, self.grad.device)
             packed = self.position.bitwise_xor(k)
             packed = lowbias32_(packed, torch.empty_like(packed))
             self._inner = (key_a, large, packed)
